@@ -1,0 +1,34 @@
+//! # Knutepunkt
+//!
+//! A welfare-technology integration hub. Vendors submit events over gRPC;
+//! the hub checks them, maps each to one FHIR R4 resource, stores it durably
+//! and serves it to the municipality's EPJ over FHIR REST.
+//!
+//! ```text
+//! vendor gRPC ─► ingest ─► normalize ─► store ─► api (FHIR REST for EPJ)
+//!               (check)    (→ FHIR)   (durable, outbox)
+//! ```
+//!
+//! Map of the crate (see ARCHITECTURE.md for the invariants):
+//! - [`domain`]: the hub's own event types and national identifiers.
+//! - [`ingest`]: the gRPC edge; the only module that knows proto types.
+//! - [`normalize`]: event → FHIR JSON, pure, with the code tables.
+//! - [`store`]: the `Store` trait and its sled implementation (group commit).
+//! - [`api`]: FHIR R4 REST for EPJ systems (axum).
+//! - [`config`]: the config file, environment and flags.
+//! - [`server`]: wires it together; `run(config, shutdown)`.
+
+pub mod domain;
+pub mod normalize;
+
+/// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the
+/// adapters and the tests use it.
+pub mod proto {
+    pub mod v1 {
+        #![allow(clippy::all)]
+        tonic::include_proto!("knutepunkt.v1");
+    }
+    /// Descriptor set for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("knutepunkt_descriptor");
+}
