@@ -20,6 +20,7 @@
 
 pub mod domain;
 pub mod normalize;
+pub mod store;
 
 /// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the
 /// adapters and the tests use it.
