@@ -437,14 +437,20 @@ mod tests {
     #[test]
     fn observation_shape() {
         let json = observation_json(&obs()).unwrap();
-        assert!(json.starts_with(r#"{"resourceType":"Observation","id":"#), "{json}");
+        assert!(
+            json.starts_with(r#"{"resourceType":"Observation","id":"#),
+            "{json}"
+        );
         assert!(!json.contains("meta"));
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["status"], "final");
         assert_eq!(v["effectiveDateTime"], "2024-05-01T12:30:00Z");
         assert_eq!(v["valueQuantity"]["value"], 72.0);
         assert_eq!(v["valueQuantity"]["code"], "/min");
-        assert_eq!(v["subject"]["identifier"]["system"], "urn:oid:2.16.578.1.12.4.1.4.1");
+        assert_eq!(
+            v["subject"]["identifier"]["system"],
+            "urn:oid:2.16.578.1.12.4.1.4.1"
+        );
         assert_eq!(v["subject"]["type"], "Patient");
         assert_eq!(v["device"]["display"], "pulse-oximeter");
         assert_eq!(v["code"]["coding"][0]["code"], "8867-4");
@@ -466,13 +472,22 @@ mod tests {
             value: f64::NAN,
             ..o.value.unwrap()
         });
-        assert!(matches!(observation_json(&o), Err(BuildError::NotFinite { .. })));
+        assert!(matches!(
+            observation_json(&o),
+            Err(BuildError::NotFinite { .. })
+        ));
         let mut o = obs();
         o.effective = "2024-05-01";
-        assert!(matches!(observation_json(&o), Err(BuildError::DateTime { .. })));
+        assert!(matches!(
+            observation_json(&o),
+            Err(BuildError::DateTime { .. })
+        ));
         let mut o = obs();
         o.effective = "yesterday T noon";
-        assert!(matches!(observation_json(&o), Err(BuildError::DateTime { .. })));
+        assert!(matches!(
+            observation_json(&o),
+            Err(BuildError::DateTime { .. })
+        ));
     }
 
     #[test]
@@ -506,7 +521,10 @@ mod tests {
             payload: vec!["Fall"],
         };
         let json = communication_json(&c).unwrap();
-        assert!(json.starts_with(r#"{"resourceType":"Communication","id":"#), "{json}");
+        assert!(
+            json.starts_with(r#"{"resourceType":"Communication","id":"#),
+            "{json}"
+        );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["status"], "completed");
         assert_eq!(v["priority"], "stat");
