@@ -19,8 +19,11 @@
 //! - [`server`]: wires it together; `run(config, shutdown)`.
 
 pub mod api;
+pub mod config;
 pub mod domain;
+pub mod ingest;
 pub mod normalize;
+pub mod server;
 pub mod store;
 
 /// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the

@@ -45,39 +45,21 @@ use crate::store::{SearchPage, Store, StoredResource};
 use outcome::{ApiError, fhir_response};
 use search_params::SearchParams;
 
-/// What the API serves and from where. Cheap to clone.
+/// What the API serves and from where.
 #[derive(Clone)]
 pub struct ApiState {
-    store: Arc<dyn Store>,
-    municipalities: Option<Arc<BTreeSet<Orgnr>>>,
-    public_base_url: Option<Arc<str>>,
+    pub store: Arc<dyn Store>,
+    /// The orgnrs served; `None` serves any valid orgnr.
+    pub municipalities: Option<BTreeSet<Orgnr>>,
+    /// Scheme, host and optional path prefix in front of `/fhir/r4/{orgnr}`
+    /// as clients reach the hub (e.g. `https://knutepunkt.kommune.no`; a
+    /// trailing `/` is ignored). `None` derives it from each request's
+    /// `Host` header with scheme `http`: configure it behind TLS or a proxy
+    /// (`X-Forwarded-*` headers are not trusted).
+    pub public_url: Option<String>,
 }
 
-/// A configured public base URL that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("public_base_url: {0}")]
-pub struct BaseUrlError(String);
-
 impl ApiState {
-    /// `municipalities`: the orgnrs served; `None` serves any valid orgnr.
-    /// `public_base_url`: scheme, host and optional path prefix in front of
-    /// `/fhir/r4/{orgnr}` as clients reach the hub (e.g.
-    /// `https://knutepunkt.kommune.no`); `None` derives it from each
-    /// request's `Host` header with scheme `http` (configure it behind TLS
-    /// or a proxy: `X-Forwarded-*` headers are not trusted).
-    pub fn new(
-        store: Arc<dyn Store>,
-        municipalities: Option<BTreeSet<Orgnr>>,
-        public_base_url: Option<&str>,
-    ) -> Result<Self, BaseUrlError> {
-        let public_base_url = public_base_url.map(check_base_url).transpose()?;
-        Ok(ApiState {
-            store,
-            municipalities: municipalities.map(Arc::new),
-            public_base_url: public_base_url.map(Arc::from),
-        })
-    }
-
     /// The municipality of a path segment, if it is a valid orgnr served here.
     fn municipality(&self, segment: &str) -> Result<Orgnr, ApiError> {
         let not_served = || {
@@ -94,32 +76,12 @@ impl ApiState {
 
     /// The municipality's FHIR base URL, absolute, without a trailing slash.
     fn base_url(&self, orgnr: Orgnr, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
-        let root = match &self.public_base_url {
-            Some(url) => url.to_string(),
+        let root = match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
             None => format!("http://{}", request_host(headers, uri)?),
         };
         Ok(format!("{root}/fhir/r4/{orgnr}"))
     }
-}
-
-fn check_base_url(url: &str) -> Result<String, BaseUrlError> {
-    let url = url.trim_end_matches('/');
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| BaseUrlError("must start with https:// or http://".into()))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(BaseUrlError("must name a host after the scheme".into()));
-    }
-    if rest
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '"' | '<' | '>'))
-    {
-        return Err(BaseUrlError(
-            "must be scheme://host[:port][/path] without spaces, query or fragment".into(),
-        ));
-    }
-    Ok(url.to_string())
 }
 
 /// The `Host` header (or the HTTP/2 authority), checked to be a plain
