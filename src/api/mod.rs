@@ -108,24 +108,28 @@ fn request_host(headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
 /// The router: FHIR bases under `/fhir/r4/{orgnr}`, plus `/healthz` and
 /// `/readyz`. Merge further routes (e.g. `/metrics`) with [`Router::merge`].
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    // Nested so that its fallback answers every other path under /fhir/r4
+    // with an OperationOutcome while leaving the caller free to merge
+    // routers that have a fallback of their own.
+    let fhir = Router::new()
         .route(
-            "/fhir/r4/{orgnr}/metadata",
+            "/{orgnr}/metadata",
             get(metadata).fallback(method_not_allowed),
         )
         .route(
-            "/fhir/r4/{orgnr}/{resource_type}",
+            "/{orgnr}/{resource_type}",
             get(search).fallback(method_not_allowed),
         )
         .route(
-            "/fhir/r4/{orgnr}/{resource_type}/{id}",
+            "/{orgnr}/{resource_type}/{id}",
             get(read).fallback(method_not_allowed),
         )
-        .route("/fhir/r4", any(no_such_endpoint))
+        .fallback(no_such_endpoint);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/fhir/r4", fhir)
         .route("/fhir/r4/", any(no_such_endpoint))
-        .route("/fhir/r4/{*rest}", any(no_such_endpoint))
         .with_state(state)
 }
 
