@@ -45,7 +45,8 @@ use crate::store::{SearchPage, Store, StoredResource};
 use outcome::{ApiError, fhir_response};
 use search_params::SearchParams;
 
-/// What the API serves and from where.
+/// What the API serves and from where. The router shares one copy
+/// between all requests.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
@@ -130,14 +131,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .nest("/fhir/r4", fhir)
         .route("/fhir/r4/", any(no_such_endpoint))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(st): State<ApiState>) -> Response {
+async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
     match st.store.ready() {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(reason) => (
@@ -216,27 +217,35 @@ fn into_response(r: Result<Response, ApiError>) -> Response {
 }
 
 async fn metadata(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    into_response((|| {
-        let Path(orgnr) = path.map_err(path_error)?;
-        let orgnr = st.municipality(&orgnr)?;
-        let format_given = search_params::parse_plain(&decode_query(query.as_deref())?, true)?;
-        check_accept(format_given, &headers)?;
-        let base = st.base_url(orgnr, &headers, &uri)?;
-        Ok(fhir_response(
-            StatusCode::OK,
-            capability::capability_statement(&base),
-        ))
-    })())
+    into_response(metadata_inner(&st, path, query, &headers, &uri))
+}
+
+fn metadata_inner(
+    st: &ApiState,
+    path: Result<Path<String>, PathRejection>,
+    query: Option<String>,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
+    let Path(orgnr) = path.map_err(path_error)?;
+    let orgnr = st.municipality(&orgnr)?;
+    let format_given = search_params::parse_plain(&decode_query(query.as_deref())?, true)?;
+    check_accept(format_given, headers)?;
+    let base = st.base_url(orgnr, headers, uri)?;
+    Ok(fhir_response(
+        StatusCode::OK,
+        capability::capability_statement(&base),
+    ))
 }
 
 async fn read(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -245,7 +254,7 @@ async fn read(
 }
 
 async fn read_inner(
-    st: ApiState,
+    st: Arc<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     query: Option<String>,
     headers: HeaderMap,
@@ -313,7 +322,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn search(
-    State(st): State<ApiState>,
+    State(st): State<Arc<ApiState>>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -323,7 +332,7 @@ async fn search(
 }
 
 async fn search_inner(
-    st: ApiState,
+    st: Arc<ApiState>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Option<String>,
     headers: HeaderMap,

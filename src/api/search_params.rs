@@ -365,7 +365,7 @@ fn parse_patient(name: &str, value: &str) -> Result<[u8; 16], ApiError> {
 fn check_code(what: &str, code: &str) -> Result<(), ApiError> {
     if code.is_empty() {
         return Err(ApiError::unsupported(format!(
-            "{what}: a code is missing; send code or system|code (searching for any code of a system is not supported)"
+            "{what}: a code is missing (an empty alternative, or system| without a code, which is not supported); send code or system|code"
         )));
     }
     if code.trim() != code || code.chars().any(char::is_control) {
