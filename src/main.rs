@@ -39,6 +39,9 @@ enum Command {
         /// Address for FHIR REST, health and metrics, e.g. 127.0.0.1:8080.
         #[arg(long)]
         http_addr: Option<SocketAddr>,
+        /// Address for the admin API (dead letters, destinations); keep it on loopback.
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
         /// Log format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
@@ -102,12 +105,14 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             grpc_addr,
             http_addr,
+            admin_addr,
             log_format,
         } => {
             let flags = Overrides {
                 data_dir,
                 grpc_addr,
                 http_addr,
+                admin_addr,
                 log_format,
             };
             let cfg = Config::load(config.as_deref(), &flags)?;

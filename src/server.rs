@@ -143,6 +143,7 @@ impl Hub {
             served.clone(),
             VendorId(cfg.default_vendor.clone()),
             cfg.max_future_skew_secs,
+            routes(&cfg),
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -215,6 +216,15 @@ impl Hub {
         result?;
         Ok(())
     }
+}
+
+/// Destination names per municipality, for ingest to queue each event.
+fn routes(cfg: &Config) -> std::collections::HashMap<crate::domain::Orgnr, Vec<String>> {
+    let mut out: std::collections::HashMap<_, Vec<String>> = std::collections::HashMap::new();
+    for (org, d) in cfg.destinations() {
+        out.entry(org).or_default().push(d.name);
+    }
+    out
 }
 
 /// The process-wide Prometheus recorder, installed on first use. `None` when
