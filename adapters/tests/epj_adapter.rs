@@ -32,11 +32,12 @@ impl Epj {
     async fn start(root: &Path, extra: &[&str]) -> Res<Epj> {
         let tls = root.join("tls");
         let out = root.join("out");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_epj-adapter"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--self-signed")
-            .arg(&tls)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_epj-adapter"));
+        cmd.arg("--listen").arg("127.0.0.1:0");
+        if !extra.contains(&"--tls-cert") {
+            cmd.arg("--self-signed").arg(&tls);
+        }
+        let mut child = cmd
             .arg("--out")
             .arg(&out)
             .args(extra)
@@ -321,7 +322,7 @@ async fn create_duplicate_and_restart_keep_one_file_per_identifier() -> Res {
 #[tokio::test]
 async fn down_drops_the_connection_without_an_answer() -> Res {
     let dir = tempfile::tempdir()?;
-    let epj = Epj::start(dir.path(), &[]).await?;
+    let epj = Epj::start(dir.path(), &["--fsync"]).await?;
     epj.set_mode(json!({"mode": "down"})).await?;
     let r = epj.post_bundle(&transaction(&[pulse(1)])).await;
     match r {
@@ -494,6 +495,50 @@ async fn malformed_requests_get_an_operation_outcome() -> Res {
         .await?;
     assert_eq!(r.status(), 400);
     assert!(r.text().await?.contains("reject422"));
+    epj.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_resends_create_each_identifier_once() -> Res {
+    let dir = tempfile::tempdir()?;
+    let epj = Arc::new(Epj::start(dir.path(), &[]).await?);
+    let bundle = transaction(&(1..=20).map(pulse).collect::<Vec<_>>());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let epj = epj.clone();
+        let bundle = bundle.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = epj.post_bundle(&bundle).await?;
+            Ok::<_, reqwest::Error>(r.status())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await??, 200);
+    }
+    assert_eq!(epj.resource_files()?.len(), 20);
+    let s = epj.stats().await?;
+    assert_eq!(s["created"], 20);
+    assert_eq!(s["duplicates"], 140);
+    let log = std::fs::read_to_string(epj.out().join("received.log"))?;
+    assert_eq!(log.lines().count(), 20);
+    Ok(())
+}
+
+#[tokio::test]
+async fn serves_a_certificate_given_as_pem_files() -> Res {
+    let dir = tempfile::tempdir()?;
+    // A first run makes tls/cert.pem and tls/key.pem.
+    Epj::start(dir.path(), &[]).await?.stop().await?;
+    let cert = dir.path().join("tls/cert.pem");
+    let key = dir.path().join("tls/key.pem");
+    let (cert, key) = (
+        cert.to_str().ok_or("path")?.to_string(),
+        key.to_str().ok_or("path")?.to_string(),
+    );
+    let epj = Epj::start(dir.path(), &["--tls-cert", &cert, "--tls-key", &key]).await?;
+    let r = epj.post_bundle(&transaction(&[pulse(1)])).await?;
+    assert_eq!(r.status(), 200);
     epj.stop().await?;
     Ok(())
 }

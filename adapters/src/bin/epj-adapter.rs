@@ -116,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--log {:?} is not a valid filter; try --log info", args.log))?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .init();
 
