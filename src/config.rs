@@ -291,14 +291,24 @@ impl Config {
 
     fn validate_destinations(&self) -> Result<(), ConfigError> {
         let bad = |d: &Destination, why: &str| {
-            Err(ConfigError::Invalid(format!("destination {:?}: {why}", d.name)))
+            Err(ConfigError::Invalid(format!(
+                "destination {:?}: {why}",
+                d.name
+            )))
         };
-        let all: Vec<&Destination> = self.municipalities.iter().flat_map(|m| &m.destinations).collect();
+        let all: Vec<&Destination> = self
+            .municipalities
+            .iter()
+            .flat_map(|m| &m.destinations)
+            .collect();
         let mut names = BTreeSet::new();
         for d in &all {
             if d.name.is_empty()
                 || d.name.len() > 64
-                || !d.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || !d
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             {
                 return bad(d, "name: use 1-64 characters of a-z, 0-9 and '-'");
             }
@@ -307,17 +317,28 @@ impl Config {
             }
             match (d.kind, &d.url) {
                 (DestinationKind::Push, None) => return bad(d, "kind = \"push\" needs url"),
-                (DestinationKind::Push, Some(u)) if !(u.starts_with("https://") || u.starts_with("http://")) => {
-                    return bad(d, "url must start with https:// (or http:// on loopback for tests)");
+                (DestinationKind::Push, Some(u))
+                    if !(u.starts_with("https://") || u.starts_with("http://")) =>
+                {
+                    return bad(
+                        d,
+                        "url must start with https:// (or http:// on loopback for tests)",
+                    );
                 }
                 (DestinationKind::Pull, Some(_)) => return bad(d, "kind = \"pull\" takes no url"),
                 _ => {}
             }
             if d.max_batch == 0 || d.max_rate == 0 || d.breaker_failures == 0 || d.lease_secs == 0 {
-                return bad(d, "max_batch, max_rate, breaker_failures and lease_secs must be at least 1");
+                return bad(
+                    d,
+                    "max_batch, max_rate, breaker_failures and lease_secs must be at least 1",
+                );
             }
             if d.backoff_base_ms == 0 || d.backoff_cap_ms < d.backoff_base_ms {
-                return bad(d, "backoff_base_ms must be at least 1 and at most backoff_cap_ms");
+                return bad(
+                    d,
+                    "backoff_base_ms must be at least 1 and at most backoff_cap_ms",
+                );
             }
         }
         for d in &all {

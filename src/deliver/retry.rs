@@ -19,9 +19,15 @@ use tokio::time::Instant;
 pub enum Verdict {
     Delivered,
     /// Transient: keep the items queued and try again.
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// Final: the destination will never take these items as they are.
-    Reject { reason: String, response: Option<String> },
+    Reject {
+        reason: String,
+        response: Option<String>,
+    },
 }
 
 /// FHIR messaging practice and vector's default HTTP rule: 2xx delivered;
@@ -65,7 +71,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The ceiling of the next wait, before jitter.
@@ -166,14 +176,29 @@ mod tests {
         assert_eq!(classify(200, None, None), Verdict::Delivered);
         assert_eq!(classify(201, None, None), Verdict::Delivered);
         for s in [408, 429, 500, 502, 503, 504] {
-            assert!(matches!(classify(s, None, None), Verdict::Retry { .. }), "{s}");
+            assert!(
+                matches!(classify(s, None, None), Verdict::Retry { .. }),
+                "{s}"
+            );
         }
         for s in [400, 401, 403, 404, 409, 412, 422, 501] {
-            assert!(matches!(classify(s, None, None), Verdict::Reject { .. }), "{s}");
+            assert!(
+                matches!(classify(s, None, None), Verdict::Reject { .. }),
+                "{s}"
+            );
         }
         let v = classify(429, parse_retry_after(Some("7")), None);
-        assert_eq!(v, Verdict::Retry { reason: "destination answered 429".into(), after: Some(Duration::from_secs(7)) });
-        assert_eq!(parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(
+            v,
+            Verdict::Retry {
+                reason: "destination answered 429".into(),
+                after: Some(Duration::from_secs(7))
+            }
+        );
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
     }
 
     #[test]

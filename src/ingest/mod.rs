@@ -130,7 +130,11 @@ impl Inner {
             Payload::Alarm(a) if a.severity == Severity::Yellow => Class::Yellow,
             _ => Class::Routine,
         };
-        let destinations = self.routes.get(&ev.municipality).cloned().unwrap_or_default();
+        let destinations = self
+            .routes
+            .get(&ev.municipality)
+            .cloned()
+            .unwrap_or_default();
         let rec = NewRecord {
             vendor: ev.vendor,
             event_id: ev.event_id,

@@ -63,7 +63,9 @@ pub struct NewRecord {
 /// Delivery class. RED and YELLOW alarms go ahead of every routine item and
 /// have deadlines. The numbers are part of the store's key layout: never
 /// change them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Class {
     Red = 0,
     Yellow = 1,
@@ -154,10 +156,20 @@ pub struct DeadLetterFilter {
 pub enum DeliveryState {
     Pending,
     /// Handed to a pull consumer; offered again after `until` (RFC 3339).
-    Leased { until: String },
-    Delivered { at: String },
-    DeadLettered { at: String, error: String },
-    Discarded { at: String, reason: String },
+    Leased {
+        until: String,
+    },
+    Delivered {
+        at: String,
+    },
+    DeadLettered {
+        at: String,
+        error: String,
+    },
+    Discarded {
+        at: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +291,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records how deliveries ended: `seq` → outcome. Items no longer
     /// queued (settled before) are skipped.
-    fn outbox_settle(&self, destination: &str, outcomes: &[(u64, Settle)]) -> Result<(), StoreError>;
+    fn outbox_settle(
+        &self,
+        destination: &str,
+        outcomes: &[(u64, Settle)],
+    ) -> Result<(), StoreError>;
 
     /// Items waiting for `destination` and the `seq` of the oldest one.
     fn outbox_depth(&self, destination: &str) -> Result<(u64, Option<u64>), StoreError>;
@@ -295,20 +311,38 @@ pub trait Store: Send + Sync + 'static {
         yellow_deadline: u64,
     ) -> Result<Vec<ResourceRef>, StoreError>;
 
-    fn dead_letters(&self, filter: &DeadLetterFilter, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
 
     /// Puts a dead letter back in its destination's queue. `false`: no such dead letter.
     fn dead_letter_replay(&self, destination: &str, seq: u64) -> Result<bool, StoreError>;
 
     /// Drops a dead letter for good, keeping the reason in its status.
-    fn dead_letter_discard(&self, destination: &str, seq: u64, reason: &str) -> Result<bool, StoreError>;
+    fn dead_letter_discard(
+        &self,
+        destination: &str,
+        seq: u64,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Where one resource stands with one destination; `None` if it was
     /// never queued there.
-    fn delivery_state(&self, destination: &str, seq: u64) -> Result<Option<DeliveryState>, StoreError>;
+    fn delivery_state(
+        &self,
+        destination: &str,
+        seq: u64,
+    ) -> Result<Option<DeliveryState>, StoreError>;
 
     /// The `seq` of a resource of one municipality, if visible.
-    fn seq_of(&self, municipality: Orgnr, resource_type: ResourceType, id: uuid::Uuid) -> Result<Option<u64>, StoreError> {
+    fn seq_of(
+        &self,
+        municipality: Orgnr,
+        resource_type: ResourceType,
+        id: uuid::Uuid,
+    ) -> Result<Option<u64>, StoreError> {
         Ok(self.get(municipality, resource_type, id)?.map(|r| r.seq))
     }
 

@@ -494,7 +494,10 @@ impl Store for SledStore {
                 for n in db.range(lo..hi) {
                     let (nk, nv) = n.map_err(read)?;
                     let nseq = tail_seq(&nk)?;
-                    if nv.first() == Some(&(Class::Routine as u8)) && !taken.contains(&nseq) && !leased(nseq)? {
+                    if nv.first() == Some(&(Class::Routine as u8))
+                        && !taken.contains(&nseq)
+                        && !leased(nseq)?
+                    {
                         taken.insert(nseq);
                         picked.push((nseq, Class::Routine, patient));
                     }
@@ -520,14 +523,19 @@ impl Store for SledStore {
         if let Some(until) = lease_until {
             let mut b = sled::Batch::default();
             for (seq, _, _) in &picked {
-                b.insert(lkey(destination, *seq).to_vec(), until.to_be_bytes().to_vec());
+                b.insert(
+                    lkey(destination, *seq).to_vec(),
+                    until.to_be_bytes().to_vec(),
+                );
             }
             db.apply_batch(b).map_err(read)?;
         }
         let mut out = Vec::with_capacity(picked.len());
         for (seq, class, patient) in picked {
             let Some(raw) = self.read_record(seq)? else {
-                return Err(StoreError::Corrupt(format!("outbox points at missing record {seq}")));
+                return Err(StoreError::Corrupt(format!(
+                    "outbox points at missing record {seq}"
+                )));
             };
             out.push(OutboxItem {
                 destination: destination.to_string(),
@@ -539,7 +547,11 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn outbox_settle(&self, destination: &str, outcomes: &[(u64, Settle)]) -> Result<(), StoreError> {
+    fn outbox_settle(
+        &self,
+        destination: &str,
+        outcomes: &[(u64, Settle)],
+    ) -> Result<(), StoreError> {
         let _g = lock(&self.shared.delivery);
         let db = &self.shared.db;
         let mut b = sled::Batch::default();
@@ -563,7 +575,11 @@ impl Store for SledStore {
             let state = match outcome {
                 Settle::Release => None,
                 Settle::Delivered => Some(DeliveryState::Delivered { at: at.clone() }),
-                Settle::DeadLetter { attempts, error, response } => {
+                Settle::DeadLetter {
+                    attempts,
+                    error,
+                    response,
+                } => {
                     let rec = DlqRecord {
                         class: class as u8,
                         attempts: *attempts,
@@ -575,7 +591,10 @@ impl Store for SledStore {
                     b.insert(qkey(destination, seq).to_vec(), encode(&rec)?);
                     tracing::warn!(destination, seq, attempts, error = %error, "delivery dead-lettered");
                     metrics::counter!("knutepunkt_delivery_dead_lettered_total", "destination" => destination.to_string()).increment(1);
-                    Some(DeliveryState::DeadLettered { at: at.clone(), error: error.clone() })
+                    Some(DeliveryState::DeadLettered {
+                        at: at.clone(),
+                        error: error.clone(),
+                    })
                 }
             };
             let Some(state) = state else { continue };
@@ -587,16 +606,27 @@ impl Store for SledStore {
         db.apply_batch(b).map_err(read)?;
         db.flush().map_err(read)?;
         if removed > 0 {
-            *lock(&self.shared.depth).entry(destination.to_string()).or_default() -= removed;
+            *lock(&self.shared.depth)
+                .entry(destination.to_string())
+                .or_default() -= removed;
         }
         Ok(())
     }
 
     fn outbox_depth(&self, destination: &str) -> Result<(u64, Option<u64>), StoreError> {
-        let depth = lock(&self.shared.depth).get(destination).copied().unwrap_or(0).max(0) as u64;
+        let depth = lock(&self.shared.depth)
+            .get(destination)
+            .copied()
+            .unwrap_or(0)
+            .max(0) as u64;
         let mut oldest: Option<u64> = None;
         for class in [Class::Red, Class::Yellow, Class::Routine] {
-            if let Some(item) = self.shared.db.scan_prefix(oprefix(destination, class)).next() {
+            if let Some(item) = self
+                .shared
+                .db
+                .scan_prefix(oprefix(destination, class))
+                .next()
+            {
                 let (k, _) = item.map_err(read)?;
                 let seq = tail_seq(&k)?;
                 oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
@@ -639,8 +669,13 @@ impl Store for SledStore {
         }
         db.apply_batch(b).map_err(read)?;
         db.flush().map_err(read)?;
-        *lock(&self.shared.depth).entry(fallback.to_string()).or_default() += seqs.len() as i64;
-        let _ = self.shared.committed.send_replace(self.shared.visible.load(Ordering::Acquire));
+        *lock(&self.shared.depth)
+            .entry(fallback.to_string())
+            .or_default() += seqs.len() as i64;
+        let _ = self
+            .shared
+            .committed
+            .send_replace(self.shared.visible.load(Ordering::Acquire));
         let mut out = Vec::new();
         for seq in seqs {
             if let Some(raw) = self.read_record(seq)? {
@@ -650,13 +685,19 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn dead_letters(&self, filter: &DeadLetterFilter, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+    fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         let parse = |s: &Option<String>, what: &str| -> Result<Option<u64>, StoreError> {
             s.as_deref()
                 .map(|t| {
                     chrono::DateTime::parse_from_rfc3339(t)
                         .map(|d| super::time_to_seq(d.with_timezone(&chrono::Utc)))
-                        .map_err(|e| StoreError::Read(format!("{what}: {t:?} is not an RFC 3339 time ({e})")))
+                        .map_err(|e| {
+                            StoreError::Read(format!("{what}: {t:?} is not an RFC 3339 time ({e})"))
+                        })
                 })
                 .transpose()
         };
@@ -678,8 +719,11 @@ impl Store for SledStore {
             }
             let destination = dest_of(&k)?;
             let rec: DlqRecord = decode(&v)?;
-            let Some(raw) = self.read_record(seq)? else { continue };
-            let r: Record = postcard::from_bytes(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let Some(raw) = self.read_record(seq)? else {
+                continue;
+            };
+            let r: Record =
+                postcard::from_bytes(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let codes: Vec<String> = r.codes.iter().map(|(_, c)| c.to_string()).collect();
             if let Some(c) = &filter.code
                 && !codes.iter().any(|x| x == c)
@@ -715,16 +759,29 @@ impl Store for SledStore {
         b.remove(qkey(destination, seq).to_vec());
         b.remove(skey(destination, seq).to_vec());
         b.insert(okey(destination, class, seq).to_vec(), rec.patient.to_vec());
-        b.insert(nkey(destination, &rec.patient, seq).to_vec(), vec![class as u8]);
+        b.insert(
+            nkey(destination, &rec.patient, seq).to_vec(),
+            vec![class as u8],
+        );
         db.apply_batch(b).map_err(read)?;
         db.flush().map_err(read)?;
-        *lock(&self.shared.depth).entry(destination.to_string()).or_default() += 1;
-        let _ = self.shared.committed.send_replace(self.shared.visible.load(Ordering::Acquire));
+        *lock(&self.shared.depth)
+            .entry(destination.to_string())
+            .or_default() += 1;
+        let _ = self
+            .shared
+            .committed
+            .send_replace(self.shared.visible.load(Ordering::Acquire));
         tracing::info!(destination, seq, "dead letter replayed");
         Ok(true)
     }
 
-    fn dead_letter_discard(&self, destination: &str, seq: u64, reason: &str) -> Result<bool, StoreError> {
+    fn dead_letter_discard(
+        &self,
+        destination: &str,
+        seq: u64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
         let _g = lock(&self.shared.delivery);
         let db = &self.shared.db;
         if !db.contains_key(qkey(destination, seq)).map_err(read)? {
@@ -743,16 +800,24 @@ impl Store for SledStore {
         Ok(true)
     }
 
-    fn delivery_state(&self, destination: &str, seq: u64) -> Result<Option<DeliveryState>, StoreError> {
+    fn delivery_state(
+        &self,
+        destination: &str,
+        seq: u64,
+    ) -> Result<Option<DeliveryState>, StoreError> {
         let db = &self.shared.db;
         for class in [Class::Red, Class::Yellow, Class::Routine] {
-            if db.contains_key(okey(destination, class, seq)).map_err(read)? {
+            if db
+                .contains_key(okey(destination, class, seq))
+                .map_err(read)?
+            {
                 if let Some(v) = db.get(lkey(destination, seq)).map_err(read)?
                     && let Some(until) = be_u64(&v)
                     && until > now_micros()
                 {
                     return Ok(Some(DeliveryState::Leased {
-                        until: seq_to_time(until).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        until: seq_to_time(until)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     }));
                 }
                 return Ok(Some(DeliveryState::Pending));
@@ -767,7 +832,6 @@ impl Store for SledStore {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.committed.subscribe()
     }
-
 }
 
 /// The writer thread's state. See the module doc.
@@ -1118,7 +1182,9 @@ fn dest_prefix(table: u8, dest: &str) -> Vec<u8> {
 }
 
 fn dest_of(key: &[u8]) -> Result<String, StoreError> {
-    let n = *key.get(1).ok_or_else(|| StoreError::Corrupt("short key".into()))? as usize;
+    let n = *key
+        .get(1)
+        .ok_or_else(|| StoreError::Corrupt("short key".into()))? as usize;
     key.get(2..2 + n)
         .and_then(|b| std::str::from_utf8(b).ok())
         .map(str::to_string)
@@ -1174,7 +1240,8 @@ fn tail_seq(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 fn patient_of(v: &[u8]) -> Result<[u8; 16], StoreError> {
-    v.try_into().map_err(|_| StoreError::Corrupt("bad outbox entry".into()))
+    v.try_into()
+        .map_err(|_| StoreError::Corrupt("bad outbox entry".into()))
 }
 
 /// Counts every destination's queue once at open (the counts are then kept
@@ -1236,6 +1303,8 @@ mod tests {
             },
             answers_alarm: None,
             is_alarm: alarm,
+            class: crate::store::Class::Routine,
+            destinations: vec![],
         }
     }
 
