@@ -112,6 +112,10 @@ pub struct Destination {
     /// not delivered by their deadline (e.g. the response centre). Example: "oslo-responssenter".
     #[serde(default)]
     pub escalate_to: Option<String>,
+    /// Receives only alarms escalated to it by other destinations, not every
+    /// event of the municipality (e.g. a response centre). Example: true.
+    #[serde(default)]
+    pub escalation_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -352,6 +356,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Destination names per municipality that every event is queued for
+    /// (all but the escalation-only ones).
+    pub fn routes(&self) -> std::collections::HashMap<Orgnr, Vec<String>> {
+        let mut out: std::collections::HashMap<Orgnr, Vec<String>> =
+            std::collections::HashMap::new();
+        for (org, d) in self.destinations() {
+            if !d.escalation_only {
+                out.entry(org).or_default().push(d.name);
+            }
+        }
+        out
     }
 
     /// Every configured destination with the orgnr it belongs to.

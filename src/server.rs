@@ -157,7 +157,7 @@ impl Hub {
             served.clone(),
             VendorId(cfg.default_vendor.clone()),
             cfg.max_future_skew_secs,
-            routes(&cfg),
+            cfg.routes(),
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -184,7 +184,7 @@ impl Hub {
             municipalities: served,
             public_url: cfg.public_url.clone(),
             pull: Arc::new(pull_consumers(&cfg)),
-            destinations: Arc::new(routes(&cfg).into_iter().collect()),
+            destinations: Arc::new(all_destinations(&cfg)),
         })
         .route(
             "/metrics",
@@ -259,9 +259,9 @@ impl Hub {
     }
 }
 
-/// Destination names per municipality, for ingest to queue each event.
-fn routes(cfg: &Config) -> std::collections::HashMap<crate::domain::Orgnr, Vec<String>> {
-    let mut out: std::collections::HashMap<_, Vec<String>> = std::collections::HashMap::new();
+/// Every destination name per municipality, escalation-only ones included.
+fn all_destinations(cfg: &Config) -> std::collections::BTreeMap<crate::domain::Orgnr, Vec<String>> {
+    let mut out: std::collections::BTreeMap<_, Vec<String>> = std::collections::BTreeMap::new();
     for (org, d) in cfg.destinations() {
         out.entry(org).or_default().push(d.name);
     }
