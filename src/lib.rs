@@ -27,6 +27,7 @@ pub mod ingest;
 pub mod normalize;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 /// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the
 /// adapters and the tests use it.

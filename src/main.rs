@@ -42,6 +42,10 @@ enum Command {
         /// Address for the admin API (dead letters, destinations); keep it on loopback.
         #[arg(long)]
         admin_addr: Option<SocketAddr>,
+        /// Development only: plain gRPC/HTTP, no client certificates or
+        /// tokens. Logged loudly. Never use it with real data.
+        #[arg(long)]
+        insecure_dev: bool,
         /// Log format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
@@ -263,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
             grpc_addr,
             http_addr,
             admin_addr,
+            insecure_dev,
             log_format,
         } => {
             let flags = Overrides {
@@ -270,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
                 grpc_addr,
                 http_addr,
                 admin_addr,
+                insecure_dev: insecure_dev.then_some(true),
                 log_format,
             };
             let cfg = Config::load(config.as_deref(), &flags)?;
