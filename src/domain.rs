@@ -48,7 +48,9 @@ impl Orgnr {
         if control != d[8] {
             return Err("has a wrong control digit; check the organisation number".into());
         }
-        Ok(Orgnr(d.iter().fold(0u32, |acc, &x| acc * 10 + u32::from(x))))
+        Ok(Orgnr(
+            d.iter().fold(0u32, |acc, &x| acc * 10 + u32::from(x)),
+        ))
     }
 
     pub fn as_u32(self) -> u32 {
@@ -122,7 +124,9 @@ impl PersonId {
         };
         if !ok_first {
             return Err(match system {
-                IdSystem::Fnr => "is not a fødselsnummer (first digit must be 0-3; is it a D-number?)",
+                IdSystem::Fnr => {
+                    "is not a fødselsnummer (first digit must be 0-3; is it a D-number?)"
+                }
                 IdSystem::Dnr => "is not a D-number (first digit must be 4-7)",
                 IdSystem::Fhn => "is not an FH-number (first digit must be 8 or 9)",
             }
@@ -386,7 +390,10 @@ mod tests {
         assert!(Orgnr::parse("958935421").is_err());
         assert!(Orgnr::parse("95893542").is_err());
         assert!(Orgnr::parse("95893542a").is_err());
-        assert_eq!(Orgnr::parse("958935420").map(|o| o.to_string()), Ok("958935420".into()));
+        assert_eq!(
+            Orgnr::parse("958935420").map(|o| o.to_string()),
+            Ok("958935420".into())
+        );
     }
 
     #[test]
@@ -396,7 +403,10 @@ mod tests {
             assert!(PersonId::parse(IdSystem::Fnr, &f).is_ok(), "{f}");
             let d = synthetic::dnr(n);
             assert!(PersonId::parse(IdSystem::Dnr, &d).is_ok(), "{d}");
-            assert!(PersonId::parse(IdSystem::Fnr, &d).is_err(), "{d} is not an fnr");
+            assert!(
+                PersonId::parse(IdSystem::Fnr, &d).is_err(),
+                "{d} is not an fnr"
+            );
         }
     }
 
@@ -422,6 +432,9 @@ mod tests {
         let v = VendorId("acme".into());
         assert_eq!(resource_id(&v, "e1"), resource_id(&v, "e1"));
         assert_ne!(resource_id(&v, "e1"), resource_id(&v, "e2"));
-        assert_ne!(resource_id(&v, "e1"), resource_id(&VendorId("other".into()), "e1"));
+        assert_ne!(
+            resource_id(&v, "e1"),
+            resource_id(&VendorId("other".into()), "e1")
+        );
     }
 }

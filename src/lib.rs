@@ -20,6 +20,7 @@
 
 pub mod domain;
 pub mod normalize;
+pub mod sim;
 pub mod store;
 
 /// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the
