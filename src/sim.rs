@@ -165,7 +165,7 @@ impl Population {
     /// Every eighth resident has a D-number, the rest a fødselsnummer; all
     /// are synthetic numbers that cannot belong to a real person.
     pub fn new(seed: u64, municipalities: &[&str], per_municipality: u32) -> Self {
-        let mut rng = SplitMix64::new(seed ^ 0x5EED_0F_7E0B1E);
+        let mut rng = SplitMix64::new(seed ^ 0x5EED_0F7E_0B1E);
         // Start somewhere seed-dependent in the synthetic number space so two
         // seeds give two different sets of people.
         let offset = (seed % 50_000) as u32 * 64;
