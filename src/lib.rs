@@ -18,6 +18,7 @@
 //! - [`config`]: the config file, environment and flags.
 //! - [`server`]: wires it together; `run(config, shutdown)`.
 
+pub mod demo;
 pub mod domain;
 pub mod normalize;
 pub mod sim;
