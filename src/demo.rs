@@ -21,12 +21,11 @@ use chrono::{DateTime, Local, Utc};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::config::Config;
 use crate::proto::v1::vendor_ingest_client::VendorIngestClient;
 use crate::proto::v1::{Receipt, ReceiptStatus};
-// TEMPORARY until main has `server` and `config`: replace with
-// `use crate::config::Config; use crate::server::Hub;`
+use crate::server::Hub;
 use crate::sim::{self, GenConfig, Generator, Mix, Population};
-use shim::{Config, Hub};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -706,38 +705,5 @@ mod tests {
             json!({"link": [{"relation": "self", "url": "x"}, {"relation": "next", "url": "/n"}]});
         assert_eq!(next_link(&b).as_deref(), Some("/n"));
         assert_eq!(next_link(&json!({})), None);
-    }
-}
-
-/// TEMPORARY stand-in for the contract of `crate::server::Hub` while main
-/// does not have it yet; removed when main lands.
-mod shim {
-    use std::net::SocketAddr;
-    use std::path::PathBuf;
-
-    pub struct Config;
-    impl Config {
-        pub fn for_dev(_dir: PathBuf) -> Self {
-            Config
-        }
-    }
-    pub struct Hub;
-    impl Hub {
-        pub async fn start(_c: Config) -> Result<Hub, std::io::Error> {
-            Err(std::io::Error::other("server not merged yet"))
-        }
-        pub fn grpc_addr(&self) -> SocketAddr {
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        }
-        pub fn http_addr(&self) -> SocketAddr {
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        }
-        pub async fn run_until(
-            self,
-            stop: impl std::future::Future<Output = ()>,
-        ) -> Result<(), std::io::Error> {
-            stop.await;
-            Ok(())
-        }
     }
 }

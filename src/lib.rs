@@ -18,9 +18,13 @@
 //! - [`config`]: the config file, environment and flags.
 //! - [`server`]: wires it together; `run(config, shutdown)`.
 
+pub mod api;
+pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod ingest;
 pub mod normalize;
+pub mod server;
 pub mod sim;
 pub mod store;
 

@@ -1,0 +1,227 @@
+//! Wires the hub together: opens the store, binds the gRPC and HTTP
+//! listeners, serves until told to stop, then drains and closes the store.
+//!
+//! `Hub::start` binds before anything is served, so a caller (the CLI, the
+//! demo, a test) learns the real ports even when it asked for port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::domain::VendorId;
+use crate::ingest::IngestService;
+use crate::proto;
+use crate::proto::v1::vendor_ingest_server::VendorIngestServer;
+use crate::store::Store;
+use crate::store::sled::{OpenError, SledOptions, SledStore};
+
+/// Largest gRPC message a vendor may send. An event is well under 16 KiB.
+const MAX_GRPC_MESSAGE: usize = 256 * 1024;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("cannot listen on {addr} ({what}): {source}; is another process using the port?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A started hub: store open, ports bound, nothing served yet.
+pub struct Hub {
+    cfg: Config,
+    store: SledStore,
+    grpc: TcpListener,
+    http: TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl Hub {
+    pub async fn start(cfg: Config) -> Result<Hub, StartError> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let opts = SledOptions {
+            max_batch: cfg.store.max_batch,
+            min_free_bytes: cfg.store.min_free_bytes,
+            cache_bytes: cfg.store.cache_bytes,
+            ..SledOptions::default()
+        };
+        let store = SledStore::open(&cfg.data_dir.join("store"), opts)?;
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let grpc = bind("gRPC", cfg.grpc_addr).await?;
+        let http = bind("HTTP", cfg.http_addr).await?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let grpc_addr = local(&grpc, "gRPC", cfg.grpc_addr)?;
+        let http_addr = local(&http, "HTTP", cfg.http_addr)?;
+        if cfg.municipalities.is_empty() {
+            tracing::warn!(
+                "no municipalities configured: accepting events for every valid orgnr; list them in the config for production"
+            );
+        }
+        Ok(Hub {
+            cfg,
+            store,
+            grpc,
+            http,
+            grpc_addr,
+            http_addr,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests, lets
+    /// in-flight ones finish, and closes the store (every queued write is
+    /// answered first).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Hub {
+            cfg,
+            store,
+            grpc,
+            http,
+            grpc_addr,
+            http_addr,
+        } = self;
+        let token = CancellationToken::new();
+        let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
+        let served = cfg.served_municipalities().ok().flatten();
+
+        let ingest = IngestService::new(
+            dyn_store.clone(),
+            served.clone(),
+            VendorId(cfg.default_vendor.clone()),
+            cfg.max_future_skew_secs,
+        );
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<VendorIngestServer<IngestService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(
+                VendorIngestServer::new(ingest).max_decoding_message_size(MAX_GRPC_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc),
+                token.clone().cancelled_owned(),
+            );
+
+        let metrics = metrics_handle();
+        let app = api::router(ApiState {
+            store: dyn_store.clone(),
+            municipalities: served,
+            public_url: cfg.public_url.clone(),
+        })
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.map(|h| h.render()).unwrap_or_default() }
+            }),
+        );
+        let http_server =
+            axum::serve(http, app).with_graceful_shutdown(token.clone().cancelled_owned());
+
+        tracing::info!(%grpc_addr, %http_addr, data_dir = %cfg.data_dir.display(), "knutepunkt is serving");
+        let stopper = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests; finishing those in flight");
+            stopper.cancel();
+        });
+        let servers = async { tokio::join!(grpc_server, http_server) };
+        tokio::pin!(servers);
+        let grace_over = async {
+            token.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let result = tokio::select! {
+            (g, h) = &mut servers => g.map_err(ServeError::from).and(h.map_err(ServeError::Http)),
+            () = grace_over => {
+                tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");
+                Ok(())
+            }
+        };
+        // Whatever ended first, stop the other too.
+        token.cancel();
+        drop(dyn_store);
+        if tokio::time::timeout(SHUTDOWN_GRACE, store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "store writer did not stop in time; every acknowledged event is already on disk"
+            );
+        } else {
+            tracing::info!("stopped; store closed");
+        }
+        result?;
+        Ok(())
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. `None` when
+/// another recorder was installed first (e.g. by an embedding program).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
