@@ -277,6 +277,16 @@ async fn vendor(
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         let outcome = match answer {
             Ok(r) => receipt_outcome(&stats, &r.into_inner()),
+            // Unary Submit answers bad input with a status, not a receipt.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+                ) =>
+            {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                format!("REJECTED {:?}: {}", status.code(), status.message())
+            }
             Err(status) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 format!("ERROR {:?}: {}", status.code(), status.message())

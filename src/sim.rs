@@ -657,7 +657,13 @@ impl Generator {
         let (resident, device, payload) = match pick {
             0 => self.measurement(),
             1 => self.alarm(&event_id),
-            _ => self.note(),
+            _ => match self.note() {
+                Some(n) => n,
+                // Nothing to answer yet: mostly raise an alarm instead, so
+                // notes stay about closing the loop.
+                None if self.rng.chance(0.75) => self.alarm(&event_id),
+                None => self.standalone_note(),
+            },
         };
         let r = &self.population.residents[resident];
         Event {
@@ -800,11 +806,9 @@ impl Generator {
         (idx, device, payload)
     }
 
-    fn note(&mut self) -> (usize, Device, Payload) {
-        let device = Device {
-            id: "rsp-console-01".to_string(),
-            kind: "response-centre".to_string(),
-        };
+    /// A note answering the oldest eligible open alarm (red ones first), or
+    /// `None` when no alarm is old enough.
+    fn note(&mut self) -> Option<(usize, Device, Payload)> {
         // Oldest eligible alarm first: red ones before the rest, as staff would.
         let lag = self.min_note_lag;
         let counter = self.counter;
@@ -821,15 +825,26 @@ impl Generator {
                 text: text.to_string(),
                 in_response_to: alarm.event_id,
             });
-            return (alarm.resident, device, payload);
+            return Some((alarm.resident, note_device(), payload));
         }
+        None
+    }
+
+    fn standalone_note(&mut self) -> (usize, Device, Payload) {
         let idx = self.pick_resident();
         let text = STANDALONE_NOTES[self.rng.below(STANDALONE_NOTES.len() as u64) as usize];
         let payload = Payload::Note(Note {
             text: text.to_string(),
             in_response_to: String::new(),
         });
-        (idx, device, payload)
+        (idx, note_device(), payload)
+    }
+}
+
+fn note_device() -> Device {
+    Device {
+        id: "rsp-console-01".to_string(),
+        kind: "response-centre".to_string(),
     }
 }
 
