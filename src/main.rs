@@ -49,6 +49,13 @@ enum Command {
         #[arg(long, env = "KNUTEPUNKT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Exit 0 when a URL answers 2xx, else 1: a health check for container
+    /// images that have no curl.
+    #[command(after_help = "Example:\n  knutepunkt probe http://127.0.0.1:8080/readyz")]
+    Probe {
+        /// URL to GET, e.g. http://127.0.0.1:8080/readyz
+        url: String,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -109,6 +116,17 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("knutepunkt could not start")?;
             hub.run_until(shutdown_signal()).await?;
+        }
+        Command::Probe { url } => {
+            let r = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await
+                .with_context(|| format!("{url} did not answer"))?;
+            if !r.status().is_success() {
+                anyhow::bail!("{url} answered {}", r.status());
+            }
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())?;

@@ -1,5 +1,7 @@
 //! Black-box conformance tests for Knutepunkt: the tests in `tests/` start
 //! the real binary through [`harness`], talk gRPC and HTTP to it, kill it and
-//! restart it.
+//! restart it; [`fhir_validator`] checks FHIR output with an independent
+//! validator.
 
+pub mod fhir_validator;
 pub mod harness;

@@ -1,34 +1,401 @@
-//! FHIR R4 REST for EPJ systems (placeholder until the API work merges):
-//! only /healthz and /readyz.
+//! FHIR R4 REST for EPJ systems: read and search of the hub's Observations
+//! and Communications, one base per municipality (`/fhir/r4/{orgnr}`).
+//!
+//! This is the FHIR edge: it knows HTTP and FHIR's envelopes (Bundle,
+//! OperationOutcome, CapabilityStatement), and nothing else of FHIR: stored
+//! resources are served as the bytes the store holds. It reads only through
+//! the [`Store`] trait and decides nothing about who may ask (that is the
+//! auth layer's job, put in front of [`router`]); it does enforce that a
+//! municipality's base only ever shows that municipality's data.
+//!
+//! Map:
+//! - [`search_params`]: query → store query, refusing what it does not know.
+//! - [`last_updated`]: `_lastUpdated` values → sequence ranges.
+//! - [`query_string`]: RFC 3986 decoding/encoding (a `+` stays a plus).
+//! - [`bundle`]: the searchset Bundle, resources spliced in unparsed.
+//! - [`outcome`]: errors as OperationOutcomes.
+//! - [`capability`]: the CapabilityStatement.
+//!
+//! Outside the FHIR base: `GET /healthz` (the process runs) and
+//! `GET /readyz` (the store can take writes). Metrics are merged in by the
+//! caller: `router(state).merge(metrics_router)`.
+
+pub mod bundle;
+pub mod capability;
+pub mod last_updated;
+pub mod outcome;
+pub mod query_string;
+pub mod search_params;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
 
-use crate::domain::Orgnr;
-use crate::store::Store;
+use crate::domain::{Orgnr, ResourceType};
+use crate::store::{SearchPage, Store, StoredResource};
+use outcome::{ApiError, fhir_response};
+use search_params::SearchParams;
 
+/// What the API serves and from where. The router shares one copy
+/// between all requests.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
+    /// The orgnrs served; `None` serves any valid orgnr.
     pub municipalities: Option<BTreeSet<Orgnr>>,
+    /// Scheme, host and optional path prefix in front of `/fhir/r4/{orgnr}`
+    /// as clients reach the hub (e.g. `https://knutepunkt.kommune.no`; a
+    /// trailing `/` is ignored). `None` derives it from each request's
+    /// `Host` header with scheme `http`: configure it behind TLS or a proxy
+    /// (`X-Forwarded-*` headers are not trusted).
     pub public_url: Option<String>,
 }
 
-pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .with_state(state)
+impl ApiState {
+    /// The municipality of a path segment, if it is a valid orgnr served here.
+    fn municipality(&self, segment: &str) -> Result<Orgnr, ApiError> {
+        let not_served = || {
+            ApiError::not_found(
+                "no FHIR base at this path: use /fhir/r4/{orgnr} with the 9-digit organisation number of a municipality this hub serves",
+            )
+        };
+        let orgnr = Orgnr::parse(segment).map_err(|_| not_served())?;
+        match &self.municipalities {
+            Some(set) if !set.contains(&orgnr) => Err(not_served()),
+            _ => Ok(orgnr),
+        }
+    }
+
+    /// The municipality's FHIR base URL, absolute, without a trailing slash.
+    fn base_url(&self, orgnr: Orgnr, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
+        let root = match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", request_host(headers, uri)?),
+        };
+        Ok(format!("{root}/fhir/r4/{orgnr}"))
+    }
 }
 
-async fn ready(State(s): State<ApiState>) -> (StatusCode, String) {
-    match s.store.ready() {
-        Ok(()) => (StatusCode::OK, "ready".into()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+/// The `Host` header (or the HTTP/2 authority), checked to be a plain
+/// `host[:port]` so it can be put into links safely.
+fn request_host(headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
+    let host = match headers.get(header::HOST) {
+        Some(h) => h.to_str().ok().map(str::to_string),
+        None => uri.authority().map(|a| a.as_str().to_string()),
+    };
+    let valid = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 255
+            && h.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b".-:[]_".contains(&c))
+    };
+    match host {
+        Some(h) if valid(&h) => Ok(h),
+        _ => Err(ApiError::invalid(
+            "the Host header is missing or not a valid host[:port]; send it (or have the hub configured with its public base URL)",
+        )),
     }
+}
+
+/// The router: FHIR bases under `/fhir/r4/{orgnr}`, plus `/healthz` and
+/// `/readyz`. Merge further routes (e.g. `/metrics`) with [`Router::merge`].
+pub fn router(state: ApiState) -> Router {
+    // Nested so that its fallback answers every other path under /fhir/r4
+    // with an OperationOutcome while leaving the caller free to merge
+    // routers that have a fallback of their own.
+    let fhir = Router::new()
+        .route(
+            "/{orgnr}/metadata",
+            get(metadata).fallback(method_not_allowed),
+        )
+        .route(
+            "/{orgnr}/{resource_type}",
+            get(search).fallback(method_not_allowed),
+        )
+        .route(
+            "/{orgnr}/{resource_type}/{id}",
+            get(read).fallback(method_not_allowed),
+        )
+        .fallback(no_such_endpoint);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/fhir/r4", fhir)
+        .route("/fhir/r4/", any(no_such_endpoint))
+        .with_state(Arc::new(state))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
+    match st.store.ready() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed("GET, HEAD")
+}
+
+async fn no_such_endpoint() -> ApiError {
+    ApiError::not_found(
+        "no such FHIR endpoint: this server offers GET /fhir/r4/{orgnr}/metadata, /fhir/r4/{orgnr}/{Observation|Communication}?… and /fhir/r4/{orgnr}/{Observation|Communication}/{id}",
+    )
+}
+
+/// Whether the client's `Accept` admits FHIR JSON. No header admits anything.
+fn accepts_json(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::ACCEPT).iter().peekable();
+    if values.peek().is_none() {
+        return true;
+    }
+    values.any(|v| {
+        let Ok(v) = v.to_str() else {
+            return false;
+        };
+        v.split(',').any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            !refused
+                && matches!(
+                    media.as_str(),
+                    "application/fhir+json"
+                        | "application/json"
+                        | "application/json+fhir"
+                        | "application/*"
+                        | "*/*"
+                )
+        })
+    })
+}
+
+fn decode_query(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    query_string::decode(raw.unwrap_or_default()).map_err(ApiError::invalid)
+}
+
+fn check_accept(format_given: bool, headers: &HeaderMap) -> Result<(), ApiError> {
+    if format_given || accepts_json(headers) {
+        Ok(())
+    } else {
+        Err(ApiError::not_acceptable())
+    }
+}
+
+fn resource_type(segment: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::parse(segment).ok_or_else(|| {
+        ApiError::not_found("this server serves only Observation and Communication (see metadata)")
+    })
+}
+
+fn path_error(_: PathRejection) -> ApiError {
+    ApiError::not_found("the path is not valid UTF-8 after percent-decoding")
+}
+
+fn into_response(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn metadata(
+    State(st): State<Arc<ApiState>>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    into_response(metadata_inner(&st, path, query, &headers, &uri))
+}
+
+fn metadata_inner(
+    st: &ApiState,
+    path: Result<Path<String>, PathRejection>,
+    query: Option<String>,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
+    let Path(orgnr) = path.map_err(path_error)?;
+    let orgnr = st.municipality(&orgnr)?;
+    let format_given = search_params::parse_plain(&decode_query(query.as_deref())?, true)?;
+    check_accept(format_given, headers)?;
+    let base = st.base_url(orgnr, headers, uri)?;
+    Ok(fhir_response(
+        StatusCode::OK,
+        capability::capability_statement(&base),
+    ))
+}
+
+async fn read(
+    State(st): State<Arc<ApiState>>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    into_response(read_inner(st, path, query, headers).await)
+}
+
+async fn read_inner(
+    st: Arc<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    query: Option<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((orgnr, rt, id)) = path.map_err(path_error)?;
+    let orgnr = st.municipality(&orgnr)?;
+    let format_given = search_params::parse_plain(&decode_query(query.as_deref())?, false)?;
+    check_accept(format_given, &headers)?;
+    let rt = resource_type(&rt)?;
+    let not_found = || {
+        ApiError::not_found(format!(
+            "no {} with this id here; ids are the UUIDs in this base's search results",
+            rt.as_str()
+        ))
+    };
+    let id = uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
+    let store = Arc::clone(&st.store);
+    let found = blocking(move || store.get(orgnr, rt, id)).await?;
+    let stored = match found {
+        Some(s)
+            if s.municipality == orgnr && s.resource.resource_type == rt && s.resource.id == id =>
+        {
+            s
+        }
+        Some(s) => {
+            tracing::error!(
+                requested_municipality = %orgnr,
+                resource = %s.resource,
+                "store returned another record than the one asked for; not served"
+            );
+            return Err(not_found());
+        }
+        None => return Err(not_found()),
+    };
+    tracing::debug!(municipality = %orgnr, resource = %stored.resource, "read");
+    let last_modified = http_date(&stored);
+    let mut resp = fhir_response(StatusCode::OK, stored.json);
+    if let Ok(v) = HeaderValue::from_str(&last_modified) {
+        resp.headers_mut().insert(header::LAST_MODIFIED, v);
+    }
+    Ok(resp)
+}
+
+fn http_date(s: &StoredResource) -> String {
+    s.last_updated()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+/// Runs a store call off the async workers (sled reads may touch the disk).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "store read failed");
+            Err(ApiError::internal())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store read task failed");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+async fn search(
+    State(st): State<Arc<ApiState>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    into_response(search_inner(st, path, query, headers, uri).await)
+}
+
+async fn search_inner(
+    st: Arc<ApiState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Option<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let Path((orgnr, rt)) = path.map_err(path_error)?;
+    let orgnr = st.municipality(&orgnr)?;
+    let rt = resource_type(&rt)?;
+    let parsed = search_params::parse_search(rt, &decode_query(query.as_deref())?)?;
+    check_accept(parsed.format_given, &headers)?;
+    let base = st.base_url(orgnr, &headers, &uri)?;
+    let params = parsed.params;
+
+    let page = if params.matches_nothing {
+        SearchPage {
+            items: Vec::new(),
+            next: None,
+        }
+    } else {
+        let store = Arc::clone(&st.store);
+        let q = params.to_query(orgnr, rt);
+        blocking(move || store.search(&q)).await?
+    };
+    if let Some(stray) = page
+        .items
+        .iter()
+        .find(|s| s.municipality != orgnr || s.resource.resource_type != rt)
+    {
+        tracing::error!(
+            requested_municipality = %orgnr,
+            resource = %stray.resource,
+            "store search returned a record of another municipality or type; page not served"
+        );
+        return Err(ApiError::internal());
+    }
+    tracing::debug!(
+        municipality = %orgnr,
+        resource_type = rt.as_str(),
+        entries = page.items.len(),
+        "search"
+    );
+    let body = searchset_body(&base, rt, &params, page)?;
+    Ok(fhir_response(StatusCode::OK, body))
+}
+
+fn searchset_body(
+    base: &str,
+    rt: ResourceType,
+    params: &SearchParams,
+    page: SearchPage,
+) -> Result<String, ApiError> {
+    let link = |cursor: Option<u64>| {
+        let q = params.link_query(cursor);
+        if q.is_empty() {
+            format!("{base}/{}", rt.as_str())
+        } else {
+            format!("{base}/{}?{q}", rt.as_str())
+        }
+    };
+    let self_url = link(params.cursor);
+    let next_url = page.next.map(|seq| link(Some(seq)));
+    bundle::searchset(base, page.items, &self_url, next_url.as_deref()).map_err(|e| {
+        tracing::error!(error = %e, "corrupt record in search page");
+        ApiError::internal()
+    })
 }

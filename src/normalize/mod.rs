@@ -1,10 +1,34 @@
 //! Validated event → FHIR R4 JSON. A pure function: no I/O, no clock, no
 //! store. Every code table (LOINC, UCUM units, VKP alert codes, severity →
-//! priority) lives in `codes.rs` as data.
+//! priority) lives in [`codes`] as data; the FHIR JSON itself is built by the
+//! `knutepunkt-fhir` crate, the hub's only contact with fhir-sdk.
 //!
-//! Placeholder: the real mapping lands with the normalize work.
+//! `ingest` has already checked identifiers and the event's shape; this
+//! module checks *values* (units, physically possible ranges, alert codes,
+//! text lengths) and refuses the impossible with an [`Invalid`] that names
+//! the proto field and says what is allowed. Error messages never echo a
+//! national id, nor free text that might hold one.
+//!
+//! Mapping in short (domain.md has the tables):
+//! - measurement → Observation (vital-signs, LOINC, UCUM quantity; blood
+//!   pressure as a panel with two components);
+//! - alarm → Communication (alert, priority from severity, VKP reason code);
+//! - note → Communication (notification, `inResponseTo` the alarm it
+//!   answers, which closes the loop).
+//!
+//! The resource id is [`resource_id`]`(vendor, event_id)`; the same pair is
+//! also an `identifier` (see [`event_identifier_system`]) so a FHIR client
+//! can do a conditional create or search by the vendor's own id.
 
-use crate::domain::{Event, Invalid, ResourceType};
+pub mod codes;
+
+use chrono::{Datelike, SecondsFormat};
+use knutepunkt_fhir as fhir;
+
+use crate::domain::{
+    Alarm, Event, Invalid, Measurement, Note, Orgnr, ResourceType, VendorId, resource_id,
+};
+use codes::{Code, Limits, UnitSpec};
 
 /// One normalized event, ready for the store.
 #[derive(Debug, Clone)]
@@ -23,8 +47,477 @@ pub struct Normalized {
     pub urgent: bool,
 }
 
+/// Longest vendor text on an alarm, in characters.
+pub const MAX_ALARM_TEXT: usize = 1000;
+/// Longest zone/room name on an alarm, in characters.
+pub const MAX_ZONE: usize = 200;
+/// Longest note, in characters.
+pub const MAX_NOTE_TEXT: usize = 4000;
+
+/// `Identifier.system` for a vendor's event ids, e.g.
+/// `urn:knutepunkt:vendor:acme:event`. Characters outside `A-Z a-z 0-9 - . _ ~`
+/// in the vendor id are percent-encoded so the system stays a valid URI.
+pub fn event_identifier_system(vendor: &VendorId) -> String {
+    format!("urn:knutepunkt:vendor:{}:event", uri_part(&vendor.0))
+}
+
+/// `Identifier.system` for a vendor's device ids, e.g.
+/// `urn:knutepunkt:vendor:acme:device`.
+pub fn device_identifier_system(vendor: &VendorId) -> String {
+    format!("urn:knutepunkt:vendor:{}:device", uri_part(&vendor.0))
+}
+
 /// Maps one event to its FHIR resource, or says which value is impossible.
 pub fn normalize(ev: &Event) -> Result<Normalized, Invalid> {
-    let _ = ev;
-    Err(Invalid::new("payload", "normalization not implemented yet"))
+    let year = ev.occurred_at.year();
+    if !(1..=9999).contains(&year) {
+        return Err(Invalid::new(
+            "occurred_at",
+            "must be between year 0001 and 9999 (a FHIR dateTime)",
+        ));
+    }
+    if ev.device.id.is_empty() {
+        return Err(Invalid::new("device.id", "must not be empty"));
+    }
+    no_control_chars("device.id", &ev.device.id)?;
+    no_control_chars("device.kind", &ev.device.kind)?;
+
+    let id = resource_id(&ev.vendor, &ev.event_id);
+    let id_str = id.to_string();
+    let event_system = event_identifier_system(&ev.vendor);
+    let device_system = device_identifier_system(&ev.vendor);
+    let orgnr = ev.municipality.to_string();
+    let time = ev.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let common = Common {
+        id: &id_str,
+        identifier: fhir::Identifier {
+            system: &event_system,
+            value: &ev.event_id,
+        },
+        subject: fhir::Reference {
+            target_type: Some("Patient"),
+            identifier: Some(fhir::Identifier {
+                system: ev.patient.system().oid(),
+                value: ev.patient.value(),
+            }),
+            ..fhir::Reference::default()
+        },
+        device: fhir::Reference {
+            target_type: Some("Device"),
+            identifier: Some(fhir::Identifier {
+                system: &device_system,
+                value: &ev.device.id,
+            }),
+            display: Some(ev.device.kind.as_str()).filter(|k| !k.trim().is_empty()),
+            ..fhir::Reference::default()
+        },
+        municipality: fhir::Reference {
+            target_type: Some("Organization"),
+            identifier: Some(fhir::Identifier {
+                system: Orgnr::OID,
+                value: &orgnr,
+            }),
+            ..fhir::Reference::default()
+        },
+        time: &time,
+    };
+
+    let (resource_type, json, codes, category, urgent) = match &ev.payload {
+        crate::domain::Payload::Measurement(m) => {
+            let (json, codes) = measurement(&common, m)?;
+            (
+                ResourceType::Observation,
+                json,
+                codes,
+                codes::VITAL_SIGNS.code,
+                false,
+            )
+        }
+        crate::domain::Payload::Alarm(a) => {
+            let (json, codes) = alarm(&common, a)?;
+            let urgent = a.severity.is_urgent();
+            (
+                ResourceType::Communication,
+                json,
+                codes,
+                codes::ALERT.code,
+                urgent,
+            )
+        }
+        crate::domain::Payload::Note(n) => {
+            let json = note(&common, &ev.vendor, n)?;
+            (
+                ResourceType::Communication,
+                json,
+                Vec::new(),
+                codes::NOTIFICATION.code,
+                false,
+            )
+        }
+    };
+    Ok(Normalized {
+        resource_type,
+        id,
+        json,
+        codes,
+        category,
+        urgent,
+    })
 }
+
+/// What every resource of one event shares.
+struct Common<'a> {
+    id: &'a str,
+    identifier: fhir::Identifier<'a>,
+    subject: fhir::Reference<'a>,
+    device: fhir::Reference<'a>,
+    municipality: fhir::Reference<'a>,
+    /// occurred_at, RFC 3339 in UTC.
+    time: &'a str,
+}
+
+type Codes = Vec<(String, String)>;
+
+fn measurement(c: &Common<'_>, m: &Measurement) -> Result<(String, Codes), Invalid> {
+    let (code, value, component): (&[Code], _, _) = match m {
+        Measurement::Quantity { kind, value, unit } => {
+            let Some(spec) = codes::quantity_kind(*kind) else {
+                return Err(Invalid::new(
+                    "measurement.quantity",
+                    "BLOOD_PRESSURE is sent as blood_pressure {systolic, diastolic}, not as a quantity",
+                ));
+            };
+            const FIELD: &str = "measurement.quantity.value";
+            finite(FIELD, *value)?;
+            let Some(u) = spec.unit(unit) else {
+                return Err(Invalid::new(
+                    "measurement.quantity.unit",
+                    format!(
+                        "{} is not accepted for {}; accepted UCUM units (case-sensitive): {}",
+                        echo(unit),
+                        spec.name,
+                        spec.accepted_units()
+                    ),
+                ));
+            };
+            in_limits(
+                FIELD,
+                spec.name,
+                *value,
+                u,
+                &spec.limits,
+                spec.canonical_unit(),
+            )?;
+            (u.codes, Some(quantity(*value, u)), Vec::new())
+        }
+        Measurement::BloodPressure {
+            systolic,
+            diastolic,
+        } => {
+            let bp = &codes::BLOOD_PRESSURE;
+            const SYS: &str = "measurement.blood_pressure.systolic";
+            const DIA: &str = "measurement.blood_pressure.diastolic";
+            finite(SYS, *systolic)?;
+            finite(DIA, *diastolic)?;
+            let u = &bp.unit;
+            in_limits(
+                SYS,
+                "systolic blood pressure",
+                *systolic,
+                u,
+                &bp.systolic_limits,
+                u.ucum,
+            )?;
+            in_limits(
+                DIA,
+                "diastolic blood pressure",
+                *diastolic,
+                u,
+                &bp.diastolic_limits,
+                u.ucum,
+            )?;
+            if systolic <= diastolic {
+                return Err(Invalid::new(
+                    SYS,
+                    format!(
+                        "must be higher than diastolic (got systolic {} and diastolic {} mm[Hg]; were they swapped?)",
+                        num(*systolic),
+                        num(*diastolic)
+                    ),
+                ));
+            }
+            let component = vec![
+                fhir::Component {
+                    code: vec![coding(&bp.systolic)],
+                    value: quantity(*systolic, u),
+                },
+                fhir::Component {
+                    code: vec![coding(&bp.diastolic)],
+                    value: quantity(*diastolic, u),
+                },
+            ];
+            (std::slice::from_ref(&bp.panel), None, component)
+        }
+    };
+    let obs = fhir::ObservationInput {
+        id: c.id,
+        identifier: vec![c.identifier],
+        status: fhir::ObservationStatus::Final,
+        category: vec![coding(&codes::VITAL_SIGNS)],
+        code: code.iter().map(coding).collect(),
+        subject: c.subject,
+        effective: c.time,
+        device: Some(c.device),
+        value,
+        component,
+    };
+    let json = fhir::observation_json(&obs).map_err(internal)?;
+    Ok((json, pairs(code)))
+}
+
+fn alarm(c: &Common<'_>, a: &Alarm) -> Result<(String, Codes), Invalid> {
+    let Some(alert) = codes::alert_code(&a.code) else {
+        let valid: Vec<&str> = codes::ALERT_CODES.iter().map(|a| a.code).collect();
+        return Err(Invalid::new(
+            "alarm.code",
+            format!(
+                "{} is not in the VKP alert code list ({}) this hub accepts; valid codes: {} (the list is in the hub's docs, domain.md)",
+                echo(&a.code),
+                codes::VKP_ALERT,
+                valid.join(", ")
+            ),
+        ));
+    };
+    let text = optional_text("alarm.text", a.text.as_deref(), MAX_ALARM_TEXT)?;
+    let zone = optional_text("alarm.zone", a.zone.as_deref(), MAX_ZONE)?;
+
+    // Communication has no element for the zone or room, so it goes into the
+    // payload text, after the code's display and the vendor's text.
+    let mut payload = alert.display.to_string();
+    if let Some(t) = text {
+        payload.push('\n');
+        payload.push_str(t);
+    }
+    if let Some(z) = zone {
+        payload.push_str("\nSone: ");
+        payload.push_str(z);
+    }
+
+    let vkp = Code {
+        system: codes::VKP_ALERT,
+        code: alert.code,
+        display: alert.display,
+    };
+    let reason: Vec<Code> = std::iter::once(vkp).chain(alert.snomed).collect();
+    let comm = fhir::CommunicationInput {
+        id: c.id,
+        identifier: vec![c.identifier],
+        in_response_to: Vec::new(),
+        status: fhir::CommunicationStatus::Completed,
+        category: vec![coding(&codes::ALERT)],
+        priority: Some(codes::priority(a.severity)),
+        subject: c.subject,
+        sent: c.time,
+        recipient: vec![c.municipality],
+        sender: Some(c.device),
+        reason_code: vec![reason.iter().map(coding).collect()],
+        payload: vec![&payload],
+    };
+    let json = fhir::communication_json(&comm).map_err(internal)?;
+    Ok((json, pairs(&reason)))
+}
+
+fn note(c: &Common<'_>, vendor: &VendorId, n: &Note) -> Result<String, Invalid> {
+    const FIELD: &str = "note.text";
+    let text = n.text.trim();
+    if text.is_empty() {
+        return Err(Invalid::new(
+            FIELD,
+            format!("must hold 1 to {MAX_NOTE_TEXT} characters of text"),
+        ));
+    }
+    max_chars(FIELD, text, MAX_NOTE_TEXT)?;
+    no_control_chars(FIELD, text)?;
+
+    let answered = n
+        .in_response_to
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .map(|e| format!("Communication/{}", resource_id(vendor, e)));
+    let comm = fhir::CommunicationInput {
+        id: c.id,
+        identifier: vec![c.identifier],
+        in_response_to: answered
+            .as_deref()
+            .map(|r| fhir::Reference {
+                reference: Some(r),
+                target_type: Some("Communication"),
+                ..fhir::Reference::default()
+            })
+            .into_iter()
+            .collect(),
+        status: fhir::CommunicationStatus::Completed,
+        category: vec![coding(&codes::NOTIFICATION)],
+        priority: None,
+        subject: c.subject,
+        sent: c.time,
+        recipient: vec![c.municipality],
+        sender: Some(c.device),
+        reason_code: Vec::new(),
+        payload: vec![text],
+    };
+    fhir::communication_json(&comm).map_err(internal)
+}
+
+fn coding(c: &Code) -> fhir::Coding<'static> {
+    fhir::Coding {
+        system: c.system,
+        code: c.code,
+        display: Some(c.display).filter(|d| !d.is_empty()),
+    }
+}
+
+fn pairs(codes: &[Code]) -> Codes {
+    codes
+        .iter()
+        .map(|c| (c.system.to_string(), c.code.to_string()))
+        .collect()
+}
+
+fn quantity(value: f64, u: &UnitSpec) -> fhir::Quantity<'static> {
+    fhir::Quantity {
+        value,
+        unit: u.display,
+        system: codes::UCUM,
+        code: u.ucum,
+    }
+}
+
+/// A build failure after all checks passed is a bug in this module, but it
+/// still refuses the event rather than storing something broken.
+fn internal(e: fhir::BuildError) -> Invalid {
+    Invalid::new("event", format!("could not be expressed as FHIR: {e}"))
+}
+
+fn finite(field: &'static str, v: f64) -> Result<(), Invalid> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("must be a finite number (got {v})"),
+        ))
+    }
+}
+
+/// Checks a value against limits given in the canonical unit; the reason
+/// gives the allowed range in the unit the vendor used.
+fn in_limits(
+    field: &'static str,
+    what: &str,
+    v: f64,
+    u: &UnitSpec,
+    limits: &Limits,
+    canonical: &str,
+) -> Result<(), Invalid> {
+    if limits.contains(u.to_canonical(v)) {
+        return Ok(());
+    }
+    let range = |lo: f64, hi: f64, unit: &str| {
+        if limits.min_exclusive {
+            format!("more than {} and at most {} {unit}", num(lo), num(hi))
+        } else {
+            format!("between {} and {} {unit}", num(lo), num(hi))
+        }
+    };
+    let mut allowed = range(
+        u.from_canonical(limits.min),
+        u.from_canonical(limits.max),
+        u.ucum,
+    );
+    if u.ucum != canonical {
+        allowed.push_str(&format!(" ({})", range(limits.min, limits.max, canonical)));
+    }
+    Err(Invalid::new(
+        field,
+        format!(
+            "{} {} is not a possible {what}: must be {allowed}",
+            num(v),
+            u.ucum
+        ),
+    ))
+}
+
+/// A number for a message: at most 3 decimals, no trailing zeros.
+fn num(v: f64) -> String {
+    let r = (v * 1000.0).round() / 1000.0;
+    if r == 0.0 { "0".into() } else { format!("{r}") }
+}
+
+/// Trims optional free text; blank counts as absent.
+fn optional_text<'a>(
+    field: &'static str,
+    s: Option<&'a str>,
+    max: usize,
+) -> Result<Option<&'a str>, Invalid> {
+    let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    max_chars(field, s, max)?;
+    no_control_chars(field, s)?;
+    Ok(Some(s))
+}
+
+fn max_chars(field: &'static str, s: &str, max: usize) -> Result<(), Invalid> {
+    let n = s.chars().count();
+    if n > max {
+        return Err(Invalid::new(
+            field,
+            format!("is {n} characters long; at most {max} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// FHIR strings may hold tab, CR and LF but no other control characters.
+fn no_control_chars(field: &'static str, s: &str) -> Result<(), Invalid> {
+    match s
+        .chars()
+        .position(|ch| ch.is_control() && !matches!(ch, '\t' | '\n' | '\r'))
+    {
+        None => Ok(()),
+        Some(pos) => Err(Invalid::new(
+            field,
+            format!(
+                "contains a control character at position {pos}; only tab, CR and LF are allowed"
+            ),
+        )),
+    }
+}
+
+/// Quotes a short vendor value for an error message, unless it could be a
+/// person number (too long, or too many digits): those are never echoed.
+fn echo(s: &str) -> String {
+    let digits = s.bytes().filter(u8::is_ascii_digit).count();
+    if s.chars().count() <= 24 && digits < 9 && !s.chars().any(char::is_control) {
+        format!("{s:?}")
+    } else {
+        "the value sent".to_string()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn uri_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

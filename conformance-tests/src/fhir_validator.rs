@@ -1,0 +1,232 @@
+//! An independent FHIR R4 check for tests: runs `fhir-validator/validate.py`
+//! (fhir.resources 6.1.0, FHIR 4.0.1, pydantic 1) on resources the hub
+//! produced, so a shape mistake in fhir-sdk or in our mapping is caught by a
+//! second implementation rather than confirmed by the same one.
+//!
+//! The Python venv is created once per requirements file and Python version
+//! under `$HOME/.cache/knutepunkt/fhir-venv-<hash>`, so CI and developers
+//! reuse it. Creation is race-free across parallel tests and processes: each
+//! creator builds in a private temporary directory and renames it into place;
+//! whoever loses the rename uses the winner's venv.
+//!
+//! Outcomes: `Ok(())` all valid; `Err(msg)` with [`SKIPPED_NO_PYTHON`] when
+//! there is no `python3` (the caller reports a skip, see [`is_skip`]); any
+//! other `Err` is a failure, including a failed `pip install`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The error text when python3 is not installed: a skip, not a failure.
+pub const SKIPPED_NO_PYTHON: &str = "skipped: python3 not found";
+
+const REQUIREMENTS: &str = include_str!("../fhir-validator/requirements.txt");
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fhir-validator/validate.py");
+/// Written last into a finished venv; a directory without it is not used.
+const READY_MARKER: &str = ".knutepunkt-ready";
+
+/// Whether a [`validate`] error means "skipped" rather than "failed".
+pub fn is_skip(err: &str) -> bool {
+    err.starts_with("skipped:")
+}
+
+/// Validates each resource with fhir.resources (FHIR R4 4.0.1). Unknown
+/// elements, missing required elements and malformed primitives fail.
+pub fn validate(resources: &[serde_json::Value]) -> Result<(), String> {
+    let python = venv_python()?;
+    let input = serde_json::to_vec(resources).map_err(|e| format!("encoding input: {e}"))?;
+    let mut child = Command::new(&python)
+        .arg(SCRIPT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", python.display()))?;
+    // Write from another thread so a validator that prints a lot while we
+    // are still writing cannot deadlock on full pipes.
+    let mut stdin = child.stdin.take().ok_or("validator has no stdin")?;
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running the validator: {e}"))?;
+    let written = writer
+        .join()
+        .map_err(|_| "writing to the validator panicked".to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        return Ok(());
+    }
+    if let Err(e) = written {
+        return Err(format!(
+            "writing to the validator failed ({e}); it exited with {}:\n{stdout}{stderr}",
+            out.status
+        ));
+    }
+    Err(format!(
+        "FHIR validation failed ({}):\n{}\n{}",
+        out.status,
+        only_failures(&stdout),
+        stderr
+    ))
+}
+
+/// Keeps the failing resources and the summary out of a long report.
+fn only_failures(stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with("ok "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The venv's python, created on first use (once per process).
+fn venv_python() -> Result<PathBuf, String> {
+    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    VENV.get_or_init(create_or_reuse_venv).clone()
+}
+
+fn create_or_reuse_venv() -> Result<PathBuf, String> {
+    let version = match Command::new("python3").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let mut v = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if v.is_empty() {
+                v = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            }
+            v
+        }
+        // Not installed (or a shim without a python behind it).
+        _ => return Err(SKIPPED_NO_PYTHON.to_string()),
+    };
+
+    let base = cache_dir();
+    let key = format!("{REQUIREMENTS}\n{version}");
+    let dir = base.join(format!("fhir-venv-{:016x}", fnv1a(key.as_bytes())));
+    let python = venv_bin(&dir);
+    if dir.join(READY_MARKER).exists() && python.exists() {
+        return Ok(python);
+    }
+
+    std::fs::create_dir_all(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tmp = base.join(format!("fhir-venv-tmp-{}-{nonce}", std::process::id()));
+    eprintln!(
+        "fhir_validator: creating the validator venv in {} (once; {version})",
+        dir.display()
+    );
+    let built = build_venv(&tmp);
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(python),
+        Err(e) => {
+            // Someone else finished first (or left a broken directory).
+            let _ = std::fs::remove_dir_all(&tmp);
+            if dir.join(READY_MARKER).exists() && python.exists() {
+                Ok(python)
+            } else {
+                Err(format!(
+                    "could not move the new venv into {} ({e}); remove that directory and retry",
+                    dir.display()
+                ))
+            }
+        }
+    }
+}
+
+fn build_venv(tmp: &Path) -> Result<(), String> {
+    run(
+        Command::new("python3").arg("-m").arg("venv").arg(tmp),
+        "python3 -m venv (on Debian/Ubuntu: apt-get install python3-venv)",
+    )?;
+    let py = venv_bin(tmp);
+    let req = tmp.join("requirements.txt");
+    std::fs::write(&req, REQUIREMENTS).map_err(|e| format!("writing {}: {e}", req.display()))?;
+    run(
+        Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                "-r",
+            ])
+            .arg(&req),
+        "pip install -r fhir-validator/requirements.txt",
+    )?;
+    run(
+        Command::new(&py).args(["-c", "import fhir.resources, pydantic"]),
+        "importing fhir.resources in the new venv",
+    )?;
+    let marker = tmp.join(READY_MARKER);
+    std::fs::write(&marker, REQUIREMENTS).map_err(|e| format!("writing {}: {e}", marker.display()))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{what}: could not start: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The end of pip's output says what went wrong.
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(format!(
+        "{what} failed ({}):\n{}",
+        out.status,
+        tail.join("\n")
+    ))
+}
+
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache").join("knutepunkt"),
+        None => std::env::temp_dir().join("knutepunkt-cache"),
+    }
+}
+
+fn venv_bin(dir: &Path) -> PathBuf {
+    if cfg!(windows) {
+        dir.join("Scripts").join("python.exe")
+    } else {
+        dir.join("bin").join("python")
+    }
+}
+
+/// FNV-1a, 64 bit: a hash that is stable across Rust versions and runs
+/// (std's `DefaultHasher` promises neither), for the venv's directory name.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn skip_is_recognised() {
+        assert!(is_skip(SKIPPED_NO_PYTHON));
+        assert!(!is_skip("FHIR validation failed"));
+    }
+}

@@ -1,0 +1,822 @@
+//! Router tests: real HTTP requests through [`router`] against a real
+//! `SledStore` in a temp dir, records written with `Store::put`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::search_params::encode_cursor;
+use super::*;
+use crate::domain::{VendorId, resource_id, synthetic};
+use crate::normalize::Normalized;
+use crate::store::sled::{SledOptions, SledStore};
+use crate::store::{
+    NewRecord, PutError, PutOutcome, SearchQuery, StoreError, patient_key, seq_to_time,
+};
+
+const OSLO: &str = "958935420";
+const BERGEN: &str = "964338531";
+const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
+const LOINC: &str = "http://loinc.org";
+const VKP: &str = "http://ehelse.no/fhir/CodeSystem/vkp-alert-code-v090";
+const HOST: &str = "hub.test:8080";
+const NONE: Vec<uuid::Uuid> = Vec::new();
+
+struct Hub {
+    _dir: tempfile::TempDir,
+    store: SledStore,
+    app: Router,
+}
+
+fn orgnr(s: &str) -> Orgnr {
+    Orgnr::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn hub_with(municipalities: Option<BTreeSet<Orgnr>>, public_url: Option<&str>) -> Hub {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let opts = SledOptions {
+        min_free_bytes: 0,
+        cache_bytes: 4 * 1024 * 1024,
+        ..SledOptions::default()
+    };
+    let store = SledStore::open(dir.path(), opts).unwrap_or_else(|e| panic!("{e}"));
+    let app = router(ApiState {
+        store: Arc::new(store.clone()),
+        municipalities,
+        public_url: public_url.map(str::to_string),
+    });
+    Hub {
+        _dir: dir,
+        store,
+        app,
+    }
+}
+
+fn hub() -> Hub {
+    hub_with(Some([orgnr(OSLO), orgnr(BERGEN)].into()), None)
+}
+
+/// What to store: one event, built by hand (normalize is not needed here).
+struct Ev {
+    org: &'static str,
+    rt: ResourceType,
+    event: String,
+    patient: u32,
+    code: (&'static str, &'static str),
+    category: &'static str,
+}
+
+fn obs(org: &'static str, event: impl Into<String>, patient: u32, code: &'static str) -> Ev {
+    Ev {
+        org,
+        rt: ResourceType::Observation,
+        event: event.into(),
+        patient,
+        code: (LOINC, code),
+        category: "vital-signs",
+    }
+}
+
+fn alarm(org: &'static str, event: impl Into<String>, patient: u32, code: &'static str) -> Ev {
+    Ev {
+        org,
+        rt: ResourceType::Communication,
+        event: event.into(),
+        patient,
+        code: (VKP, code),
+        category: "alert",
+    }
+}
+
+/// Stores one event and returns its id and sequence number.
+async fn put(store: &SledStore, ev: Ev) -> (uuid::Uuid, u64) {
+    let vendor = VendorId("test-vendor".into());
+    let id = resource_id(&vendor, &ev.event);
+    let json = format!(
+        r#"{{"resourceType":"{}","id":"{id}","status":"final","code":{{"coding":[{{"system":"{}","code":"{}"}}]}}}}"#,
+        ev.rt.as_str(),
+        ev.code.0,
+        ev.code.1
+    );
+    let rec = NewRecord {
+        vendor,
+        event_id: ev.event.clone(),
+        content_hash: [7; 32],
+        municipality: orgnr(ev.org),
+        patient_key: patient_key(FNR_OID, &synthetic::fnr(ev.patient)),
+        resource: Normalized {
+            resource_type: ev.rt,
+            id,
+            json,
+            codes: vec![(ev.code.0.into(), ev.code.1.into())],
+            category: ev.category,
+            urgent: false,
+        },
+        answers_alarm: None,
+        is_alarm: ev.rt == ResourceType::Communication,
+    };
+    let out = store.put(rec).await;
+    assert!(matches!(out, Ok(PutOutcome::Accepted(_))), "{out:?}");
+    let got = store
+        .get(orgnr(ev.org), ev.rt, id)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("stored record not readable"));
+    (id, got.seq)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    fn is_fhir(&self) -> bool {
+        self.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes())
+            == Some(b"application/fhir+json".as_slice())
+    }
+
+    /// Asserts an OperationOutcome with this status and returns its diagnostics.
+    fn outcome(&self, status: StatusCode) -> String {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert!(self.is_fhir(), "{:?}", self.headers);
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text);
+        assert_eq!(v["issue"][0]["severity"], "error");
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The ids in a searchset Bundle, in order.
+    fn ids(&self) -> Vec<uuid::Uuid> {
+        assert_eq!(self.status, StatusCode::OK, "{}", self.text);
+        assert!(self.is_fhir());
+        let v = self.json();
+        assert_eq!(v["resourceType"], "Bundle");
+        assert_eq!(v["type"], "searchset");
+        v["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                assert_eq!(e["search"]["mode"], "match");
+                let id = e["resource"]["id"].as_str().unwrap_or_default();
+                let rt = e["resource"]["resourceType"].as_str().unwrap_or_default();
+                assert_eq!(
+                    e["fullUrl"],
+                    format!("http://{HOST}/fhir/r4/{OSLO}/{rt}/{id}")
+                );
+                uuid::Uuid::try_parse(id).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    }
+
+    fn link(&self, relation: &str) -> Option<String> {
+        self.json()["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == relation)
+            .and_then(|l| l["url"].as_str().map(str::to_string))
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let resp = app
+        .clone()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Answer {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn request(method: &str, uri: &str) -> axum::http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, HOST)
+}
+
+async fn get(app: &Router, uri: &str) -> Answer {
+    let req = request("GET", uri)
+        .body(Body::empty())
+        .unwrap_or_else(|e| panic!("{uri}: {e}"));
+    send(app, req).await
+}
+
+/// GET of an absolute link the server made.
+async fn follow(app: &Router, url: &str) -> Answer {
+    let path = url
+        .strip_prefix(&format!("http://{HOST}"))
+        .unwrap_or_else(|| panic!("link not on this host: {url}"));
+    get(app, path).await
+}
+
+fn subject(n: u32) -> String {
+    format!("subject:identifier={FNR_OID}%7C{}", synthetic::fnr(n))
+}
+
+fn base(org: &str) -> String {
+    format!("/fhir/r4/{org}")
+}
+
+fn stamp(seq: u64) -> String {
+    seq_to_time(seq).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let h = hub();
+    let a = get(&h.app, "/healthz").await;
+    assert_eq!((a.status, a.text.as_str()), (StatusCode::OK, "ok"));
+    let a = get(&h.app, "/readyz").await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metadata_lists_what_search_accepts() {
+    let h = hub();
+    let a = get(&h.app, &format!("{}/metadata", base(OSLO))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.is_fhir());
+    let v = a.json();
+    assert_eq!(v["fhirVersion"], "4.0.1");
+    assert_eq!(
+        v["implementation"]["url"],
+        format!("http://{HOST}/fhir/r4/{OSLO}")
+    );
+    // Every documented parameter is accepted by search, with a sample value.
+    let sample = |name: &str| -> String {
+        match name {
+            "subject" | "patient" => format!("{name}:identifier={FNR_OID}%7C{}", synthetic::fnr(1)),
+            "code" => "code=8867-4".into(),
+            "category" => "category=vital-signs".into(),
+            "_lastUpdated" => "_lastUpdated=ge2024-01-01".into(),
+            "_count" => "_count=5".into(),
+            "_sort" => "_sort=-_lastUpdated".into(),
+            "_cursor" => format!("_cursor={}", encode_cursor(false, 1)),
+            "_format" => "_format=json".into(),
+            other => panic!("no sample for documented parameter {other}"),
+        }
+    };
+    for res in v["rest"][0]["resource"].as_array().into_iter().flatten() {
+        let rt = res["type"].as_str().unwrap_or_default();
+        for p in res["searchParam"].as_array().into_iter().flatten() {
+            let q = sample(p["name"].as_str().unwrap_or_default());
+            let a = get(&h.app, &format!("{}/{rt}?{q}", base(OSLO))).await;
+            assert_eq!(a.status, StatusCode::OK, "{rt}?{q}: {}", a.text);
+        }
+    }
+    // mode=full and _format are fine; other parameters are not.
+    let a = get(
+        &h.app,
+        &format!("{}/metadata?mode=full&_format=json", base(OSLO)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    get(&h.app, &format!("{}/metadata?foo=bar", base(OSLO)))
+        .await
+        .outcome(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn public_url_is_used_in_links() {
+    let h = hub_with(None, Some("https://kp.kommune.no/"));
+    put(&h.store, obs(OSLO, "e1", 1, "8867-4")).await;
+    let v = get(&h.app, &format!("{}/metadata", base(OSLO)))
+        .await
+        .json();
+    assert_eq!(
+        v["implementation"]["url"],
+        format!("https://kp.kommune.no/fhir/r4/{OSLO}")
+    );
+    let a = get(&h.app, &format!("{}/Observation?_count=1", base(OSLO))).await;
+    assert_eq!(
+        a.link("self").as_deref(),
+        Some(format!("https://kp.kommune.no/fhir/r4/{OSLO}/Observation?_count=1").as_str())
+    );
+    let v = a.json();
+    assert!(
+        v["entry"][0]["fullUrl"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("https://kp.kommune.no/fhir/r4/958935420/Observation/")
+    );
+    // None = every valid orgnr is served.
+    let other = synthetic::orgnr(12345678).unwrap_or_else(|| panic!("stem"));
+    let a = get(&h.app, &format!("{}/Observation", base(&other))).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn read_and_not_found() {
+    let h = hub();
+    let (id, seq) = put(&h.store, obs(OSLO, "e1", 1, "8867-4")).await;
+    let (bergen_id, _) = put(&h.store, obs(BERGEN, "b1", 1, "8867-4")).await;
+
+    let a = get(&h.app, &format!("{}/Observation/{id}", base(OSLO))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(a.is_fhir());
+    let v = a.json();
+    assert_eq!(v["id"], id.to_string());
+    assert_eq!(v["meta"]["lastUpdated"], stamp(seq));
+    assert!(a.headers.contains_key(header::LAST_MODIFIED));
+
+    let missing = get(
+        &h.app,
+        &format!("{}/Observation/{}", base(OSLO), uuid::Uuid::from_u128(1)),
+    )
+    .await
+    .outcome(StatusCode::NOT_FOUND);
+    // Another municipality's resource looks exactly like a missing one.
+    let elsewhere = get(&h.app, &format!("{}/Observation/{bergen_id}", base(OSLO)))
+        .await
+        .outcome(StatusCode::NOT_FOUND);
+    assert_eq!(elsewhere, missing);
+    get(&h.app, &format!("{}/Observation/not-a-uuid", base(OSLO)))
+        .await
+        .outcome(StatusCode::NOT_FOUND);
+    // The right id under the wrong type.
+    get(&h.app, &format!("{}/Communication/{id}", base(OSLO)))
+        .await
+        .outcome(StatusCode::NOT_FOUND);
+    get(&h.app, &format!("{}/Patient/{id}", base(OSLO)))
+        .await
+        .outcome(StatusCode::NOT_FOUND);
+    // A read takes only _format.
+    get(
+        &h.app,
+        &format!("{}/Observation/{id}?_format=json", base(OSLO)),
+    )
+    .await
+    .json();
+    get(
+        &h.app,
+        &format!("{}/Observation/{id}?_elements=id", base(OSLO)),
+    )
+    .await
+    .outcome(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn unknown_or_unserved_municipality_is_404() {
+    let h = hub();
+    let (id, _) = put(&h.store, obs(OSLO, "e1", 1, "8867-4")).await;
+    let unserved = synthetic::orgnr(12345678).unwrap_or_else(|| panic!("stem"));
+    let fnr = synthetic::fnr(9);
+    for org in [
+        unserved.as_str(),
+        "958935421",
+        "95893542",
+        fnr.as_str(),
+        "abc",
+    ] {
+        for path in [
+            format!("/fhir/r4/{org}/metadata"),
+            format!("/fhir/r4/{org}/Observation"),
+            format!("/fhir/r4/{org}/Observation/{id}"),
+        ] {
+            let msg = get(&h.app, &path).await.outcome(StatusCode::NOT_FOUND);
+            assert!(!msg.contains(org), "{msg}");
+        }
+    }
+    for path in [
+        "/fhir/r4",
+        "/fhir/r4/",
+        "/fhir/r4/958935420",
+        "/fhir/r4/958935420/Observation/x/y",
+    ] {
+        let a = get(&h.app, path).await;
+        assert!(a.is_fhir(), "{path}: {} {:?}", a.status, a.headers);
+        a.outcome(StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn methods_and_formats() {
+    let h = hub();
+    for (method, path) in [
+        ("POST", format!("{}/Observation", base(OSLO))),
+        (
+            "PUT",
+            format!("{}/Observation/{}", base(OSLO), uuid::Uuid::from_u128(1)),
+        ),
+        (
+            "DELETE",
+            format!("{}/Observation/{}", base(OSLO), uuid::Uuid::from_u128(1)),
+        ),
+        ("POST", format!("{}/metadata", base(OSLO))),
+    ] {
+        let req = request(method, &path)
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let a = send(&h.app, req).await;
+        a.outcome(StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(a.headers[header::ALLOW], "GET, HEAD");
+    }
+    let path = format!("{}/Observation", base(OSLO));
+    let with_accept = |accept: &'static str, path: String| {
+        request("GET", &path)
+            .header(header::ACCEPT, accept)
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    send(&h.app, with_accept("application/fhir+xml", path.clone()))
+        .await
+        .outcome(StatusCode::NOT_ACCEPTABLE);
+    send(
+        &h.app,
+        with_accept("application/fhir+json;q=0, text/html", path.clone()),
+    )
+    .await
+    .outcome(StatusCode::NOT_ACCEPTABLE);
+    for ok in [
+        "application/fhir+json",
+        "application/fhir+json; fhirVersion=4.0",
+        "application/json",
+        "text/html, */*;q=0.1",
+    ] {
+        let a = send(&h.app, with_accept(ok, path.clone())).await;
+        assert_eq!(a.status, StatusCode::OK, "{ok}");
+    }
+    // _format overrides Accept.
+    let a = send(
+        &h.app,
+        with_accept("application/xml", format!("{path}?_format=json")),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    get(&h.app, &format!("{path}?_format=xml"))
+        .await
+        .outcome(StatusCode::NOT_ACCEPTABLE);
+}
+
+#[tokio::test]
+async fn search_by_every_parameter() {
+    let h = hub();
+    let s = &h.store;
+    let (o1, q1) = put(s, obs(OSLO, "o1", 1, "8867-4")).await;
+    let (o2, q2) = put(s, obs(OSLO, "o2", 2, "59408-5")).await;
+    let (o3, q3) = put(s, obs(OSLO, "o3", 1, "29463-7")).await;
+    let (_b1, _) = put(s, obs(BERGEN, "b1", 1, "8867-4")).await;
+    let (c1, _) = put(s, alarm(OSLO, "c1", 1, "4.1")).await;
+    let (c2, _) = put(
+        s,
+        Ev {
+            category: "notification",
+            ..alarm(OSLO, "c2", 2, "4.13")
+        },
+    )
+    .await;
+    let search = |q: String| {
+        let app = h.app.clone();
+        async move {
+            get(&app, &format!("{}/Observation?{q}", base(OSLO)))
+                .await
+                .ids()
+        }
+    };
+    let comm = |q: String| {
+        let app = h.app.clone();
+        async move {
+            get(&app, &format!("{}/Communication?{q}", base(OSLO)))
+                .await
+                .ids()
+        }
+    };
+
+    // No filter: this municipality only, oldest first.
+    assert_eq!(search(String::new()).await, vec![o1, o2, o3]);
+    // Patient, by either name.
+    assert_eq!(search(subject(1)).await, vec![o1, o3]);
+    assert_eq!(
+        search(format!(
+            "patient:identifier={FNR_OID}%7C{}",
+            synthetic::fnr(2)
+        ))
+        .await,
+        vec![o2]
+    );
+    assert_eq!(search(subject(99)).await, NONE);
+    assert_eq!(search(format!("{}&{}", subject(1), subject(2))).await, NONE);
+    // Codes, with and without system, ORed by comma.
+    assert_eq!(search("code=8867-4".into()).await, vec![o1]);
+    assert_eq!(search(format!("code={LOINC}%7C59408-5")).await, vec![o2]);
+    assert_eq!(
+        search("code=http://snomed.info/sct%7C59408-5".into()).await,
+        NONE
+    );
+    assert_eq!(search("code=%7C59408-5".into()).await, NONE);
+    assert_eq!(
+        search(format!("code=8867-4,{LOINC}%7C29463-7")).await,
+        vec![o1, o3]
+    );
+    assert_eq!(
+        search(format!("code=29463-7&{}", subject(1))).await,
+        vec![o3]
+    );
+    // Category.
+    assert_eq!(
+        search("category=vital-signs".into()).await,
+        vec![o1, o2, o3]
+    );
+    assert_eq!(
+        search(
+            "category=http://terminology.hl7.org/CodeSystem/observation-category%7Cvital-signs"
+                .into()
+        )
+        .await,
+        vec![o1, o2, o3]
+    );
+    assert_eq!(
+        search("category=http://example.org%7Cvital-signs".into()).await,
+        NONE
+    );
+    assert_eq!(search("category=alert".into()).await, NONE);
+    assert_eq!(comm("category=alert".into()).await, vec![c1]);
+    assert_eq!(comm("category=notification".into()).await, vec![c2]);
+    assert_eq!(comm(format!("code={VKP}%7C4.13")).await, vec![c2]);
+    assert_eq!(comm(subject(1)).await, vec![c1]);
+    // _lastUpdated, every prefix, on exact instants.
+    let t2 = stamp(q2);
+    assert_eq!(search(format!("_lastUpdated={t2}")).await, vec![o2]);
+    assert_eq!(search(format!("_lastUpdated=eq{t2}")).await, vec![o2]);
+    assert_eq!(search(format!("_lastUpdated=ge{t2}")).await, vec![o2, o3]);
+    assert_eq!(search(format!("_lastUpdated=gt{t2}")).await, vec![o3]);
+    assert_eq!(search(format!("_lastUpdated=le{t2}")).await, vec![o1, o2]);
+    assert_eq!(search(format!("_lastUpdated=lt{t2}")).await, vec![o1]);
+    assert_eq!(
+        search(format!(
+            "_lastUpdated=ge{}&_lastUpdated=le{}",
+            stamp(q1),
+            stamp(q3)
+        ))
+        .await,
+        vec![o1, o2, o3]
+    );
+    assert_eq!(
+        search(format!(
+            "_lastUpdated=gt{}&_lastUpdated=lt{}",
+            stamp(q1),
+            stamp(q3)
+        ))
+        .await,
+        vec![o2]
+    );
+    // Coarser precisions: the whole year before is all earlier.
+    let last_year = seq_to_time(q1)
+        .format("%Y")
+        .to_string()
+        .parse::<i32>()
+        .unwrap_or(2025)
+        - 1;
+    assert_eq!(
+        search(format!("_lastUpdated=gt{last_year}")).await,
+        vec![o1, o2, o3]
+    );
+    assert_eq!(
+        search(format!("_lastUpdated=le{last_year}-12-31")).await,
+        NONE
+    );
+    assert_eq!(search(format!("_lastUpdated=lt{last_year}-12")).await, NONE);
+    assert_eq!(
+        search(format!("_lastUpdated=ge{last_year}-12-31T23:59:59%2B14:00")).await,
+        vec![o1, o2, o3]
+    );
+    // _sort and _count.
+    assert_eq!(search("_sort=-_lastUpdated".into()).await, vec![o3, o2, o1]);
+    assert_eq!(search("_sort=_lastUpdated".into()).await, vec![o1, o2, o3]);
+    assert_eq!(search("_count=2".into()).await, vec![o1, o2]);
+    assert_eq!(
+        search("_count=2&_sort=-_lastUpdated".into()).await,
+        vec![o3, o2]
+    );
+    assert_eq!(search("_count=100000".into()).await, vec![o1, o2, o3]);
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_and_never_echo_identifiers() {
+    let h = hub();
+    put(&h.store, obs(OSLO, "o1", 1, "8867-4")).await;
+    let fnr = synthetic::fnr(1);
+    let cases = [
+        format!("subject:identifier={fnr}"),
+        format!("subject:identifier=urn:oid:2.16.578.1.12.4.1.4.4%7C{fnr}"),
+        format!("subject={fnr}"),
+        format!("identifier={fnr}"),
+        format!("{fnr}=x"),
+        format!("_lastUpdated={fnr}"),
+        format!("code={fnr}&code=x"),
+        "status=final".into(),
+        "_include=Observation:subject".into(),
+        "_count=0".into(),
+        "_count=-1".into(),
+        "_count=ten".into(),
+        "_sort=date".into(),
+        "_lastUpdated=ne2024".into(),
+        "_lastUpdated=2024-03-01T10:00:00".into(),
+        "_cursor=garbage".into(),
+        "code:text=pulse".into(),
+        "category=alert,notification".into(),
+        "code=".into(),
+        "a=%zz".into(),
+    ];
+    for q in cases {
+        let msg = get(&h.app, &format!("{}/Observation?{q}", base(OSLO)))
+            .await
+            .outcome(StatusCode::BAD_REQUEST);
+        assert!(!msg.contains(&fnr), "{q}: {msg}");
+        assert!(!msg.is_empty());
+    }
+    let msg = get(
+        &h.app,
+        &format!("{}/Observation?subject:identifier={fnr}", base(OSLO)),
+    )
+    .await
+    .outcome(StatusCode::BAD_REQUEST);
+    assert!(msg.contains("system|value"), "{msg}");
+    let msg = get(&h.app, &format!("{}/Observation?status=final", base(OSLO)))
+        .await
+        .outcome(StatusCode::BAD_REQUEST);
+    assert!(
+        msg.contains("status") && msg.contains("_lastUpdated"),
+        "{msg}"
+    );
+}
+
+/// Pages through a search by following `next` links, calling `between`
+/// after every page, and returns all ids seen and the number of pages.
+async fn page_through<F>(h: &Hub, first: &str, mut between: F) -> (Vec<uuid::Uuid>, usize)
+where
+    F: AsyncFnMut(usize),
+{
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut a = get(&h.app, first).await;
+    loop {
+        pages += 1;
+        ids.extend(a.ids());
+        let self_link = a.link("self").unwrap_or_default();
+        assert!(self_link.starts_with(&format!("http://{HOST}/fhir/r4/{OSLO}/Observation?")));
+        between(pages).await;
+        match a.link("next") {
+            Some(next) => {
+                assert!(next.contains("_cursor="), "{next}");
+                a = follow(&h.app, &next).await;
+            }
+            None => break,
+        }
+        assert!(pages < 100, "paging does not end");
+    }
+    (ids, pages)
+}
+
+#[tokio::test]
+async fn paging_neither_skips_nor_repeats_while_writes_arrive() {
+    let h = hub();
+    let mut expected = Vec::new();
+    for i in 0..7 {
+        expected.push(
+            put(&h.store, obs(OSLO, format!("p{i}"), 1, "8867-4"))
+                .await
+                .0,
+        );
+    }
+    // Noise that must not show up: another patient, another municipality.
+    put(&h.store, obs(OSLO, "noise1", 2, "8867-4")).await;
+    put(&h.store, obs(BERGEN, "noise2", 1, "8867-4")).await;
+
+    let first = format!("{}/Observation?{}&_count=3", base(OSLO), subject(1));
+    let store = h.store.clone();
+    let mut written = Vec::new();
+    let (ids, pages) = page_through(&h, &first, async |page| {
+        // New resources for the same patient arrive between pages.
+        if page <= 2 {
+            for j in 0..2 {
+                let ev = obs(OSLO, format!("late{page}-{j}"), 1, "8867-4");
+                written.push(put(&store, ev).await.0);
+            }
+        }
+    })
+    .await;
+    expected.extend(written);
+    assert_eq!(
+        ids, expected,
+        "ascending paging must see every resource once, in order"
+    );
+    assert_eq!(pages, 4); // 11 resources, 3 per page
+
+    // The next link repeats the query and the page size.
+    let a = get(&h.app, &first).await;
+    let next = a.link("next").unwrap_or_default();
+    assert!(
+        next.contains("_count=3") && next.contains("subject:identifier="),
+        "{next}"
+    );
+}
+
+#[tokio::test]
+async fn descending_paging_is_stable_under_new_writes() {
+    let h = hub();
+    let mut stored = Vec::new();
+    for i in 0..8 {
+        stored.push(
+            put(&h.store, obs(OSLO, format!("d{i}"), 1, "8867-4"))
+                .await
+                .0,
+        );
+    }
+    let first = format!("{}/Observation?_sort=-_lastUpdated&_count=3", base(OSLO));
+    let store = h.store.clone();
+    let (ids, pages) = page_through(&h, &first, async |page| {
+        // Newer resources land above the cursor: not part of this walk.
+        let ev = obs(OSLO, format!("new{page}"), 1, "8867-4");
+        put(&store, ev).await;
+    })
+    .await;
+    stored.reverse();
+    assert_eq!(ids, stored);
+    assert_eq!(pages, 3);
+    // A descending cursor cannot be used for an ascending walk.
+    let a = get(&h.app, &first).await;
+    let next = a.link("next").unwrap_or_default();
+    let flipped = next.replace("_sort=-_lastUpdated", "_sort=_lastUpdated");
+    let msg = follow(&h.app, &flipped)
+        .await
+        .outcome(StatusCode::BAD_REQUEST);
+    assert!(msg.contains("_sort"), "{msg}");
+}
+
+/// A store whose reads fail, to check that 500s reveal nothing.
+struct FailingStore;
+
+impl Store for FailingStore {
+    fn put(&self, _: NewRecord) -> BoxFuture<'_, Result<PutOutcome, PutError>> {
+        Box::pin(async { Err(PutError::Unavailable("test".into())) })
+    }
+    fn get(
+        &self,
+        _: Orgnr,
+        _: ResourceType,
+        _: uuid::Uuid,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        Err(StoreError::Read("/var/lib/knutepunkt/db: I/O error".into()))
+    }
+    fn search(&self, _: &SearchQuery) -> Result<SearchPage, StoreError> {
+        Err(StoreError::Corrupt("record 17: bad bytes".into()))
+    }
+    fn ready(&self) -> Result<(), String> {
+        Err("disk full".into())
+    }
+}
+
+#[tokio::test]
+async fn store_failures_are_500_without_details() {
+    let app = router(ApiState {
+        store: Arc::new(FailingStore),
+        municipalities: None,
+        public_url: None,
+    });
+    for path in [
+        format!("{}/Observation?{}", base(OSLO), subject(1)),
+        format!("{}/Observation/{}", base(OSLO), uuid::Uuid::from_u128(5)),
+    ] {
+        let msg = get(&app, &path)
+            .await
+            .outcome(StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !msg.contains("/var/lib") && !msg.contains("record 17"),
+            "{msg}"
+        );
+    }
+    let a = get(&app, "/readyz").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.text.contains("disk full"));
+    // Nothing to ask the store: answered without it.
+    let a = get(
+        &app,
+        &format!("{}/Observation?_lastUpdated=lt1970-01-01", base(OSLO)),
+    )
+    .await;
+    assert_eq!(a.ids(), NONE);
+}
