@@ -456,7 +456,12 @@ impl Epj {
                     self.alarms.insert(
                         format!("Communication/{id}"),
                         SeenAlarm {
-                            what: format!("{} for {who}", line.split(" · ").next().unwrap_or("")),
+                            what: line
+                                .split(" · ")
+                                .next()
+                                .unwrap_or("")
+                                .trim_start_matches("alert ")
+                                .to_string(),
                             seen: Instant::now(),
                         },
                     );
@@ -479,14 +484,20 @@ impl Epj {
     }
 
     fn note_line(&self, res: &Value) -> String {
-        let text = payload_texts(res).join(" / ");
+        let text = payload_texts(res)
+            .iter()
+            .flat_map(|t| t.lines())
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" / ");
         match res["inResponseTo"][0]["reference"].as_str() {
             Some(r) => {
                 let answered = match self.alarms.get(r) {
                     Some(a) => {
                         self.stats.loops_closed.fetch_add(1, Ordering::Relaxed);
                         format!(
-                            "{} (alarm seen {:.1} s earlier)",
+                            "{} (seen {:.1} s earlier)",
                             a.what,
                             a.seen.elapsed().as_secs_f64()
                         )
@@ -554,7 +565,7 @@ fn observation_line(res: &Value) -> String {
     format!("{code} {name} {} {}", number(&q["value"]), unit(q))
 }
 
-/// "alert RED 4.1 Fall · "Fall detektert" / bedroom"
+/// "alert RED 4.1 Fall, bathroom · "Fall detektert""
 fn alert_line(res: &Value) -> String {
     let severity = match res["priority"].as_str() {
         Some("stat") => "RED",
@@ -562,7 +573,7 @@ fn alert_line(res: &Value) -> String {
         Some("routine") => "GREEN",
         _ => "",
     };
-    let mut vkp: Option<(String, String)> = None;
+    let mut vkp: Option<(String, String, String)> = None;
     for reason in res["reasonCode"].as_array().into_iter().flatten() {
         for c in reason["coding"].as_array().into_iter().flatten() {
             if c["system"]
@@ -570,29 +581,44 @@ fn alert_line(res: &Value) -> String {
                 .is_some_and(|s| s.contains("vkp-alert-code"))
             {
                 let code = c["code"].as_str().unwrap_or("?").to_string();
+                let display = c["display"].as_str().unwrap_or("").to_string();
                 let meaning = sim::alarm_kind(&code)
                     .map(|k| k.meaning.to_string())
-                    .or_else(|| c["display"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                vkp = Some((code, meaning));
+                    .unwrap_or_else(|| display.clone());
+                vkp = Some((code, meaning, display));
             }
         }
     }
-    let (code, meaning) = vkp.unwrap_or_else(|| ("?".into(), String::new()));
-    let texts = payload_texts(res);
-    let extra: Vec<&str> = texts
-        .iter()
-        .map(String::as_str)
-        .filter(|t| !t.eq_ignore_ascii_case(&meaning))
-        .collect();
-    if extra.is_empty() {
-        format!("alert {severity} {code} {meaning}")
-    } else {
-        format!(
-            "alert {severity} {code} {meaning} · \"{}\"",
-            extra.join(" / ")
-        )
+    let (code, meaning, display) =
+        vkp.unwrap_or_else(|| ("?".into(), String::new(), String::new()));
+    // The payload repeats the code's display, then the vendor's text, then
+    // the zone ("Sone: …"); show the zone after the meaning and the vendor
+    // text in quotes.
+    let mut zone = None;
+    let mut texts = Vec::new();
+    for line in payload_texts(res).iter().flat_map(|t| t.lines()) {
+        let line = line.trim();
+        if let Some(z) = line
+            .strip_prefix("Sone:")
+            .or_else(|| line.strip_prefix("Zone:"))
+        {
+            zone = Some(z.trim().to_string());
+        } else if !line.is_empty()
+            && !line.eq_ignore_ascii_case(&meaning)
+            && !line.eq_ignore_ascii_case(&display)
+        {
+            texts.push(line.to_string());
+        }
     }
+    let mut out = format!("alert {severity} {code} {meaning}");
+    if let Some(z) = zone {
+        out.push_str(", ");
+        out.push_str(&z);
+    }
+    if !texts.is_empty() {
+        out.push_str(&format!(" · \"{}\"", texts.join(" / ")));
+    }
+    out
 }
 
 fn payload_texts(res: &Value) -> Vec<String> {
