@@ -86,6 +86,25 @@ const PAGE_SIZE: u32 = 50;
 /// over FHIR REST, a summary, then a clean shutdown. Errors say which part
 /// failed; the temporary data directory is removed in every case.
 pub async fn run(opts: DemoOptions) -> Result<(), BoxError> {
+    run_with_summary(opts).await.map(|_| ())
+}
+
+/// What the demo counted, for tests and for callers that want the numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DemoSummary {
+    pub sent: u64,
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    /// Resources the simulated EPJ read over FHIR search.
+    pub seen_by_epj: u64,
+    /// Notes whose `inResponseTo` pointed at an alert the EPJ had already seen.
+    pub loops_closed: u64,
+}
+
+/// [`run`], returning the counts it printed.
+pub async fn run_with_summary(opts: DemoOptions) -> Result<DemoSummary, BoxError> {
     let duration = opts.duration.min(MAX_DURATION);
     let rate = if opts.rate.is_finite() && opts.rate > 0.0 {
         opts.rate.min(MAX_RATE)
@@ -121,10 +140,10 @@ pub async fn run(opts: DemoOptions) -> Result<(), BoxError> {
 
     let (served, toured) = tokio::join!(server, tour);
     // Report the demo's own failure first: it usually explains the hub's.
-    toured?;
+    let summary = toured?;
     served.map_err(|e| format!("hub stopped with an error: {e}"))?;
     drop(dir);
-    Ok(())
+    Ok(summary)
 }
 
 async fn tour(
@@ -135,7 +154,7 @@ async fn tour(
     vendors: u8,
     poll: Duration,
     opts: &DemoOptions,
-) -> Result<(), BoxError> {
+) -> Result<DemoSummary, BoxError> {
     let web = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -226,7 +245,16 @@ async fn tour(
     }
 
     summary(&stats, started.elapsed(), &epj);
-    Ok(())
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Ok(DemoSummary {
+        sent: get(&stats.sent),
+        accepted: get(&stats.accepted),
+        duplicate: get(&stats.duplicate),
+        rejected: get(&stats.rejected),
+        errors: get(&stats.errors),
+        seen_by_epj: get(&stats.seen_observations) + get(&stats.seen_communications),
+        loops_closed: get(&stats.loops_closed),
+    })
 }
 
 async fn wait_ready(web: &reqwest::Client, base: &str) -> Result<(), BoxError> {
@@ -728,6 +756,24 @@ mod tests {
             alert_line(&alert),
             "alert RED 4.1 Fall · \"Fall detektert\""
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_closes_the_loop_end_to_end() {
+        let opts = DemoOptions {
+            duration: Duration::from_secs(3),
+            rate: 8.0,
+            poll_interval: Duration::from_millis(200),
+            show_vendor_lines: false,
+            ..DemoOptions::default()
+        };
+        let s = run_with_summary(opts)
+            .await
+            .unwrap_or_else(|e| panic!("demo failed: {e}"));
+        assert!(s.sent >= 20, "{s:?}");
+        assert_eq!(s.accepted, s.sent, "{s:?}");
+        assert_eq!(s.seen_by_epj, s.accepted, "the EPJ sees everything: {s:?}");
+        assert!(s.loops_closed > 0, "{s:?}");
     }
 
     #[test]

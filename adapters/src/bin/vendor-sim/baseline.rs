@@ -144,3 +144,15 @@ pub fn run(dir: &Path, events: u64, batch: u64, value_size: u64) -> Result<Basel
         sync_us,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn baseline_counts_batches() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let r = super::run(dir.path(), 1_000, 64, 1536).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.events, 1_000);
+        assert_eq!(r.syncs, 16, "15 full batches and one partial");
+        assert!(r.writes_per_sec() > 0.0);
+    }
+}

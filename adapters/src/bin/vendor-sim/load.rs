@@ -90,7 +90,6 @@ impl LoadArgs {
 }
 
 /// What one load run measured.
-#[derive(Debug)]
 pub struct LoadReport {
     pub mode: Mode,
     pub clients: u32,
@@ -106,6 +105,13 @@ pub struct LoadReport {
     pub latency_us: Histogram<u64>,
     pub timed_out: bool,
     pub first_error: Option<String>,
+}
+
+impl std::fmt::Debug for LoadReport {
+    /// Counts and percentiles; the histogram's buckets would be thousands of lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
 }
 
 impl LoadReport {
@@ -501,4 +507,58 @@ async fn unary_client(
         }
     }
     hist
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knutepunkt::config::Config;
+    use knutepunkt::server::Hub;
+
+    /// Starts a hub in-process, runs `f` against its gRPC address, stops it.
+    async fn with_hub<F, Fut>(f: F)
+    where
+        F: FnOnce(SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let hub = Hub::start(Config::for_dev(dir.path().to_path_buf()))
+            .await
+            .unwrap_or_else(|e| panic!("hub: {e}"));
+        let grpc = hub.grpc_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(hub.run_until(async move {
+            let _ = rx.await;
+        }));
+        f(grpc).await;
+        let _ = tx.send(());
+        let _ = server.await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_and_unary_loads_are_all_accepted() {
+        with_hub(|grpc| async move {
+            let mut a = LoadArgs::new(grpc, Mode::Stream, 4, 2_000);
+            a.window = 16;
+            a.residents = 20;
+            a.max_time = Duration::from_secs(60);
+            let r = run(&a, false).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.accepted, 2_000, "{r:?}");
+            assert_eq!(r.errors + r.rejected + r.duplicate, 0, "{r:?}");
+            assert_eq!(r.latency_us.len(), 2_000);
+
+            let mut u = LoadArgs::new(grpc, Mode::Unary, 3, 200);
+            u.prefix = Some("unary".into());
+            u.rate = Some(400.0);
+            let r = run(&u, false).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.accepted, 200, "{r:?}");
+            assert!(r.elapsed >= Duration::from_millis(450), "paced: {r:?}");
+
+            // The same ids with new timestamps are conflicts (ALREADY_EXISTS),
+            // never stored twice: that is why every run defaults to a new prefix.
+            let r = run(&u, false).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((r.accepted, r.rejected), (0, 200), "{r:?}");
+        })
+        .await;
+    }
 }
