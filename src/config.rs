@@ -41,6 +41,10 @@ pub struct Config {
     /// before an event is rejected. Example: 300.
     pub max_future_skew_secs: u64,
     pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    /// Where the admin API (dead letters, destinations) listens. Keep it on
+    /// loopback. Example: "127.0.0.1:8081".
+    pub admin_addr: SocketAddr,
     /// "text" for people, "json" for log collectors.
     pub log_format: LogFormat,
 }
@@ -53,6 +57,106 @@ pub struct Municipality {
     /// Name for logs and the admin view. Example: "Oslo kommune".
     #[serde(default)]
     pub name: String,
+    /// Where this municipality's events go. Every event is queued for every
+    /// destination of its municipality in the same write that stores it.
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+}
+
+/// One EPJ system (or response centre) that receives events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Unique name across the hub, a-z, 0-9 and '-'. It keys the
+    /// destination's queue: renaming it starts an empty queue.
+    /// Example: "oslo-epj".
+    pub name: String,
+    /// "push": the hub POSTs FHIR transaction Bundles to `url`.
+    /// "pull": the EPJ fetches with `$pending` and answers with `$confirm`.
+    pub kind: DestinationKind,
+    /// Push only: the FHIR base the Bundles are POSTed to.
+    /// Example: "https://epj.kommune.no/fhir".
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Push only: PEM file with an extra CA to trust for `url` (e.g. a
+    /// municipality's own CA). Example: "/etc/knutepunkt/epj-ca.pem".
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Push only: most entries in one Bundle while a backlog drains (one
+    /// event per Bundle, without waiting, when there is no backlog). Example: 100.
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: usize,
+    /// Push only: most events per second while a backlog drains. Example: 5000.
+    #[serde(default = "defaults::max_rate")]
+    pub max_rate: u32,
+    /// Push only: time allowed for one request, ms. Example: 10000.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Push only: first retry delay, ms; doubles per failure, with full jitter. Example: 200.
+    #[serde(default = "defaults::backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    /// Push only: longest retry delay, ms. Example: 60000.
+    #[serde(default = "defaults::backoff_cap_ms")]
+    pub backoff_cap_ms: u64,
+    /// Push only: consecutive failures that open the circuit breaker. Example: 5.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// Push only: how long an open breaker waits before one probe request, s. Example: 30.
+    #[serde(default = "defaults::breaker_open_secs")]
+    pub breaker_open_secs: u64,
+    /// Pull only: how long `$pending` hands an item to the consumer before
+    /// offering it again when it is not confirmed, s. Example: 60.
+    #[serde(default = "defaults::lease_secs")]
+    pub lease_secs: u64,
+    /// Name of another destination that gets RED/YELLOW alarms this one has
+    /// not delivered by their deadline (e.g. the response centre). Example: "oslo-responssenter".
+    #[serde(default)]
+    pub escalate_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    Push,
+    Pull,
+}
+
+/// Delivery deadlines for time-critical alarms.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// A RED alarm not delivered this many seconds after it was received is
+    /// escalated. Example: 30.
+    pub deadline_red_secs: u64,
+    /// The same for YELLOW alarms. Example: 300.
+    pub deadline_yellow_secs: u64,
+}
+
+mod defaults {
+    pub fn max_batch() -> usize {
+        100
+    }
+    pub fn max_rate() -> u32 {
+        5000
+    }
+    pub fn timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn backoff_base_ms() -> u64 {
+        200
+    }
+    pub fn backoff_cap_ms() -> u64 {
+        60_000
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_open_secs() -> u64 {
+        30
+    }
+    pub fn lease_secs() -> u64 {
+        60
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,6 +193,11 @@ impl Default for Config {
                 cache_bytes: 64 * 1024 * 1024,
                 max_batch: 256,
             },
+            delivery: DeliveryConfig {
+                deadline_red_secs: 30,
+                deadline_yellow_secs: 300,
+            },
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             log_format: LogFormat::Text,
         }
     }
@@ -111,6 +220,8 @@ pub struct Overrides {
     pub grpc_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
 }
@@ -143,6 +254,7 @@ impl Config {
             data_dir,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         }
     }
@@ -168,12 +280,87 @@ impl Config {
                 "public_url {u:?}: must start with http:// or https://"
             )));
         }
+        self.validate_destinations()?;
         if self.store.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "store.max_batch must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+
+    fn validate_destinations(&self) -> Result<(), ConfigError> {
+        let bad = |d: &Destination, why: &str| {
+            Err(ConfigError::Invalid(format!(
+                "destination {:?}: {why}",
+                d.name
+            )))
+        };
+        let all: Vec<&Destination> = self
+            .municipalities
+            .iter()
+            .flat_map(|m| &m.destinations)
+            .collect();
+        let mut names = BTreeSet::new();
+        for d in &all {
+            if d.name.is_empty()
+                || d.name.len() > 64
+                || !d
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return bad(d, "name: use 1-64 characters of a-z, 0-9 and '-'");
+            }
+            if !names.insert(d.name.as_str()) {
+                return bad(d, "name is used twice; names must be unique across the hub");
+            }
+            match (d.kind, &d.url) {
+                (DestinationKind::Push, None) => return bad(d, "kind = \"push\" needs url"),
+                (DestinationKind::Push, Some(u))
+                    if !(u.starts_with("https://") || u.starts_with("http://")) =>
+                {
+                    return bad(
+                        d,
+                        "url must start with https:// (or http:// on loopback for tests)",
+                    );
+                }
+                (DestinationKind::Pull, Some(_)) => return bad(d, "kind = \"pull\" takes no url"),
+                _ => {}
+            }
+            if d.max_batch == 0 || d.max_rate == 0 || d.breaker_failures == 0 || d.lease_secs == 0 {
+                return bad(
+                    d,
+                    "max_batch, max_rate, breaker_failures and lease_secs must be at least 1",
+                );
+            }
+            if d.backoff_base_ms == 0 || d.backoff_cap_ms < d.backoff_base_ms {
+                return bad(
+                    d,
+                    "backoff_base_ms must be at least 1 and at most backoff_cap_ms",
+                );
+            }
+        }
+        for d in &all {
+            if let Some(e) = &d.escalate_to {
+                if e == &d.name {
+                    return bad(d, "escalate_to names the destination itself");
+                }
+                if !names.contains(e.as_str()) {
+                    return bad(d, "escalate_to names no configured destination");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every configured destination with the orgnr it belongs to.
+    pub fn destinations(&self) -> Vec<(Orgnr, Destination)> {
+        self.municipalities
+            .iter()
+            .filter_map(|m| Orgnr::parse(&m.orgnr).ok().map(|o| (o, m)))
+            .flat_map(|(o, m)| m.destinations.iter().map(move |d| (o, d.clone())))
+            .collect()
     }
 
     /// The configured municipalities, or `None` when any orgnr is served.

@@ -18,8 +18,10 @@
 //! - [`config`]: the config file, environment and flags.
 //! - [`server`]: wires it together; `run(config, shutdown)`.
 
+pub mod admin;
 pub mod api;
 pub mod config;
+pub mod deliver;
 pub mod demo;
 pub mod domain;
 pub mod ingest;

@@ -57,6 +57,8 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Delivery(#[from] crate::deliver::push::PushSetupError),
 }
 
 /// A started hub: store open, ports bound, nothing served yet.
@@ -65,8 +67,10 @@ pub struct Hub {
     store: SledStore,
     grpc: TcpListener,
     http: TcpListener,
+    admin: TcpListener,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    admin_addr: SocketAddr,
 }
 
 impl Hub {
@@ -90,12 +94,14 @@ impl Hub {
         };
         let grpc = bind("gRPC", cfg.grpc_addr).await?;
         let http = bind("HTTP", cfg.http_addr).await?;
+        let admin = bind("admin", cfg.admin_addr).await?;
         let local = |l: &TcpListener, what, addr| {
             l.local_addr()
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
         let grpc_addr = local(&grpc, "gRPC", cfg.grpc_addr)?;
         let http_addr = local(&http, "HTTP", cfg.http_addr)?;
+        let admin_addr = local(&admin, "admin", cfg.admin_addr)?;
         if cfg.municipalities.is_empty() {
             tracing::warn!(
                 "no municipalities configured: accepting events for every valid orgnr; list them in the config for production"
@@ -106,9 +112,15 @@ impl Hub {
             store,
             grpc,
             http,
+            admin,
             grpc_addr,
             http_addr,
+            admin_addr,
         })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -131,8 +143,10 @@ impl Hub {
             store,
             grpc,
             http,
+            admin,
             grpc_addr,
             http_addr,
+            admin_addr,
         } = self;
         let token = CancellationToken::new();
         let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
@@ -143,6 +157,7 @@ impl Hub {
             served.clone(),
             VendorId(cfg.default_vendor.clone()),
             cfg.max_future_skew_secs,
+            routes(&cfg),
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -168,6 +183,8 @@ impl Hub {
             store: dyn_store.clone(),
             municipalities: served,
             public_url: cfg.public_url.clone(),
+            pull: Arc::new(pull_consumers(&cfg)),
+            destinations: Arc::new(routes(&cfg).into_iter().collect()),
         })
         .route(
             "/metrics",
@@ -179,14 +196,32 @@ impl Hub {
         let http_server =
             axum::serve(http, app).with_graceful_shutdown(token.clone().cancelled_owned());
 
-        tracing::info!(%grpc_addr, %http_addr, data_dir = %cfg.data_dir.display(), "knutepunkt is serving");
+        let registry = crate::deliver::Registry::default();
+        let admin_server = axum::serve(
+            admin,
+            crate::admin::router(crate::admin::AdminState {
+                store: dyn_store.clone(),
+                registry: registry.clone(),
+            }),
+        )
+        .with_graceful_shutdown(token.clone().cancelled_owned());
+        // Delivery stops on its own token, after the servers, so that it can
+        // finish the requests in flight before the store closes.
+        let delivery_stop = CancellationToken::new();
+        let delivery =
+            crate::deliver::spawn(&cfg, dyn_store.clone(), registry, delivery_stop.clone())?;
+
+        tracing::info!(%grpc_addr, %http_addr, %admin_addr, data_dir = %cfg.data_dir.display(), "knutepunkt is serving");
         let stopper = token.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; finishing those in flight");
             stopper.cancel();
         });
-        let servers = async { tokio::join!(grpc_server, http_server) };
+        let servers = async {
+            let (g, h, a) = tokio::join!(grpc_server, http_server, admin_server);
+            (g, h.and(a))
+        };
         tokio::pin!(servers);
         let grace_over = async {
             token.cancelled().await;
@@ -201,6 +236,13 @@ impl Hub {
         };
         // Whatever ended first, stop the other too.
         token.cancel();
+        delivery_stop.cancel();
+        let finish = futures::future::join_all(delivery);
+        if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+            tracing::warn!(
+                "deliveries still in flight after the grace period; they will be sent again after restart"
+            );
+        }
         drop(dyn_store);
         if tokio::time::timeout(SHUTDOWN_GRACE, store.close())
             .await
@@ -215,6 +257,33 @@ impl Hub {
         result?;
         Ok(())
     }
+}
+
+/// Destination names per municipality, for ingest to queue each event.
+fn routes(cfg: &Config) -> std::collections::HashMap<crate::domain::Orgnr, Vec<String>> {
+    let mut out: std::collections::HashMap<_, Vec<String>> = std::collections::HashMap::new();
+    for (org, d) in cfg.destinations() {
+        out.entry(org).or_default().push(d.name);
+    }
+    out
+}
+
+/// Pull destinations per municipality, for `$pending`/`$confirm`.
+fn pull_consumers(
+    cfg: &Config,
+) -> std::collections::BTreeMap<crate::domain::Orgnr, Vec<crate::api::pull::PullConsumer>> {
+    let mut out: std::collections::BTreeMap<_, Vec<_>> = std::collections::BTreeMap::new();
+    for (org, d) in cfg.destinations() {
+        if d.kind == crate::config::DestinationKind::Pull {
+            out.entry(org)
+                .or_default()
+                .push(crate::api::pull::PullConsumer {
+                    name: d.name,
+                    lease_secs: d.lease_secs,
+                });
+        }
+    }
+    out
 }
 
 /// The process-wide Prometheus recorder, installed on first use. `None` when

@@ -316,4 +316,83 @@ async fn health_and_reflection_are_served() {
     );
     let (status, _) = ok(get_json(&hub.url("/readyz")).await);
     assert_eq!(status, 200);
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let ch = ok(ok(
+        tonic::transport::Channel::from_shared(format!("http://{}", hub.grpc))
+            .map_err(|e| e.to_string()),
+    )
+    .connect()
+    .await);
+    let mut refl = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ok(refl.server_reflection_info(tokio_stream::iter([req])).await).into_inner();
+    let first = ok(answers.next().await.transpose()).and_then(|r| r.message_response);
+    let Some(MessageResponse::ListServicesResponse(list)) = first else {
+        panic!("no service list from reflection: {first:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.iter().any(|n| n == "knutepunkt.v1.VendorIngest"),
+        "{names:?}"
+    );
+}
+
+/// What the running hub serves — resources, search Bundles, the
+/// CapabilityStatement and OperationOutcomes — passes an independent FHIR R4
+/// validator (fhir.resources 6.1.0 = FHIR 4.0.1).
+#[tokio::test]
+async fn everything_served_validates_as_fhir_r4() {
+    use conformance_tests::fhir_validator::{is_skip, validate};
+    use pb::MeasurementKind as K;
+    let (_d, hub) = hub().await;
+    let mut c = ok(hub.client().await);
+    let sev = [
+        pb::Severity::NotReported,
+        pb::Severity::Green,
+        pb::Severity::Yellow,
+        pb::Severity::Red,
+    ];
+    let mut evs = vec![
+        events::heart_rate("v-hr", OSLO, 3),
+        events::blood_pressure("v-bp", OSLO, 3, 150.0, 95.0),
+        events::quantity("v-spo2", OSLO, 3, K::OxygenSaturation, 93.0, "%"),
+        events::quantity("v-w", OSLO, 3, K::BodyWeight, 160.0, "[lb_av]"),
+        events::quantity("v-t", OSLO, 3, K::BodyTemperature, 99.1, "[degF]"),
+        events::quantity("v-rr", OSLO, 3, K::RespiratoryRate, 18.0, "/min"),
+        events::quantity("v-g", OSLO, 3, K::BloodGlucose, 110.0, "mg/dL"),
+    ];
+    for (i, code) in ["4.1", "4.2", "4.13", "3.3", "2.2"].iter().enumerate() {
+        evs.push(events::alarm(&format!("v-a{i}"), OSLO, 3, code, sev[i % 4]));
+    }
+    evs.push(events::note("v-n", OSLO, 3, "v-a0"));
+    for ev in evs {
+        let r = ok(c.submit(ev).await).into_inner();
+        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
+    }
+    let base = hub.fhir_base(OSLO);
+    let mut served = Vec::new();
+    for url in [
+        format!("{base}/Observation?_count=3"),
+        format!("{base}/Communication"),
+        format!("{base}/metadata"),
+        format!("{base}/Observation?bogus=1"),
+        format!("{base}/Observation/00000000-0000-0000-0000-000000000000"),
+    ] {
+        let (_, body) = ok(get_json(&url).await);
+        served.push(body);
+    }
+    served.extend(ok(search_all(&format!("{base}/Observation?_count=2")).await));
+    assert!(served.len() >= 5 + 7, "{}", served.len());
+    match validate(&served) {
+        Ok(()) => {}
+        Err(e) if is_skip(&e) => eprintln!("SKIPPED everything_served_validates_as_fhir_r4: {e}"),
+        Err(e) => panic!("the hub serves invalid FHIR R4:\n{e}"),
+    }
 }

@@ -469,3 +469,36 @@ mod tests {
         assert!(e.contains("YYYY-MM-DD"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An instant at microsecond precision selects exactly its own
+        /// sequence number, and the prefixes split the line around it.
+        #[test]
+        fn instant_round_trip(micros in 0i64..253_402_300_799_999_999, offset_min in -14i64 * 60..=14 * 60) {
+            let t = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+            let offset = chrono::FixedOffset::east_opt((offset_min * 60) as i32)
+                .unwrap_or_else(|| panic!("offset within ±14:00"));
+            let local = t.with_timezone(&offset);
+            let s = local.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            prop_assume!(local.format("%Y").to_string().len() == 4);
+            let seq = micros as u64;
+            prop_assert_eq!(parse(&s), Ok(SeqRange { min: seq, max: seq }));
+            prop_assert_eq!(parse(&format!("ge{s}")).map(|r| r.min), Ok(seq));
+            prop_assert_eq!(parse(&format!("gt{s}")).map(|r| r.min), Ok(seq + 1));
+            prop_assert_eq!(parse(&format!("le{s}")).map(|r| r.max), Ok(seq));
+            let lt = parse(&format!("lt{s}")).unwrap_or(SeqRange::ALL);
+            if seq == 0 { prop_assert!(lt.is_empty()); } else { prop_assert_eq!(lt.max, seq - 1); }
+        }
+
+        /// Whatever is sent, parsing answers (never panics).
+        #[test]
+        fn never_panics(s in "\\PC{0,40}") {
+            let _ = parse(&s);
+        }
+    }
+}

@@ -24,6 +24,7 @@ pub mod bundle;
 pub mod capability;
 pub mod last_updated;
 pub mod outcome;
+pub mod pull;
 pub mod query_string;
 pub mod search_params;
 
@@ -58,11 +59,15 @@ pub struct ApiState {
     /// `Host` header with scheme `http`: configure it behind TLS or a proxy
     /// (`X-Forwarded-*` headers are not trusted).
     pub public_url: Option<String>,
+    /// Pull destinations per municipality (`$pending`, `$confirm`).
+    pub pull: Arc<std::collections::BTreeMap<Orgnr, Vec<pull::PullConsumer>>>,
+    /// Every destination name per municipality (`$status`).
+    pub destinations: Arc<std::collections::BTreeMap<Orgnr, Vec<String>>>,
 }
 
 impl ApiState {
     /// The municipality of a path segment, if it is a valid orgnr served here.
-    fn municipality(&self, segment: &str) -> Result<Orgnr, ApiError> {
+    pub(crate) fn municipality(&self, segment: &str) -> Result<Orgnr, ApiError> {
         let not_served = || {
             ApiError::not_found(
                 "no FHIR base at this path: use /fhir/r4/{orgnr} with the 9-digit organisation number of a municipality this hub serves",
@@ -116,6 +121,18 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/{orgnr}/metadata",
             get(metadata).fallback(method_not_allowed),
+        )
+        .route(
+            "/{orgnr}/$pending",
+            get(pull::pending).fallback(method_not_allowed),
+        )
+        .route(
+            "/{orgnr}/$confirm",
+            axum::routing::post(pull::confirm).fallback(method_not_allowed),
+        )
+        .route(
+            "/{orgnr}/$status",
+            get(pull::status).fallback(method_not_allowed),
         )
         .route(
             "/{orgnr}/{resource_type}",
@@ -190,7 +207,7 @@ fn accepts_json(headers: &HeaderMap) -> bool {
     })
 }
 
-fn decode_query(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn decode_query(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     query_string::decode(raw.unwrap_or_default()).map_err(ApiError::invalid)
 }
 

@@ -176,3 +176,24 @@ mod tests {
         assert_eq!(unescape("b\\,c\\|d\\\\e\\$f\\x"), "b,c|d\\e$f\\x");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(pairs in proptest::collection::vec(("\\PC{1,12}", "\\PC{0,24}"), 0..6)) {
+            prop_assert_eq!(decode(&encode(&pairs)), Ok(pairs));
+        }
+
+        #[test]
+        fn escaped_separators_survive_a_split(parts in proptest::collection::vec("\\PC{0,8}", 1..5)) {
+            let escape = |s: &str| s.replace('\\', "\\\\").replace(',', "\\,").replace('|', "\\|").replace('$', "\\$");
+            let joined = parts.iter().map(|p| escape(p)).collect::<Vec<_>>().join(",");
+            let got: Vec<String> = split_escaped(&joined, ',').iter().map(|p| unescape(p)).collect();
+            prop_assert_eq!(got, parts);
+        }
+    }
+}

@@ -49,6 +49,8 @@ fn hub_with(municipalities: Option<BTreeSet<Orgnr>>, public_url: Option<&str>) -
         store: Arc::new(store.clone()),
         municipalities,
         public_url: public_url.map(str::to_string),
+        pull: Arc::default(),
+        destinations: Arc::default(),
     });
     Hub {
         _dir: dir,
@@ -119,6 +121,8 @@ async fn put(store: &SledStore, ev: Ev) -> (uuid::Uuid, u64) {
         },
         answers_alarm: None,
         is_alarm: ev.rt == ResourceType::Communication,
+        class: crate::store::Class::Routine,
+        destinations: vec![],
     };
     let out = store.put(rec).await;
     assert!(matches!(out, Ok(PutOutcome::Accepted(_))), "{out:?}");
@@ -788,6 +792,54 @@ impl Store for FailingStore {
     fn ready(&self) -> Result<(), String> {
         Err("disk full".into())
     }
+    fn outbox_take(
+        &self,
+        _: &str,
+        _: usize,
+        _: u64,
+        _: Option<u64>,
+    ) -> Result<Vec<crate::store::OutboxItem>, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn outbox_settle(&self, _: &str, _: &[(u64, crate::store::Settle)]) -> Result<(), StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn outbox_depth(&self, _: &str) -> Result<(u64, Option<u64>), StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn escalate_overdue(
+        &self,
+        _: &str,
+        _: &str,
+        _: u64,
+        _: u64,
+        _: u64,
+    ) -> Result<Vec<crate::store::ResourceRef>, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn dead_letters(
+        &self,
+        _: &crate::store::DeadLetterFilter,
+        _: usize,
+    ) -> Result<Vec<crate::store::DeadLetter>, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn dead_letter_replay(&self, _: &str, _: u64) -> Result<bool, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn dead_letter_discard(&self, _: &str, _: u64, _: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn delivery_state(
+        &self,
+        _: &str,
+        _: u64,
+    ) -> Result<Option<crate::store::DeliveryState>, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
 }
 
 #[tokio::test]
@@ -796,6 +848,8 @@ async fn store_failures_are_500_without_details() {
         store: Arc::new(FailingStore),
         municipalities: None,
         public_url: None,
+        pull: Arc::default(),
+        destinations: Arc::default(),
     });
     for path in [
         format!("{}/Observation?{}", base(OSLO), subject(1)),

@@ -7,7 +7,7 @@
 
 pub mod convert;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,11 +15,11 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::domain::{Invalid, Orgnr, Payload, VendorId};
+use crate::domain::{Invalid, Orgnr, Payload, Severity, VendorId};
 use crate::normalize;
 use crate::proto::v1 as pb;
 use crate::proto::v1::vendor_ingest_server::VendorIngest;
-use crate::store::{NewRecord, PutError, PutOutcome, Store, patient_key};
+use crate::store::{Class, NewRecord, PutError, PutOutcome, Store, patient_key};
 
 /// Events of one stream processed at the same time. Enough to fill a group
 /// commit from a single stream; bounded so one stream cannot take all memory.
@@ -74,6 +74,8 @@ struct Inner {
     served: Option<BTreeSet<Orgnr>>,
     default_vendor: VendorId,
     max_future: chrono::Duration,
+    /// Destination names per municipality: where each event is queued.
+    routes: HashMap<Orgnr, Vec<String>>,
 }
 
 impl IngestService {
@@ -82,6 +84,7 @@ impl IngestService {
         served: Option<BTreeSet<Orgnr>>,
         default_vendor: VendorId,
         max_future_skew_secs: u64,
+        routes: HashMap<Orgnr, Vec<String>>,
     ) -> Self {
         IngestService {
             inner: Arc::new(Inner {
@@ -89,6 +92,7 @@ impl IngestService {
                 served,
                 default_vendor,
                 max_future: chrono::Duration::seconds(max_future_skew_secs as i64),
+                routes,
             }),
         }
     }
@@ -121,6 +125,16 @@ impl Inner {
             Payload::Alarm(_) => (None, true),
             Payload::Measurement(_) => (None, false),
         };
+        let class = match &ev.payload {
+            Payload::Alarm(a) if a.severity == Severity::Red => Class::Red,
+            Payload::Alarm(a) if a.severity == Severity::Yellow => Class::Yellow,
+            _ => Class::Routine,
+        };
+        let destinations = self
+            .routes
+            .get(&ev.municipality)
+            .cloned()
+            .unwrap_or_default();
         let rec = NewRecord {
             vendor: ev.vendor,
             event_id: ev.event_id,
@@ -130,6 +144,8 @@ impl Inner {
             resource,
             answers_alarm,
             is_alarm,
+            class,
+            destinations,
         };
         let (status, r) = match self.store.put(rec).await? {
             PutOutcome::Accepted(r) => (pb::ReceiptStatus::Accepted, r),

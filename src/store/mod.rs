@@ -53,6 +53,123 @@ pub struct NewRecord {
     pub answers_alarm: Option<String>,
     /// Whether this event is itself an alarm (notes may answer it).
     pub is_alarm: bool,
+    /// How urgently it must be delivered.
+    pub class: Class,
+    /// The destinations it is queued for (their configured names), in the
+    /// same atomic write that stores it.
+    pub destinations: Vec<String>,
+}
+
+/// Delivery class. RED and YELLOW alarms go ahead of every routine item and
+/// have deadlines. The numbers are part of the store's key layout: never
+/// change them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Class {
+    Red = 0,
+    Yellow = 1,
+    Routine = 2,
+}
+
+impl Class {
+    pub fn from_tag(t: u8) -> Option<Class> {
+        match t {
+            0 => Some(Class::Red),
+            1 => Some(Class::Yellow),
+            2 => Some(Class::Routine),
+            _ => None,
+        }
+    }
+
+    pub fn is_urgent(self) -> bool {
+        self != Class::Routine
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Red => "red",
+            Class::Yellow => "yellow",
+            Class::Routine => "routine",
+        }
+    }
+}
+
+/// One queued delivery: a resource waiting for one destination.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub destination: String,
+    pub class: Class,
+    pub patient: [u8; 16],
+    /// The resource, `meta` included; its `seq` keys the item.
+    pub resource: StoredResource,
+}
+
+/// How a delivery attempt ended for one item.
+#[derive(Debug, Clone)]
+pub enum Settle {
+    /// The destination has it: remove it from the queue.
+    Delivered,
+    /// Final failure: move it to the dead letters, with what the destination said.
+    DeadLetter {
+        attempts: u32,
+        error: String,
+        response: Option<String>,
+    },
+    /// Leave it queued (pull: release the lease so it is offered again now).
+    Release,
+}
+
+/// A delivery that ended in failure and waits for an operator.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub destination: String,
+    pub seq: u64,
+    pub resource: String,
+    pub class: Class,
+    pub attempts: u32,
+    pub error: String,
+    /// The destination's answer (e.g. its OperationOutcome), if any.
+    pub response: Option<String>,
+    /// When it was dead-lettered, RFC 3339.
+    pub at: String,
+    /// Codes of the resource (for replay by code).
+    pub codes: Vec<String>,
+    #[serde(skip)]
+    pub patient: [u8; 16],
+}
+
+/// Which dead letters an operator means. Empty fields match everything.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterFilter {
+    pub destination: Option<String>,
+    /// Received at or after (RFC 3339).
+    pub from: Option<String>,
+    /// Received before (RFC 3339).
+    pub to: Option<String>,
+    pub code: Option<String>,
+}
+
+/// Where one resource stands with one destination (`$status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DeliveryState {
+    Pending,
+    /// Handed to a pull consumer; offered again after `until` (RFC 3339).
+    Leased {
+        until: String,
+    },
+    Delivered {
+        at: String,
+    },
+    DeadLettered {
+        at: String,
+        error: String,
+    },
+    Discarded {
+        at: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +274,81 @@ pub trait Store: Send + Sync + 'static {
 
     /// Readiness: `Err` says why the store cannot take writes now.
     fn ready(&self) -> Result<(), String>;
+
+    /// The next items for `destination`, RED then YELLOW then routine, each
+    /// class oldest first, at most `max`, skipping items leased until after
+    /// `now`. When an urgent item is taken, the same patient's older routine
+    /// items are taken with it and put before it, so one patient's resources
+    /// still arrive in the order they were received. With `lease_until`, the
+    /// items are leased to the caller until then (pull).
+    fn outbox_take(
+        &self,
+        destination: &str,
+        max: usize,
+        now: u64,
+        lease_until: Option<u64>,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Records how deliveries ended: `seq` → outcome. Items no longer
+    /// queued (settled before) are skipped.
+    fn outbox_settle(
+        &self,
+        destination: &str,
+        outcomes: &[(u64, Settle)],
+    ) -> Result<(), StoreError>;
+
+    /// Items waiting for `destination` and the `seq` of the oldest one.
+    fn outbox_depth(&self, destination: &str) -> Result<(u64, Option<u64>), StoreError>;
+
+    /// Queues every RED/YELLOW item of `destination` older than its deadline
+    /// (microseconds) for `fallback`, once each, and returns them.
+    fn escalate_overdue(
+        &self,
+        destination: &str,
+        fallback: &str,
+        now: u64,
+        red_deadline: u64,
+        yellow_deadline: u64,
+    ) -> Result<Vec<ResourceRef>, StoreError>;
+
+    fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Puts a dead letter back in its destination's queue. `false`: no such dead letter.
+    fn dead_letter_replay(&self, destination: &str, seq: u64) -> Result<bool, StoreError>;
+
+    /// Drops a dead letter for good, keeping the reason in its status.
+    fn dead_letter_discard(
+        &self,
+        destination: &str,
+        seq: u64,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Where one resource stands with one destination; `None` if it was
+    /// never queued there.
+    fn delivery_state(
+        &self,
+        destination: &str,
+        seq: u64,
+    ) -> Result<Option<DeliveryState>, StoreError>;
+
+    /// The `seq` of a resource of one municipality, if visible.
+    fn seq_of(
+        &self,
+        municipality: Orgnr,
+        resource_type: ResourceType,
+        id: uuid::Uuid,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self.get(municipality, resource_type, id)?.map(|r| r.seq))
+    }
+
+    /// Changes whenever a group commit made new records visible; delivery
+    /// workers wait on it instead of polling.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// The patient's search key: a hash of identifier system and value, so index

@@ -26,7 +26,17 @@
 //! | `C` org type code-hash seq | – | … with one code |
 //! | `K` org type category-hash seq | – | … in one category |
 //! | `D` vendor-len vendor event-id | [`IdemEntry`] | idempotency key |
-//! | `O` org urgency seq | uuid | outbox: waiting for delivery |
+//! | `O` dest class seq | patient | outbox: waiting for one destination |
+//! | `N` dest patient seq | class | outbox by patient (keeps per-patient order) |
+//! | `L` dest seq | until (µs) | pull lease: not offered again before `until` |
+//! | `Q` dest seq | [`DlqRecord`] | dead letter |
+//! | `S` dest seq | [`DeliveryState`] | final state (delivered, dead, discarded) |
+//! | `E` dest seq | – | escalated to the fallback destination |
+//!
+//! `dest` is the destination's name, length-prefixed. Delivery-side writes
+//! (settle, lease, escalate, replay) are flushed but not fdatasync'ed: a
+//! crash can only make an item be offered again, and every destination
+//! de-duplicates (conditional create, or confirm by id).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -41,8 +51,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    NewRecord, PutError, PutOutcome, ResourceRef, SearchPage, SearchQuery, Store, StoreError,
-    StoredResource, Token, seq_to_time,
+    Class, DeadLetter, DeadLetterFilter, DeliveryState, NewRecord, OutboxItem, PutError,
+    PutOutcome, ResourceRef, SearchPage, SearchQuery, Settle, Store, StoreError, StoredResource,
+    Token, seq_to_time,
 };
 use crate::domain::{Orgnr, ResourceType};
 
@@ -146,6 +157,13 @@ struct Shared {
     broken: AtomicBool,
     disk_full: AtomicBool,
     min_free_bytes: u64,
+    /// Items queued per destination (kept in memory; counted once at open).
+    depth: std::sync::Mutex<HashMap<String, i64>>,
+    /// Last seq made visible; delivery workers wait on it.
+    committed: tokio::sync::watch::Sender<u64>,
+    /// Serializes delivery-side read-modify-writes (take with lease, settle,
+    /// escalate, replay), which run outside the writer thread.
+    delivery: std::sync::Mutex<()>,
 }
 
 /// The sled-backed [`Store`].
@@ -190,6 +208,7 @@ impl SledStore {
                 });
             }
         };
+        let db_clone = db.clone();
         let shared = Arc::new(Shared {
             db,
             dir: dir.to_path_buf(),
@@ -197,10 +216,14 @@ impl SledStore {
             broken: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
             min_free_bytes: opts.min_free_bytes,
+            depth: std::sync::Mutex::new(count_outboxes(&db_clone)),
+            committed: tokio::sync::watch::channel(last_seq).0,
+            delivery: std::sync::Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
         let writer = Writer {
+            queued: HashMap::new(),
             shared: shared.clone(),
             data_file,
             last_seq,
@@ -433,10 +456,388 @@ impl Store for SledStore {
         }
         Ok(())
     }
+    fn outbox_take(
+        &self,
+        destination: &str,
+        max: usize,
+        now: u64,
+        lease_until: Option<u64>,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let _g = lock(&self.shared.delivery);
+        let db = &self.shared.db;
+        let visible = self.shared.visible.load(Ordering::Acquire);
+        let leased = |seq: u64| -> Result<bool, StoreError> {
+            Ok(match db.get(lkey(destination, seq)).map_err(read)? {
+                Some(v) => be_u64(&v).is_some_and(|until| until > now),
+                None => false,
+            })
+        };
+        let mut picked: Vec<(u64, Class, [u8; 16])> = Vec::new();
+        let mut taken = std::collections::HashSet::new();
+        for class in [Class::Red, Class::Yellow] {
+            for item in db.scan_prefix(oprefix(destination, class)) {
+                if picked.len() >= max {
+                    break;
+                }
+                let (k, v) = item.map_err(read)?;
+                let seq = tail_seq(&k)?;
+                if seq > visible {
+                    break;
+                }
+                if leased(seq)? {
+                    continue;
+                }
+                let patient = patient_of(&v)?;
+                // The same patient's older routine items go first.
+                let lo = nkey(destination, &patient, 0);
+                let hi = nkey(destination, &patient, seq);
+                for n in db.range(lo..hi) {
+                    let (nk, nv) = n.map_err(read)?;
+                    let nseq = tail_seq(&nk)?;
+                    if nv.first() == Some(&(Class::Routine as u8))
+                        && !taken.contains(&nseq)
+                        && !leased(nseq)?
+                    {
+                        taken.insert(nseq);
+                        picked.push((nseq, Class::Routine, patient));
+                    }
+                }
+                taken.insert(seq);
+                picked.push((seq, class, patient));
+            }
+        }
+        for item in db.scan_prefix(oprefix(destination, Class::Routine)) {
+            if picked.len() >= max {
+                break;
+            }
+            let (k, v) = item.map_err(read)?;
+            let seq = tail_seq(&k)?;
+            if seq > visible {
+                break;
+            }
+            if taken.contains(&seq) || leased(seq)? {
+                continue;
+            }
+            picked.push((seq, Class::Routine, patient_of(&v)?));
+        }
+        if let Some(until) = lease_until {
+            let mut b = sled::Batch::default();
+            for (seq, _, _) in &picked {
+                b.insert(
+                    lkey(destination, *seq).to_vec(),
+                    until.to_be_bytes().to_vec(),
+                );
+            }
+            db.apply_batch(b).map_err(read)?;
+        }
+        let mut out = Vec::with_capacity(picked.len());
+        for (seq, class, patient) in picked {
+            let Some(raw) = self.read_record(seq)? else {
+                return Err(StoreError::Corrupt(format!(
+                    "outbox points at missing record {seq}"
+                )));
+            };
+            out.push(OutboxItem {
+                destination: destination.to_string(),
+                class,
+                patient,
+                resource: self.materialize(seq, &raw)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn outbox_settle(
+        &self,
+        destination: &str,
+        outcomes: &[(u64, Settle)],
+    ) -> Result<(), StoreError> {
+        let _g = lock(&self.shared.delivery);
+        let db = &self.shared.db;
+        let mut b = sled::Batch::default();
+        let mut removed = 0i64;
+        let at = now_rfc3339();
+        for (seq, outcome) in outcomes {
+            let seq = *seq;
+            let mut found = None;
+            for class in [Class::Red, Class::Yellow, Class::Routine] {
+                let k = okey(destination, class, seq);
+                if let Some(v) = db.get(&k).map_err(read)? {
+                    found = Some((class, k, v));
+                    break;
+                }
+            }
+            let Some((class, ok_key, pv)) = found else {
+                continue; // settled already (e.g. confirmed twice)
+            };
+            let patient = patient_of(&pv)?;
+            b.remove(lkey(destination, seq).to_vec());
+            let state = match outcome {
+                Settle::Release => None,
+                Settle::Delivered => Some(DeliveryState::Delivered { at: at.clone() }),
+                Settle::DeadLetter {
+                    attempts,
+                    error,
+                    response,
+                } => {
+                    let rec = DlqRecord {
+                        class: class as u8,
+                        attempts: *attempts,
+                        error: error.clone(),
+                        response: response.clone(),
+                        at: at.clone(),
+                        patient,
+                    };
+                    b.insert(qkey(destination, seq).to_vec(), encode(&rec)?);
+                    tracing::warn!(destination, seq, attempts, error = %error, "delivery dead-lettered");
+                    metrics::counter!("knutepunkt_delivery_dead_lettered_total", "destination" => destination.to_string()).increment(1);
+                    Some(DeliveryState::DeadLettered {
+                        at: at.clone(),
+                        error: error.clone(),
+                    })
+                }
+            };
+            let Some(state) = state else { continue };
+            b.remove(ok_key.to_vec());
+            b.remove(nkey(destination, &patient, seq).to_vec());
+            b.insert(skey(destination, seq).to_vec(), encode(&state)?);
+            removed += 1;
+        }
+        db.apply_batch(b).map_err(read)?;
+        db.flush().map_err(read)?;
+        if removed > 0 {
+            *lock(&self.shared.depth)
+                .entry(destination.to_string())
+                .or_default() -= removed;
+        }
+        Ok(())
+    }
+
+    fn outbox_depth(&self, destination: &str) -> Result<(u64, Option<u64>), StoreError> {
+        let depth = lock(&self.shared.depth)
+            .get(destination)
+            .copied()
+            .unwrap_or(0)
+            .max(0) as u64;
+        let mut oldest: Option<u64> = None;
+        for class in [Class::Red, Class::Yellow, Class::Routine] {
+            if let Some(item) = self
+                .shared
+                .db
+                .scan_prefix(oprefix(destination, class))
+                .next()
+            {
+                let (k, _) = item.map_err(read)?;
+                let seq = tail_seq(&k)?;
+                oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+            }
+        }
+        Ok((depth, oldest))
+    }
+
+    fn escalate_overdue(
+        &self,
+        destination: &str,
+        fallback: &str,
+        now: u64,
+        red_deadline: u64,
+        yellow_deadline: u64,
+    ) -> Result<Vec<ResourceRef>, StoreError> {
+        let _g = lock(&self.shared.delivery);
+        let db = &self.shared.db;
+        let mut b = sled::Batch::default();
+        let mut seqs = Vec::new();
+        for (class, deadline) in [(Class::Red, red_deadline), (Class::Yellow, yellow_deadline)] {
+            for item in db.scan_prefix(oprefix(destination, class)) {
+                let (k, v) = item.map_err(read)?;
+                let seq = tail_seq(&k)?;
+                if seq.saturating_add(deadline) > now {
+                    break; // the rest are younger
+                }
+                if db.contains_key(ekey(destination, seq)).map_err(read)? {
+                    continue;
+                }
+                let patient = patient_of(&v)?;
+                b.insert(okey(fallback, class, seq).to_vec(), patient.to_vec());
+                b.insert(nkey(fallback, &patient, seq).to_vec(), vec![class as u8]);
+                b.insert(ekey(destination, seq).to_vec(), vec![]);
+                seqs.push(seq);
+            }
+        }
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        db.apply_batch(b).map_err(read)?;
+        db.flush().map_err(read)?;
+        *lock(&self.shared.depth)
+            .entry(fallback.to_string())
+            .or_default() += seqs.len() as i64;
+        let _ = self
+            .shared
+            .committed
+            .send_replace(self.shared.visible.load(Ordering::Acquire));
+        let mut out = Vec::new();
+        for seq in seqs {
+            if let Some(raw) = self.read_record(seq)? {
+                out.push(self.materialize(seq, &raw)?.resource);
+            }
+        }
+        Ok(out)
+    }
+
+    fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let parse = |s: &Option<String>, what: &str| -> Result<Option<u64>, StoreError> {
+            s.as_deref()
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|d| super::time_to_seq(d.with_timezone(&chrono::Utc)))
+                        .map_err(|e| {
+                            StoreError::Read(format!("{what}: {t:?} is not an RFC 3339 time ({e})"))
+                        })
+                })
+                .transpose()
+        };
+        let from = parse(&filter.from, "from")?.unwrap_or(0);
+        let to = parse(&filter.to, "to")?.unwrap_or(u64::MAX);
+        let prefix = match &filter.destination {
+            Some(d) => dest_prefix(b'Q', d),
+            None => vec![b'Q'],
+        };
+        let mut out = Vec::new();
+        for item in self.shared.db.scan_prefix(prefix) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(read)?;
+            let seq = tail_seq(&k)?;
+            if seq < from || seq >= to {
+                continue;
+            }
+            let destination = dest_of(&k)?;
+            let rec: DlqRecord = decode(&v)?;
+            let Some(raw) = self.read_record(seq)? else {
+                continue;
+            };
+            let r: Record =
+                postcard::from_bytes(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let codes: Vec<String> = r.codes.iter().map(|(_, c)| c.to_string()).collect();
+            if let Some(c) = &filter.code
+                && !codes.iter().any(|x| x == c)
+            {
+                continue;
+            }
+            let resource = self.materialize(seq, &raw)?.resource.to_string();
+            out.push(DeadLetter {
+                destination,
+                seq,
+                resource,
+                class: Class::from_tag(rec.class).unwrap_or(Class::Routine),
+                attempts: rec.attempts,
+                error: rec.error,
+                response: rec.response,
+                at: rec.at,
+                codes,
+                patient: rec.patient,
+            });
+        }
+        Ok(out)
+    }
+
+    fn dead_letter_replay(&self, destination: &str, seq: u64) -> Result<bool, StoreError> {
+        let _g = lock(&self.shared.delivery);
+        let db = &self.shared.db;
+        let Some(v) = db.get(qkey(destination, seq)).map_err(read)? else {
+            return Ok(false);
+        };
+        let rec: DlqRecord = decode(&v)?;
+        let class = Class::from_tag(rec.class).unwrap_or(Class::Routine);
+        let mut b = sled::Batch::default();
+        b.remove(qkey(destination, seq).to_vec());
+        b.remove(skey(destination, seq).to_vec());
+        b.insert(okey(destination, class, seq).to_vec(), rec.patient.to_vec());
+        b.insert(
+            nkey(destination, &rec.patient, seq).to_vec(),
+            vec![class as u8],
+        );
+        db.apply_batch(b).map_err(read)?;
+        db.flush().map_err(read)?;
+        *lock(&self.shared.depth)
+            .entry(destination.to_string())
+            .or_default() += 1;
+        let _ = self
+            .shared
+            .committed
+            .send_replace(self.shared.visible.load(Ordering::Acquire));
+        tracing::info!(destination, seq, "dead letter replayed");
+        Ok(true)
+    }
+
+    fn dead_letter_discard(
+        &self,
+        destination: &str,
+        seq: u64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let _g = lock(&self.shared.delivery);
+        let db = &self.shared.db;
+        if !db.contains_key(qkey(destination, seq)).map_err(read)? {
+            return Ok(false);
+        }
+        let state = DeliveryState::Discarded {
+            at: now_rfc3339(),
+            reason: reason.to_string(),
+        };
+        let mut b = sled::Batch::default();
+        b.remove(qkey(destination, seq).to_vec());
+        b.insert(skey(destination, seq).to_vec(), encode(&state)?);
+        db.apply_batch(b).map_err(read)?;
+        db.flush().map_err(read)?;
+        tracing::info!(destination, seq, reason, "dead letter discarded");
+        Ok(true)
+    }
+
+    fn delivery_state(
+        &self,
+        destination: &str,
+        seq: u64,
+    ) -> Result<Option<DeliveryState>, StoreError> {
+        let db = &self.shared.db;
+        for class in [Class::Red, Class::Yellow, Class::Routine] {
+            if db
+                .contains_key(okey(destination, class, seq))
+                .map_err(read)?
+            {
+                if let Some(v) = db.get(lkey(destination, seq)).map_err(read)?
+                    && let Some(until) = be_u64(&v)
+                    && until > now_micros()
+                {
+                    return Ok(Some(DeliveryState::Leased {
+                        until: seq_to_time(until)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    }));
+                }
+                return Ok(Some(DeliveryState::Pending));
+            }
+        }
+        match db.get(skey(destination, seq)).map_err(read)? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.committed.subscribe()
+    }
 }
 
 /// The writer thread's state. See the module doc.
 struct Writer {
+    /// Items queued per destination in the group being built.
+    queued: HashMap<String, i64>,
     shared: Arc<Shared>,
     data_file: File,
     last_seq: u64,
@@ -490,6 +891,7 @@ impl Writer {
             results.push(res);
         }
         if !wrote {
+            self.queued.clear();
             return results;
         }
         let started = Instant::now();
@@ -513,6 +915,7 @@ impl Writer {
             // sled's state after a failed write is unknown: stop writing.
             self.shared.broken.store(true, Ordering::Release);
             self.last_seq = first_seq;
+            self.queued.clear();
             return results
                 .into_iter()
                 .map(|r| match r {
@@ -524,6 +927,13 @@ impl Writer {
         metrics::histogram!("knutepunkt_store_commit_seconds").record(started.elapsed());
         metrics::histogram!("knutepunkt_store_group_size").record(group.len() as f64);
         self.shared.visible.store(self.last_seq, Ordering::Release);
+        {
+            let mut depth = lock(&self.shared.depth);
+            for (d, n) in self.queued.drain() {
+                *depth.entry(d).or_default() += n;
+            }
+        }
+        self.shared.committed.send_replace(self.last_seq);
         results
     }
 
@@ -616,12 +1026,11 @@ impl Writer {
             .concat(),
             vec![],
         );
-        let urgency = if n.urgent { 0u8 } else { 1u8 };
-        let mut okey = vec![b'O'];
-        okey.extend_from_slice(&org.to_be_bytes());
-        okey.push(urgency);
-        okey.extend_from_slice(&s);
-        batch.insert(okey, id.to_vec());
+        for d in &rec.destinations {
+            batch.insert(okey(d, rec.class, seq), rec.patient_key.to_vec());
+            batch.insert(nkey(d, &rec.patient_key, seq), vec![rec.class as u8]);
+            *self.queued.entry(d.clone()).or_default() += 1;
+        }
         let entry = IdemEntry {
             hash: rec.content_hash,
             org,
@@ -731,6 +1140,122 @@ fn short_hash(s: &str) -> [u8; 8] {
     out
 }
 
+/// What is stored under `Q` dest seq.
+#[derive(Serialize, Deserialize)]
+struct DlqRecord {
+    class: u8,
+    attempts: u32,
+    error: String,
+    response: Option<String>,
+    at: String,
+    patient: [u8; 16],
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these leaves plain data behind; go on.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read(e: sled::Error) -> StoreError {
+    StoreError::Read(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
+}
+
+fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt(format!("cannot decode: {e}")))
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// `table` + length-prefixed destination name.
+fn dest_prefix(table: u8, dest: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + dest.len() + 25);
+    k.push(table);
+    k.push(dest.len().min(255) as u8);
+    k.extend_from_slice(&dest.as_bytes()[..dest.len().min(255)]);
+    k
+}
+
+fn dest_of(key: &[u8]) -> Result<String, StoreError> {
+    let n = *key
+        .get(1)
+        .ok_or_else(|| StoreError::Corrupt("short key".into()))? as usize;
+    key.get(2..2 + n)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_string)
+        .ok_or_else(|| StoreError::Corrupt("bad destination in key".into()))
+}
+
+fn oprefix(dest: &str, class: Class) -> Vec<u8> {
+    let mut k = dest_prefix(b'O', dest);
+    k.push(class as u8);
+    k
+}
+
+fn okey(dest: &str, class: Class, seq: u64) -> Vec<u8> {
+    let mut k = oprefix(dest, class);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn nkey(dest: &str, patient: &[u8; 16], seq: u64) -> Vec<u8> {
+    let mut k = dest_prefix(b'N', dest);
+    k.extend_from_slice(patient);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_key(table: u8, dest: &str, seq: u64) -> Vec<u8> {
+    let mut k = dest_prefix(table, dest);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn lkey(dest: &str, seq: u64) -> Vec<u8> {
+    seq_key(b'L', dest, seq)
+}
+
+fn qkey(dest: &str, seq: u64) -> Vec<u8> {
+    seq_key(b'Q', dest, seq)
+}
+
+fn skey(dest: &str, seq: u64) -> Vec<u8> {
+    seq_key(b'S', dest, seq)
+}
+
+fn ekey(dest: &str, seq: u64) -> Vec<u8> {
+    seq_key(b'E', dest, seq)
+}
+
+fn tail_seq(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|i| be_u64(&key[i..]))
+        .ok_or_else(|| StoreError::Corrupt("short key".into()))
+}
+
+fn patient_of(v: &[u8]) -> Result<[u8; 16], StoreError> {
+    v.try_into()
+        .map_err(|_| StoreError::Corrupt("bad outbox entry".into()))
+}
+
+/// Counts every destination's queue once at open (the counts are then kept
+/// in memory by the writer and by settle).
+fn count_outboxes(db: &sled::Db) -> HashMap<String, i64> {
+    let mut out: HashMap<String, i64> = HashMap::new();
+    for (k, _) in db.scan_prefix([b'O']).flatten() {
+        if let Ok(d) = dest_of(&k) {
+            *out.entry(d).or_default() += 1;
+        }
+    }
+    out
+}
+
 fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
@@ -778,6 +1303,8 @@ mod tests {
             },
             answers_alarm: None,
             is_alarm: alarm,
+            class: crate::store::Class::Routine,
+            destinations: vec![],
         }
     }
 

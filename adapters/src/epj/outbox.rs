@@ -1,0 +1,552 @@
+//! The import folder: where accepted resources land, one file each, as many
+//! EPJ imports expect, plus the identifier index that makes conditional
+//! create hold across restarts, and `received.log` for arrival order.
+//!
+//! Layout of `--out DIR`:
+//! - `<ResourceType>-<id>.json`: one resource, written to `.<name>.tmp` and
+//!   renamed, so an importer never sees half a file.
+//! - `received.log`: one JSON line per newly created resource (receive time,
+//!   type, id, keyed pseudonym of the subject, priority, codes). It never
+//!   holds a national id.
+//! - `.identifier-index.jsonl`: one JSON line per created resource with its
+//!   identifiers, so the index survives an importer that moves files away.
+//!   At start it is read, and any resource file it lacks (a crash between
+//!   rename and index append) is parsed and added.
+//! - `.pseudonym-key`: the random key for subject pseudonyms, made on first
+//!   start unless `--pseudonym-key` is given.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::bundle::{ACCEPTED_TYPES, Entry, EntryOutcome, is_fhir_id};
+
+const INDEX_FILE: &str = ".identifier-index.jsonl";
+const KEY_FILE: &str = ".pseudonym-key";
+/// Name of the arrival log inside the import folder.
+pub const RECEIVED_LOG: &str = "received.log";
+
+/// Why a Bundle could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The entry's id already holds a resource with other identifiers.
+    #[error(
+        "Bundle.entry[{index}]: {resource_type}/{id} already exists with other identifiers; give each identifier its own resource id"
+    )]
+    IdConflict {
+        /// Position of the entry in the Bundle.
+        index: usize,
+        /// Its resource type.
+        resource_type: String,
+        /// Its id.
+        id: String,
+    },
+    /// The folder could not be written.
+    #[error("cannot write {path}: {source}; check that --out is writable and the disk has room")]
+    Io {
+        /// The file being written.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Why the import folder could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the import folder at {path}: {source}; check --out")]
+pub struct OpenError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl OpenError {
+    /// The opening task itself failed (panicked or was cancelled).
+    pub(crate) fn from_join(path: &Path, e: tokio::task::JoinError) -> Self {
+        OpenError {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommitError + '_ {
+    move |source| CommitError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn open_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexLine {
+    #[serde(rename = "type")]
+    resource_type: String,
+    id: String,
+    identifiers: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ReceivedLine<'a> {
+    received: String,
+    #[serde(rename = "type")]
+    resource_type: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    codes: &'a [String],
+}
+
+struct Inner {
+    /// (type, `system|value`) → id.
+    by_identifier: HashMap<(String, String), String>,
+    /// (type, id) of every resource received.
+    ids: HashSet<(String, String)>,
+    index_file: File,
+    log_file: File,
+}
+
+/// What the import folder held when it was opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenReport {
+    /// Resources known (from the index and the files).
+    pub resources: usize,
+    /// Resource files that were missing from the index and were added.
+    pub recovered: usize,
+    /// Leftover temporary files removed.
+    pub temp_removed: usize,
+}
+
+/// The import folder and its identifier index.
+pub struct Outbox {
+    dir: PathBuf,
+    fsync: bool,
+    key: Vec<u8>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("dir", &self.dir)
+            .field("fsync", &self.fsync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens (creating if needed) the import folder and rebuilds the index.
+    /// `fsync`: sync each file and the folder before answering.
+    /// `pseudonym_key`: key for subject pseudonyms; `None` reads or makes
+    /// `DIR/.pseudonym-key`.
+    pub fn open(
+        dir: &Path,
+        fsync: bool,
+        pseudonym_key: Option<&str>,
+    ) -> Result<(Outbox, OpenReport), OpenError> {
+        fs::create_dir_all(dir).map_err(open_err(dir))?;
+        let key = match pseudonym_key {
+            Some(k) => k.as_bytes().to_vec(),
+            None => load_or_make_key(&dir.join(KEY_FILE))?,
+        };
+        let mut report = OpenReport::default();
+        let mut by_identifier = HashMap::new();
+        let mut ids = HashSet::new();
+
+        let index_path = dir.join(INDEX_FILE);
+        if index_path.exists() {
+            let f = File::open(&index_path).map_err(open_err(&index_path))?;
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(open_err(&index_path))?;
+                // A torn last line (crash mid-append) is skipped; the file
+                // scan below restores that resource.
+                let Ok(rec) = serde_json::from_str::<IndexLine>(&line) else {
+                    continue;
+                };
+                for ident in rec.identifiers {
+                    by_identifier.insert((rec.resource_type.clone(), ident), rec.id.clone());
+                }
+                ids.insert((rec.resource_type, rec.id));
+            }
+        }
+
+        let mut index_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&index_path)
+            .map_err(open_err(&index_path))?;
+
+        let mut recovered = Vec::new();
+        for dirent in fs::read_dir(dir).map_err(open_err(dir))? {
+            let dirent = dirent.map_err(open_err(dir))?;
+            let name = dirent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let p = dirent.path();
+                fs::remove_file(&p).map_err(open_err(&p))?;
+                report.temp_removed += 1;
+                continue;
+            }
+            let Some((rtype, id)) = parse_file_name(name) else {
+                continue;
+            };
+            if ids.contains(&(rtype.to_string(), id.to_string())) {
+                continue;
+            }
+            let p = dirent.path();
+            let bytes = fs::read(&p).map_err(open_err(&p))?;
+            let identifiers = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => identifiers_of(&v),
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "skipping a resource file that is not JSON");
+                    continue;
+                }
+            };
+            recovered.push(IndexLine {
+                resource_type: rtype.to_string(),
+                id: id.to_string(),
+                identifiers,
+            });
+        }
+        let mut buf = Vec::new();
+        for rec in &recovered {
+            for ident in &rec.identifiers {
+                by_identifier.insert((rec.resource_type.clone(), ident.clone()), rec.id.clone());
+            }
+            ids.insert((rec.resource_type.clone(), rec.id.clone()));
+            append_json_line(&mut buf, rec);
+        }
+        if !buf.is_empty() {
+            index_file.write_all(&buf).map_err(open_err(&index_path))?;
+            index_file.sync_data().map_err(open_err(&index_path))?;
+        }
+        report.recovered = recovered.len();
+        report.resources = ids.len();
+
+        let log_path = dir.join(RECEIVED_LOG);
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(open_err(&log_path))?;
+
+        Ok((
+            Outbox {
+                dir: dir.to_path_buf(),
+                fsync,
+                key,
+                inner: Mutex::new(Inner {
+                    by_identifier,
+                    ids,
+                    index_file,
+                    log_file,
+                }),
+            },
+            report,
+        ))
+    }
+
+    /// The folder resources are written to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keyed pseudonym of a subject: 16 hex digits of SHA-256(key ‖ 0 ‖ subject).
+    pub fn pseudonym(&self, subject: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(&self.key);
+        h.update([0u8]);
+        h.update(subject.as_bytes());
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Applies a checked transaction: conditional create of every entry,
+    /// all or nothing. Blocking; call from `spawn_blocking`.
+    pub fn commit(&self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, CommitError> {
+        let mut inner = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Phase 1: decide, without touching the disk.
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut fresh: HashMap<(String, String), String> = HashMap::new();
+        let mut fresh_ids: HashSet<(String, String)> = HashSet::new();
+        for (index, e) in entries.iter().enumerate() {
+            let key = (e.resource_type.clone(), e.match_identifier.clone());
+            if let Some(id) = inner.by_identifier.get(&key).or_else(|| fresh.get(&key)) {
+                outcomes.push(EntryOutcome {
+                    created: false,
+                    resource_type: e.resource_type.clone(),
+                    id: id.clone(),
+                });
+                continue;
+            }
+            let idkey = (e.resource_type.clone(), e.id.clone());
+            if inner.ids.contains(&idkey) || fresh_ids.contains(&idkey) {
+                return Err(CommitError::IdConflict {
+                    index,
+                    resource_type: e.resource_type.clone(),
+                    id: e.id.clone(),
+                });
+            }
+            for ident in &e.identifiers {
+                fresh.insert((e.resource_type.clone(), ident.clone()), e.id.clone());
+            }
+            fresh_ids.insert(idkey);
+            outcomes.push(EntryOutcome {
+                created: true,
+                resource_type: e.resource_type.clone(),
+                id: e.id.clone(),
+            });
+        }
+
+        // Phase 2: write the new files; undo them all on the first failure.
+        let mut written: Vec<PathBuf> = Vec::new();
+        for (e, o) in entries.iter().zip(&outcomes) {
+            if !o.created {
+                continue;
+            }
+            match self.write_resource(e) {
+                Ok(p) => written.push(p),
+                Err(err) => {
+                    for p in &written {
+                        let _ = fs::remove_file(p);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        if self.fsync && !written.is_empty() {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+        }
+
+        // Phase 3: index and arrival log.
+        let mut index_buf = Vec::new();
+        let mut log_buf = Vec::new();
+        for (e, o) in entries.iter().zip(&outcomes) {
+            if !o.created {
+                continue;
+            }
+            append_json_line(
+                &mut index_buf,
+                &IndexLine {
+                    resource_type: e.resource_type.clone(),
+                    id: e.id.clone(),
+                    identifiers: e.identifiers.clone(),
+                },
+            );
+            append_json_line(
+                &mut log_buf,
+                &ReceivedLine {
+                    received: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+                    resource_type: &e.resource_type,
+                    id: &e.id,
+                    subject: e.subject.as_deref().map(|s| self.pseudonym(s)),
+                    priority: e.priority.as_deref(),
+                    codes: &e.codes,
+                },
+            );
+        }
+        if !index_buf.is_empty() {
+            let index_path = self.dir.join(INDEX_FILE);
+            inner
+                .index_file
+                .write_all(&index_buf)
+                .map_err(io_err(&index_path))?;
+            let log_path = self.dir.join(RECEIVED_LOG);
+            inner
+                .log_file
+                .write_all(&log_buf)
+                .map_err(io_err(&log_path))?;
+            if self.fsync {
+                inner.index_file.sync_data().map_err(io_err(&index_path))?;
+                inner.log_file.sync_data().map_err(io_err(&log_path))?;
+            }
+        }
+        for (key, id) in fresh {
+            inner.by_identifier.insert(key, id);
+        }
+        inner.ids.extend(fresh_ids);
+        Ok(outcomes)
+    }
+
+    fn write_resource(&self, e: &Entry) -> Result<PathBuf, CommitError> {
+        let name = format!("{}-{}.json", e.resource_type, e.id);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let dst = self.dir.join(&name);
+        let bytes = serde_json::to_vec_pretty(&e.resource).map_err(|err| CommitError::Io {
+            path: dst.clone(),
+            source: std::io::Error::other(err),
+        })?;
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(&bytes).map_err(io_err(&tmp))?;
+        if self.fsync {
+            f.sync_data().map_err(io_err(&tmp))?;
+        }
+        drop(f);
+        fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        Ok(dst)
+    }
+}
+
+fn append_json_line<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
+    // Serializing these plain structs to a Vec cannot fail.
+    if serde_json::to_writer(&mut *buf, value).is_ok() {
+        buf.push(b'\n');
+    }
+}
+
+/// `<Type>-<id>.json` → (type, id), for accepted types only.
+fn parse_file_name(name: &str) -> Option<(&str, &str)> {
+    let stem = name.strip_suffix(".json")?;
+    let (rtype, id) = stem.split_once('-')?;
+    (ACCEPTED_TYPES.contains(&rtype) && is_fhir_id(id)).then_some((rtype, id))
+}
+
+fn identifiers_of(resource: &serde_json::Value) -> Vec<String> {
+    resource
+        .get("identifier")
+        .and_then(|v| v.as_array())
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| {
+                    let s = i.get("system")?.as_str()?;
+                    let v = i.get("value")?.as_str()?;
+                    Some(format!("{s}|{v}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn load_or_make_key(path: &Path) -> Result<Vec<u8>, OpenError> {
+    match fs::read(path) {
+        Ok(k) if !k.is_empty() => return Ok(k),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(open_err(path)(e)),
+    }
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(open_err(path))?;
+    f.write_all(key.as_bytes()).map_err(open_err(path))?;
+    f.sync_all().map_err(open_err(path))?;
+    Ok(key.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::epj::bundle::parse_transaction;
+    use serde_json::json;
+
+    fn entries(items: &[(&str, &str)]) -> Vec<Entry> {
+        let e: Vec<_> = items
+            .iter()
+            .map(|(id, ident)| {
+                json!({
+                    "request": {"method": "POST", "url": "Communication",
+                                "ifNoneExist": format!("identifier=sys|{ident}")},
+                    "resource": {"resourceType": "Communication", "id": id,
+                                 "identifier": [{"system": "sys", "value": ident}],
+                                 "priority": "stat",
+                                 "subject": {"identifier": {"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "01818800155"}}}
+                })
+            })
+            .collect();
+        let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": e});
+        parse_transaction(&serde_json::to_vec(&b).unwrap_or_default()).unwrap_or_default()
+    }
+
+    #[test]
+    fn conditional_create_survives_reopen_and_lost_index() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let (ob, _) = Outbox::open(dir.path(), false, None)?;
+        let out = ob.commit(&entries(&[("a", "1"), ("b", "2"), ("c", "1")]))?;
+        assert_eq!(
+            out.iter()
+                .map(|o| (o.created, o.id.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(true, "a"), (true, "b"), (false, "a")]
+        );
+        assert!(dir.path().join("Communication-a.json").exists());
+        drop(ob);
+
+        let (ob, rep) = Outbox::open(dir.path(), false, None)?;
+        assert_eq!(rep.resources, 2);
+        assert_eq!(rep.recovered, 0);
+        let out = ob.commit(&entries(&[("a", "1")]))?;
+        assert!(!out[0].created);
+        drop(ob);
+
+        // Index lost: rebuilt from the files.
+        fs::remove_file(dir.path().join(INDEX_FILE))?;
+        let (ob, rep) = Outbox::open(dir.path(), false, None)?;
+        assert_eq!(rep.recovered, 2);
+        assert!(!ob.commit(&entries(&[("b", "2")]))?[0].created);
+        Ok(())
+    }
+
+    #[test]
+    fn id_conflict_writes_nothing() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ob, _) = Outbox::open(dir.path(), false, None)?;
+        ob.commit(&entries(&[("a", "1")]))?;
+        let r = ob.commit(&entries(&[("n", "9"), ("a", "2")]));
+        assert!(matches!(r, Err(CommitError::IdConflict { index: 1, .. })));
+        assert!(!dir.path().join("Communication-n.json").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn log_has_no_national_id() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ob, _) = Outbox::open(dir.path(), false, None)?;
+        ob.commit(&entries(&[("a", "1")]))?;
+        let log = fs::read_to_string(dir.path().join(RECEIVED_LOG))?;
+        assert!(!log.contains("01818800155"));
+        assert!(log.contains("\"priority\":\"stat\""));
+        let sub = ob.pseudonym("urn:oid:2.16.578.1.12.4.1.4.1|01818800155");
+        assert!(log.contains(&sub));
+        Ok(())
+    }
+
+    #[test]
+    fn removes_leftover_temp_files() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join(".Observation-x.json.tmp"), b"{")?;
+        let (_ob, rep) = Outbox::open(dir.path(), false, None)?;
+        assert_eq!(rep.temp_removed, 1);
+        Ok(())
+    }
+}

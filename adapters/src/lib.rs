@@ -1,0 +1,11 @@
+//! # knutepunkt-adapters
+//!
+//! Programs that stand on either side of the hub and talk to it over its
+//! public interfaces only, so tests and benchmarks exercise the same wire the
+//! vendors and EPJ systems use.
+//!
+//! Map of the crate:
+//! - [`epj`]: an EPJ import endpoint (binary `epj-adapter`) that receives the
+//!   hub's FHIR `transaction` Bundles over HTTPS, with failure switches.
+
+pub mod epj;

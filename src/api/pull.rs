@@ -1,0 +1,323 @@
+//! Pull delivery for EPJ systems that fetch rather than receive:
+//!
+//! - `GET  …/$pending?_count=N[&consumer=NAME]` — a `collection` Bundle of
+//!   what this consumer has not confirmed yet: RED, then YELLOW alarms, then
+//!   the rest, oldest first (one patient's resources keep their order). Each
+//!   item is leased to the consumer for the destination's `lease_secs`; an
+//!   item not confirmed by then is offered again.
+//! - `POST …/$confirm` — a `Parameters` resource with one `confirmation`
+//!   part per resource: `resource` (valueReference `Type/id` or valueString),
+//!   `outcome` (valueCode `journaled` or `failed`) and, for `failed`, a
+//!   `reason` (valueString). Journaled items leave the queue; failed ones
+//!   become dead letters an operator can see and replay.
+//! - `GET  …/$status?resource=Type/id[&consumer=NAME]` — where a resource
+//!   stands with each destination of the municipality (`Parameters`).
+//!
+//! `consumer` names a pull destination of the municipality; it may be left
+//! out when the municipality has exactly one. (When EPJ authentication lands
+//! the consumer comes from the token.)
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::outcome::{ApiError, fhir_response};
+use super::{ApiState, decode_query};
+use crate::domain::{Orgnr, ResourceType};
+use crate::store::{DeliveryState, Settle, time_to_seq};
+
+/// A pull destination as the API needs it.
+#[derive(Debug, Clone)]
+pub struct PullConsumer {
+    pub name: String,
+    pub lease_secs: u64,
+}
+
+const MAX_PENDING: usize = 500;
+
+fn consumer<'a>(
+    st: &'a ApiState,
+    org: Orgnr,
+    asked: Option<&str>,
+) -> Result<&'a PullConsumer, ApiError> {
+    let list = st.pull.get(&org).map(Vec::as_slice).unwrap_or_default();
+    match (asked, list) {
+        (_, []) => Err(ApiError::not_found(
+            "this municipality has no pull destination; the hub operator configures one (kind = \"pull\")",
+        )),
+        (None, [one]) => Ok(one),
+        (None, _) => Err(ApiError::invalid(
+            "this municipality has several pull destinations: name yours with consumer=NAME",
+        )),
+        (Some(name), list) => list.iter().find(|c| c.name == name).ok_or_else(|| {
+            ApiError::not_found("consumer: no pull destination of this municipality has that name")
+        }),
+    }
+}
+
+pub async fn pending(
+    State(st): State<Arc<ApiState>>,
+    Path(orgnr): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let org = st.municipality(&orgnr)?;
+    let mut count = 50usize;
+    let mut asked = None;
+    for (k, v) in decode_query(raw.as_deref())? {
+        match k.as_str() {
+            "_count" => {
+                count = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ApiError::invalid("_count must be a whole number from 1"))?
+                    .min(MAX_PENDING)
+            }
+            "consumer" => asked = Some(v),
+            _ => {
+                return Err(ApiError::invalid("$pending takes only _count and consumer"));
+            }
+        }
+    }
+    let c = consumer(&st, org, asked.as_deref())?.clone();
+    let store = st.store.clone();
+    let now = time_to_seq(chrono::Utc::now());
+    let until = now + c.lease_secs * 1_000_000;
+    let items =
+        tokio::task::spawn_blocking(move || store.outbox_take(&c.name, count, now, Some(until)))
+            .await
+            .map_err(|_| ApiError::internal())?
+            .map_err(|e| {
+                tracing::error!(error = %e, "$pending: store error");
+                ApiError::internal()
+            })?;
+    let mut entries = Vec::with_capacity(items.len());
+    for i in &items {
+        if i.resource.municipality != org {
+            tracing::error!("$pending: store returned another municipality's item; refusing");
+            return Err(ApiError::internal());
+        }
+        let raw = serde_json::value::RawValue::from_string(i.resource.json.clone())
+            .map_err(|_| ApiError::internal())?;
+        entries.push(
+            json!({ "fullUrl": format!("urn:uuid:{}", i.resource.resource.id), "resource": raw }),
+        );
+    }
+    // FHIR JSON has no empty arrays: an empty Bundle has no `entry`.
+    let mut body = json!({ "resourceType": "Bundle", "type": "collection" });
+    if !entries.is_empty() {
+        body["entry"] = Value::Array(entries);
+    }
+    Ok(fhir_response(StatusCode::OK, body.to_string()))
+}
+
+pub async fn confirm(
+    State(st): State<Arc<ApiState>>,
+    Path(orgnr): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let org = st.municipality(&orgnr)?;
+    let mut asked = None;
+    for (k, v) in decode_query(raw.as_deref())? {
+        match k.as_str() {
+            "consumer" => asked = Some(v),
+            _ => {
+                return Err(ApiError::invalid(
+                    "$confirm takes only consumer in the query; the rest goes in the Parameters body",
+                ));
+            }
+        }
+    }
+    let c = consumer(&st, org, asked.as_deref())?.clone();
+    let params: Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::invalid("the body must be a FHIR Parameters resource in JSON"))?;
+    if params["resourceType"] != "Parameters" {
+        return Err(ApiError::invalid(
+            "the body must be a FHIR Parameters resource",
+        ));
+    }
+    let mut outcomes = Vec::new();
+    let mut unknown = 0usize;
+    for (n, p) in params["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if p["name"] != "confirmation" {
+            return Err(ApiError::invalid(format!(
+                "parameter[{n}]: only parameters named \"confirmation\" are understood"
+            )));
+        }
+        let part = |name: &str| {
+            p["part"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["name"] == name)
+                .cloned()
+        };
+        let reference = part("resource")
+            .and_then(|x| {
+                x["valueReference"]["reference"]
+                    .as_str()
+                    .or(x["valueString"].as_str())
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "parameter[{n}]: part \"resource\" (valueReference Type/id) is required"
+                ))
+            })?;
+        let outcome = part("outcome")
+            .and_then(|x| x["valueCode"].as_str().map(str::to_string))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "parameter[{n}]: part \"outcome\" (valueCode journaled|failed) is required"
+                ))
+            })?;
+        let (rtype, id) = reference
+            .split_once('/')
+            .and_then(|(t, i)| Some((ResourceType::parse(t)?, uuid::Uuid::parse_str(i).ok()?)))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "parameter[{n}]: resource must be Observation/<id> or Communication/<id>"
+                ))
+            })?;
+        let settle = match outcome.as_str() {
+            "journaled" => Settle::Delivered,
+            "failed" => {
+                let reason = part("reason")
+                    .and_then(|x| x["valueString"].as_str().map(str::to_string))
+                    .filter(|r| !r.trim().is_empty())
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "parameter[{n}]: outcome failed needs a part \"reason\" (valueString)"
+                        ))
+                    })?;
+                Settle::DeadLetter {
+                    attempts: 1,
+                    error: format!("EPJ reported failure: {reason}"),
+                    response: None,
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "parameter[{n}]: outcome must be journaled or failed"
+                )));
+            }
+        };
+        match st.store.seq_of(org, rtype, id) {
+            Ok(Some(seq)) => outcomes.push((seq, settle)),
+            Ok(None) => unknown += 1,
+            Err(e) => {
+                tracing::error!(error = %e, "$confirm: store error");
+                return Err(ApiError::internal());
+            }
+        }
+    }
+    let confirmed = outcomes.len();
+    let store = st.store.clone();
+    let name = c.name.clone();
+    tokio::task::spawn_blocking(move || store.outbox_settle(&name, &outcomes))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|e| {
+            tracing::error!(error = %e, "$confirm: store error");
+            ApiError::internal()
+        })?;
+    let mut issues = vec![json!({
+        "severity": "information",
+        "code": "informational",
+        "diagnostics": format!("{confirmed} confirmation(s) recorded for consumer {}", c.name),
+    })];
+    if unknown > 0 {
+        issues.push(json!({
+            "severity": "warning",
+            "code": "not-found",
+            "diagnostics": format!("{unknown} resource(s) are not known in this municipality and were ignored"),
+        }));
+    }
+    let body = json!({ "resourceType": "OperationOutcome", "issue": issues });
+    Ok(fhir_response(StatusCode::OK, body.to_string()))
+}
+
+pub async fn status(
+    State(st): State<Arc<ApiState>>,
+    Path(orgnr): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let org = st.municipality(&orgnr)?;
+    let mut reference = None;
+    let mut asked = None;
+    for (k, v) in decode_query(raw.as_deref())? {
+        match k.as_str() {
+            "resource" => reference = Some(v),
+            "consumer" => asked = Some(v),
+            _ => {
+                return Err(ApiError::invalid(
+                    "$status takes resource=Type/id and optionally consumer",
+                ));
+            }
+        }
+    }
+    let reference = reference.ok_or_else(|| {
+        ApiError::invalid("resource=Observation/<id> or Communication/<id> is required")
+    })?;
+    let (rtype, id) = reference
+        .split_once('/')
+        .and_then(|(t, i)| Some((ResourceType::parse(t)?, uuid::Uuid::parse_str(i).ok()?)))
+        .ok_or_else(|| {
+            ApiError::invalid("resource must be Observation/<id> or Communication/<id>")
+        })?;
+    let Some(seq) = st
+        .store
+        .seq_of(org, rtype, id)
+        .map_err(|_| ApiError::internal())?
+    else {
+        return Err(ApiError::not_found("no such resource in this municipality"));
+    };
+    let dests: Vec<&String> = st
+        .destinations
+        .get(&org)
+        .into_iter()
+        .flatten()
+        .filter(|d| asked.as_deref().is_none_or(|a| a == d.as_str()))
+        .collect();
+    let mut params = Vec::new();
+    for d in dests {
+        let state = st
+            .store
+            .delivery_state(d, seq)
+            .map_err(|_| ApiError::internal())?;
+        let (code, detail) = match state {
+            None => ("not-queued", None),
+            Some(DeliveryState::Pending) => ("pending", None),
+            Some(DeliveryState::Leased { until }) => ("leased", Some(until)),
+            Some(DeliveryState::Delivered { at }) => ("delivered", Some(at)),
+            Some(DeliveryState::DeadLettered { at, error }) => {
+                ("dead-lettered", Some(format!("{at}: {error}")))
+            }
+            Some(DeliveryState::Discarded { at, reason }) => {
+                ("discarded", Some(format!("{at}: {reason}")))
+            }
+        };
+        let mut parts = vec![
+            json!({ "name": "destination", "valueString": d }),
+            json!({ "name": "state", "valueCode": code }),
+        ];
+        if let Some(detail) = detail {
+            parts.push(json!({ "name": "detail", "valueString": detail }));
+        }
+        params.push(json!({ "name": "delivery", "part": parts }));
+    }
+    let mut body = json!({ "resourceType": "Parameters" });
+    if !params.is_empty() {
+        body["parameter"] = Value::Array(params);
+    }
+    Ok(fhir_response(StatusCode::OK, body.to_string()).into_response())
+}

@@ -1,0 +1,348 @@
+//! One worker per push destination: takes the next items from the store's
+//! queue (alarms first), POSTs them as a FHIR `transaction` Bundle of
+//! conditional creates, and settles them by the answer.
+//!
+//! One request is in flight per destination at a time, so one patient's
+//! resources arrive in the order the queue gives them. A backlog drains in
+//! Bundles of up to `max_batch` at no more than `max_rate` events/s; with no
+//! backlog each event goes alone, at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::retry::{Backoff, Breaker, BreakerState, Verdict, classify, parse_retry_after};
+use super::{DestinationStatus, Registry};
+use crate::config::Destination;
+use crate::store::{OutboxItem, Settle, Store, seq_to_time, time_to_seq};
+
+/// Largest answer body kept with a dead letter.
+const MAX_KEPT_RESPONSE: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushSetupError {
+    #[error("destination {name}: cannot read ca_file {path}: {source}")]
+    CaFile {
+        name: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("destination {name}: {what}: {source}")]
+    Client {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// The HTTP client for one destination: rustls, its own timeout, plus the
+/// destination's extra CA when configured.
+pub fn client(d: &Destination) -> Result<reqwest::Client, PushSetupError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_millis(d.timeout_ms))
+        .connect_timeout(Duration::from_millis(d.timeout_ms.min(5_000)))
+        .user_agent(concat!("knutepunkt/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &d.ca_file {
+        let pem = std::fs::read(path).map_err(|source| PushSetupError::CaFile {
+            name: d.name.clone(),
+            path: path.display().to_string(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+            PushSetupError::Client {
+                name: d.name.clone(),
+                what: "ca_file holds no PEM certificate",
+                source,
+            }
+        })?;
+        b = b.tls_certs_merge(certs);
+    }
+    b.build().map_err(|source| PushSetupError::Client {
+        name: d.name.clone(),
+        what: "cannot build the HTTP client",
+        source,
+    })
+}
+
+/// The transaction Bundle: one conditional create per item, in queue order.
+pub fn transaction_bundle(items: &[OutboxItem]) -> String {
+    let mut out = String::with_capacity(
+        64 + items
+            .iter()
+            .map(|i| i.resource.json.len() + 200)
+            .sum::<usize>(),
+    );
+    out.push_str(r#"{"resourceType":"Bundle","type":"transaction","entry":["#);
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let r = &item.resource.resource;
+        let cond = if_none_exist(&item.resource.json);
+        // The stored JSON is a complete resource; splice it in unparsed.
+        out.push_str(&format!(
+            r#"{{"fullUrl":"urn:uuid:{}","resource":{},"request":{{"method":"POST","url":"{}"{}}}}}"#,
+            r.id,
+            item.resource.json,
+            r.resource_type.as_str(),
+            cond.map(|c| format!(r#","ifNoneExist":{}"#, serde_json::Value::String(c)))
+                .unwrap_or_default()
+        ));
+    }
+    out.push_str("]}");
+    out
+}
+
+/// `identifier=<system>|<value>`, percent-encoded, from the resource's first
+/// identifier (the hub's event identifier).
+fn if_none_exist(json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Ids {
+        #[serde(default)]
+        identifier: Vec<Ident>,
+    }
+    #[derive(Deserialize)]
+    struct Ident {
+        system: Option<String>,
+        value: Option<String>,
+    }
+    let ids: Ids = serde_json::from_str(json).ok()?;
+    let id = ids.identifier.into_iter().next()?;
+    let token = format!("{}|{}", id.system.unwrap_or_default(), id.value?);
+    Some(
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("identifier", &token)
+            .finish(),
+    )
+}
+
+/// Runs the worker until `stop` is cancelled; the request in flight is
+/// finished (or times out) first, so nothing is half-settled.
+pub async fn run(
+    dest: Destination,
+    store: Arc<dyn Store>,
+    http: reqwest::Client,
+    registry: Registry,
+    stop: CancellationToken,
+) {
+    let name = dest.name.clone();
+    let url = dest.url.clone().unwrap_or_default();
+    let mut breaker = Breaker::new(
+        dest.breaker_failures,
+        Duration::from_secs(dest.breaker_open_secs),
+    );
+    let mut backoff = Backoff::new(
+        Duration::from_millis(dest.backoff_base_ms),
+        Duration::from_millis(dest.backoff_cap_ms),
+    );
+    let mut attempts: HashMap<u64, u32> = HashMap::new();
+    let mut committed = store.subscribe();
+    // After a final rejection of a multi-item Bundle, the items go one at a
+    // time until the rejected one is found (a transaction is all or nothing).
+    let mut isolate = 0usize;
+    let mut up = true;
+    let min_gap_per_item = Duration::from_secs_f64(1.0 / f64::from(dest.max_rate.max(1)));
+    let mut next_send = Instant::now();
+    let labels = [("destination", name.clone())];
+    tracing::info!(destination = %name, %url, "push delivery started");
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let now = Instant::now();
+        metrics::gauge!("knutepunkt_delivery_breaker_state", &labels)
+            .set(breaker.state(now).gauge());
+        if let Err(until) = breaker.allow(now) {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = stop.cancelled() => break,
+            }
+            tracing::info!(destination = %name, "circuit breaker half-open: sending one probe");
+            continue;
+        }
+        let probing = breaker.state(now) == BreakerState::HalfOpen;
+        let max = if probing || isolate > 0 {
+            1
+        } else {
+            dest.max_batch
+        };
+        let items = {
+            let store = store.clone();
+            let dest_name = name.clone();
+            let wall = time_to_seq(chrono::Utc::now());
+            match tokio::task::spawn_blocking(move || {
+                store.outbox_take(&dest_name, max, wall, None)
+            })
+            .await
+            {
+                Ok(Ok(items)) => items,
+                Ok(Err(e)) => {
+                    tracing::error!(destination = %name, error = %e, "cannot read the delivery queue; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(destination = %name, error = %e, "queue read task failed");
+                    continue;
+                }
+            }
+        };
+        if items.is_empty() {
+            committed.borrow_and_update();
+            tokio::select! {
+                _ = committed.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => break,
+            }
+            continue;
+        }
+        tokio::time::sleep_until(next_send).await;
+        let body = transaction_bundle(&items);
+        let verdict = send(&http, &url, body).await;
+        next_send = Instant::now() + min_gap_per_item * items.len() as u32;
+        let seqs: Vec<u64> = items.iter().map(|i| i.resource.seq).collect();
+        match verdict {
+            Verdict::Delivered => {
+                settle(
+                    &store,
+                    &name,
+                    seqs.iter().map(|s| (*s, Settle::Delivered)).collect(),
+                )
+                .await;
+                let now_wall = chrono::Utc::now();
+                for i in &items {
+                    let lat = (now_wall - seq_to_time(i.resource.seq))
+                        .to_std()
+                        .unwrap_or_default();
+                    metrics::histogram!("knutepunkt_delivery_latency_seconds", &labels).record(lat);
+                    attempts.remove(&i.resource.seq);
+                }
+                metrics::counter!("knutepunkt_delivery_delivered_total", &labels)
+                    .increment(items.len() as u64);
+                isolate = isolate.saturating_sub(1);
+                backoff.reset();
+                if breaker.on_success(Instant::now()) != BreakerState::Closed {
+                    tracing::info!(destination = %name, "circuit breaker closed");
+                }
+                if !up {
+                    up = true;
+                    tracing::info!(destination = %name, "destination is up again; draining the queue");
+                }
+            }
+            Verdict::Retry { reason, after } => {
+                for s in &seqs {
+                    *attempts.entry(*s).or_default() += 1;
+                }
+                metrics::counter!("knutepunkt_delivery_retried_total", &labels).increment(1);
+                if up {
+                    up = false;
+                    tracing::warn!(destination = %name, %reason, pending = items.len(), "destination is down; retrying with backoff");
+                }
+                if breaker.on_failure(Instant::now()) {
+                    tracing::warn!(destination = %name, open_secs = dest.breaker_open_secs, "circuit breaker open");
+                }
+                let wait = backoff.next_delay().max(after.unwrap_or_default());
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+            Verdict::Reject { reason, response } => {
+                // The destination is reachable and answering: not an outage.
+                backoff.reset();
+                breaker.on_success(Instant::now());
+                if items.len() > 1 {
+                    tracing::info!(destination = %name, %reason, items = items.len(), "Bundle rejected; sending its items one by one to find the rejected one");
+                    isolate = items.len();
+                    continue;
+                }
+                isolate = isolate.saturating_sub(1);
+                let seq = seqs[0];
+                let n = attempts.remove(&seq).unwrap_or(0) + 1;
+                settle(
+                    &store,
+                    &name,
+                    vec![(
+                        seq,
+                        Settle::DeadLetter {
+                            attempts: n,
+                            error: reason,
+                            response,
+                        },
+                    )],
+                )
+                .await;
+            }
+        }
+        registry.update(&name, |s: &mut DestinationStatus| {
+            s.up = up;
+            s.breaker = format!("{:?}", breaker.state(Instant::now())).to_lowercase();
+        });
+    }
+    tracing::info!(destination = %name, "push delivery stopped");
+}
+
+async fn settle(store: &Arc<dyn Store>, name: &str, outcomes: Vec<(u64, Settle)>) {
+    let store = store.clone();
+    let name2 = name.to_string();
+    let r = tokio::task::spawn_blocking(move || store.outbox_settle(&name2, &outcomes)).await;
+    match r {
+        Ok(Ok(())) => {}
+        // Not settled: the items stay queued and are offered again, which
+        // the destination's conditional create makes harmless.
+        Ok(Err(e)) => {
+            tracing::error!(destination = name, error = %e, "cannot record delivery; items will be sent again")
+        }
+        Err(e) => {
+            tracing::error!(destination = name, error = %e, "settle task failed; items will be sent again")
+        }
+    }
+}
+
+async fn send(http: &reqwest::Client, url: &str, body: String) -> Verdict {
+    let resp = http
+        .post(url)
+        .header("content-type", "application/fhir+json")
+        .header("accept", "application/fhir+json")
+        .body(body)
+        .send()
+        .await;
+    match resp {
+        Err(e) => Verdict::Retry {
+            reason: if e.is_timeout() {
+                "request timed out".into()
+            } else if e.is_connect() {
+                "cannot connect".into()
+            } else {
+                "connection failed".into()
+            },
+            after: None,
+        },
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let retry_after =
+                parse_retry_after(r.headers().get("retry-after").and_then(|v| v.to_str().ok()));
+            let body = if (200..300).contains(&status) {
+                None
+            } else {
+                r.text().await.ok().map(|mut t| {
+                    if t.len() > MAX_KEPT_RESPONSE {
+                        let mut cut = MAX_KEPT_RESPONSE;
+                        while !t.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        t.truncate(cut);
+                    }
+                    t
+                })
+            };
+            classify(status, retry_after, body)
+        }
+    }
+}
