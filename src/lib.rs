@@ -22,10 +22,12 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod domain;
 pub mod ingest;
 pub mod normalize;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod tls;
 
