@@ -23,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod deliver;
 pub mod demo;
+pub mod devcerts;
 pub mod domain;
 pub mod ingest;
 pub mod normalize;

@@ -56,6 +56,29 @@ enum Command {
         #[arg(long, env = "KNUTEPUNKT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Make a throw-away PKI for development, the demo and tests: a dev CA,
+    /// the hub's server certificate, vendor client certificates and EPJ
+    /// client key pairs (JWK). Never use it in production.
+    #[command(
+        after_help = "Examples:\n  knutepunkt dev-certs --out dev-certs\n  knutepunkt dev-certs --out certs --vendor acme-alarm --vendor nattilsyn-as --epj-client oslo-epj --host hub.test"
+    )]
+    DevCerts {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// A vendor id to make a client certificate for (repeatable).
+        #[arg(long = "vendor", default_values_t = ["demo-vendor".to_string(), "other-vendor".to_string()])]
+        vendors: Vec<String>,
+        /// A vendor id to make an already expired certificate for (repeatable; for tests).
+        #[arg(long = "expired")]
+        expired: Vec<String>,
+        /// An EPJ client id to make a key pair for (repeatable).
+        #[arg(long = "epj-client", default_values_t = ["demo-epj".to_string()])]
+        epj_clients: Vec<String>,
+        /// An extra DNS name or IP for the server certificate (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// Dead letters: deliveries that failed for good. Talks to the running
     /// hub's admin API.
     #[command(
@@ -286,6 +309,28 @@ async fn main() -> anyhow::Result<()> {
             hub.run_until(shutdown_signal()).await?;
         }
         Command::Dlq { admin, action } => dlq(&admin, action).await?,
+        Command::DevCerts {
+            out,
+            vendors,
+            expired,
+            epj_clients,
+            hosts,
+        } => {
+            let files = knutepunkt::devcerts::generate(&knutepunkt::devcerts::DevCerts {
+                out: out.clone(),
+                vendors,
+                expired_vendors: expired,
+                epj_clients,
+                hosts,
+            })?;
+            for f in &files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "\nUse them with:\n[tls]\ncert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\nvendor_ca_file = \"{0}/ca.pem\"",
+                out.display()
+            );
+        }
         Command::Probe { url } => {
             let r = reqwest::Client::new()
                 .get(&url)

@@ -218,6 +218,7 @@ impl Hub {
             public_url: cfg.public_url.clone(),
             pull: Arc::new(pull_consumers(&cfg)),
             destinations: Arc::new(all_destinations(&cfg)),
+            https: tls.is_some(),
         })
         .route(
             "/metrics",

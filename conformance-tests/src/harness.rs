@@ -65,13 +65,82 @@ pub fn free_port() -> Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// How to start a hub. `Default` = embedded defaults on free ports.
+/// The dev PKI of this test process (`knutepunkt dev-certs`), made once:
+/// CA, server certificate, vendors `demo-vendor` (Oslo and Bergen) and
+/// `other-vendor` (Bergen only), an expired `demo-vendor` certificate, and
+/// EPJ client `demo-epj`.
+pub fn certs() -> Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("kp-certs-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let out = Command::new(binary("knutepunkt").map_err(|e| e.to_string())?)
+            .args([
+                "dev-certs",
+                "--vendor",
+                "demo-vendor",
+                "--vendor",
+                "other-vendor",
+                "--vendor",
+                "stranger",
+            ])
+            .args([
+                "--expired",
+                "demo-vendor",
+                "--epj-client",
+                "demo-epj",
+                "--out",
+            ])
+            .arg(&dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "dev-certs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(dir)
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// Config every TLS hub in the tests starts from: the dev certificates and
+/// two vendors with agreements.
+fn base_config(certs: &Path) -> String {
+    format!(
+        r#"
+[tls]
+cert_file = "{c}/server.pem"
+key_file = "{c}/server.key"
+vendor_ca_file = "{c}/ca.pem"
+
+[[vendors]]
+id = "demo-vendor"
+municipalities = ["958935420", "964338531"]
+
+[[vendors]]
+id = "other-vendor"
+municipalities = ["964338531"]
+"#,
+        c = certs.display()
+    )
+}
+
+/// How to start a hub. `Default` = TLS with the dev certificates and the
+/// base vendors, embedded defaults otherwise, free ports.
 #[derive(Debug, Clone, Default)]
 pub struct HubOptions {
     /// Extra environment variables, e.g. `KNUTEPUNKT_STORE__MIN_FREE_BYTES`.
     pub env: Vec<(String, String)>,
-    /// Config file to pass with --config.
-    pub config: Option<PathBuf>,
+    /// More config (TOML) appended to the base config, e.g. destinations.
+    pub config_extra: String,
+    /// Plain gRPC/HTTP with --insecure-dev instead of TLS.
+    pub insecure: bool,
 }
 
 /// A running hub process.
@@ -106,6 +175,13 @@ impl Hub {
     }
 
     async fn spawn(&mut self) -> Result<()> {
+        let cfg_path = self._logs.path().join("knutepunkt.toml");
+        let base = if self.opts.insecure {
+            String::new()
+        } else {
+            base_config(&certs()?)
+        };
+        std::fs::write(&cfg_path, format!("{base}\n{}", self.opts.config_extra))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,9 +196,10 @@ impl Hub {
             .arg(self.http.to_string())
             .arg("--admin-addr")
             .arg(self.admin.to_string())
-            .arg("--insecure-dev");
-        if let Some(c) = &self.opts.config {
-            cmd.arg("--config").arg(c);
+            .arg("--config")
+            .arg(&cfg_path);
+        if self.opts.insecure {
+            cmd.arg("--insecure-dev");
         }
         cmd.env("RUST_LOG", "info")
             .env_remove("KNUTEPUNKT_CONFIG")
@@ -138,7 +215,7 @@ impl Hub {
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let url = self.url("/readyz");
-        let http = reqwest::Client::new();
+        let http = http_client()?;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -161,7 +238,8 @@ impl Hub {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
+        let scheme = if self.opts.insecure { "http" } else { "https" };
+        format!("{scheme}://{}{}", self.http, path)
     }
 
     /// `http://…/fhir/r4/{orgnr}`
@@ -169,12 +247,45 @@ impl Hub {
         self.url(&format!("/fhir/r4/{orgnr}"))
     }
 
+    /// A gRPC client for vendor `demo-vendor` (mutual TLS unless insecure).
     pub async fn client(&self) -> Result<VendorIngestClient<Channel>> {
-        let ch = Channel::from_shared(format!("http://{}", self.grpc))?
+        self.client_as(Some("demo-vendor")).await
+    }
+
+    /// A gRPC channel presenting `cert` (a dev-certs file stem such as
+    /// `vendor-other-vendor`), or no client certificate with `None`.
+    pub async fn channel_with(&self, cert: Option<&str>) -> Result<Channel> {
+        if self.opts.insecure {
+            return Ok(Channel::from_shared(format!("http://{}", self.grpc))?
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await?);
+        }
+        let dir = certs()?;
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+                dir.join("ca.pem"),
+            )?));
+        if let Some(stem) = cert {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                std::fs::read(dir.join(format!("{stem}.pem")))?,
+                std::fs::read(dir.join(format!("{stem}.key")))?,
+            ));
+        }
+        Ok(Channel::from_shared(format!("https://{}", self.grpc))?
+            .tls_config(tls)?
             .connect_timeout(Duration::from_secs(5))
             .connect()
-            .await?;
-        Ok(VendorIngestClient::new(ch))
+            .await?)
+    }
+
+    /// A gRPC client for `vendor` (its dev certificate), or none.
+    pub async fn client_as(&self, vendor: Option<&str>) -> Result<VendorIngestClient<Channel>> {
+        let stem = vendor.map(|v| format!("vendor-{v}"));
+        Ok(VendorIngestClient::new(
+            self.channel_with(stem.as_deref()).await?,
+        ))
     }
 
     /// Everything the hub wrote to stdout and stderr so far.
@@ -485,9 +596,25 @@ pub mod events {
     }
 }
 
+/// An HTTP client that trusts the dev CA (and speaks plain HTTP too).
+pub fn http_client() -> Result<reqwest::Client> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let ca = std::fs::read(certs().map_err(|e| e.to_string())?.join("ca.pem"))
+                .map_err(|e| e.to_string())?;
+            reqwest::Client::builder()
+                .tls_certs_only([reqwest::Certificate::from_pem(&ca).map_err(|e| e.to_string())?])
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
 /// GETs a FHIR URL and returns (status, JSON body).
 pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value)> {
-    let r = reqwest::Client::new()
+    let r = http_client()?
         .get(url)
         .timeout(Duration::from_secs(10))
         .send()

@@ -60,10 +60,8 @@ lease_secs = 1
 escalation_only = {vakt_escalation_only}
 "#
     );
-    let path = dir.join("knutepunkt.toml");
-    ok(std::fs::write(&path, cfg));
     let opts = HubOptions {
-        config: Some(path),
+        config_extra: cfg,
         ..HubOptions::default()
     };
     ok(Hub::start(&dir.join("data"), opts).await)
@@ -367,10 +365,13 @@ async fn an_alarm_past_its_deadline_is_escalated_once() {
     );
     let (_, metrics) = (
         0,
-        ok(reqwest::get(hub.url("/metrics")).await)
-            .text()
-            .await
-            .unwrap_or_default(),
+        ok(ok(conformance_tests::harness::http_client())
+            .get(hub.url("/metrics"))
+            .send()
+            .await)
+        .text()
+        .await
+        .unwrap_or_default(),
     );
     assert!(
         metrics.contains("knutepunkt_delivery_escalated_total"),
@@ -471,7 +472,7 @@ async fn pull_leases_expire_and_confirmations_settle() {
         json!({"name": "confirmation", "part": parts})
     };
     let body = json!({"resourceType": "Parameters", "parameter": [conf(&refs[0], "journaled"), conf(&refs[2], "journaled"), conf(&refs[1], "failed")]});
-    let r = ok(reqwest::Client::new()
+    let r = ok(ok(conformance_tests::harness::http_client())
         .post(format!("{base}/$confirm"))
         .json(&body)
         .send()

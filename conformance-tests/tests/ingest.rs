@@ -298,11 +298,7 @@ async fn idempotency_survives_restart_and_kill() {
 #[tokio::test]
 async fn health_and_reflection_are_served() {
     let (_d, hub) = hub().await;
-    let ch = ok(
-        tonic::transport::Channel::from_shared(format!("http://{}", hub.grpc))
-            .map_err(|e| e.to_string()),
-    );
-    let ch = ok(ch.connect().await);
+    let ch = ok(hub.channel_with(Some("vendor-demo-vendor")).await);
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
     let r = ok(health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -321,12 +317,7 @@ async fn health_and_reflection_are_served() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let ch = ok(ok(
-        tonic::transport::Channel::from_shared(format!("http://{}", hub.grpc))
-            .map_err(|e| e.to_string()),
-    )
-    .connect()
-    .await);
+    let ch = ok(hub.channel_with(Some("vendor-demo-vendor")).await);
     let mut refl = ServerReflectionClient::new(ch);
     let req = ServerReflectionRequest {
         host: String::new(),

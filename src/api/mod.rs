@@ -63,6 +63,9 @@ pub struct ApiState {
     pub pull: Arc<std::collections::BTreeMap<Orgnr, Vec<pull::PullConsumer>>>,
     /// Every destination name per municipality (`$status`).
     pub destinations: Arc<std::collections::BTreeMap<Orgnr, Vec<String>>>,
+    /// Whether this listener serves TLS: the scheme of links built from the
+    /// `Host` header when no `public_url` is configured.
+    pub https: bool,
 }
 
 impl ApiState {
@@ -84,7 +87,11 @@ impl ApiState {
     fn base_url(&self, orgnr: Orgnr, headers: &HeaderMap, uri: &Uri) -> Result<String, ApiError> {
         let root = match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_string(),
-            None => format!("http://{}", request_host(headers, uri)?),
+            None => format!(
+                "{}://{}",
+                if self.https { "https" } else { "http" },
+                request_host(headers, uri)?
+            ),
         };
         Ok(format!("{root}/fhir/r4/{orgnr}"))
     }

@@ -51,6 +51,7 @@ fn hub_with(municipalities: Option<BTreeSet<Orgnr>>, public_url: Option<&str>) -
         public_url: public_url.map(str::to_string),
         pull: Arc::default(),
         destinations: Arc::default(),
+        https: false,
     });
     Hub {
         _dir: dir,
@@ -850,6 +851,7 @@ async fn store_failures_are_500_without_details() {
         public_url: None,
         pull: Arc::default(),
         destinations: Arc::default(),
+        https: false,
     });
     for path in [
         format!("{}/Observation?{}", base(OSLO), subject(1)),
