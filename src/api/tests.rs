@@ -840,6 +840,27 @@ impl Store for FailingStore {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         tokio::sync::watch::channel(0).1
     }
+    fn audit_append(
+        &self,
+        _: Vec<crate::store::audit::AuditRecord>,
+    ) -> Result<Vec<u64>, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn audit_search(
+        &self,
+        _: &crate::store::audit::AuditQuery,
+    ) -> Result<crate::store::audit::AuditPage, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn audit_prune(&self, _: u64) -> Result<usize, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn jti_claim(&self, _: &str, _: &str, _: u64, _: u64) -> Result<bool, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn jti_prune(&self, _: u64) -> Result<usize, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
 }
 
 #[tokio::test]
