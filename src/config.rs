@@ -47,6 +47,17 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// "text" for people, "json" for log collectors.
     pub log_format: LogFormat,
+    /// Turns OFF the EPJ bearer-token and admin-credential checks, for
+    /// local development only; logged loudly. Example: false.
+    #[serde(default)]
+    pub insecure_dev: bool,
+    // --- security (src/auth/config.rs) ---
+    #[serde(default)]
+    pub auth: crate::auth::config::AuthConfig,
+    #[serde(default)]
+    pub admin: crate::auth::config::AdminConfig,
+    #[serde(default)]
+    pub audit: crate::auth::config::AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,6 +214,10 @@ impl Default for Config {
             },
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             log_format: LogFormat::Text,
+            insecure_dev: false,
+            auth: Default::default(),
+            admin: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -228,6 +243,8 @@ pub struct Overrides {
     pub admin_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_dev: Option<bool>,
 }
 
 impl Config {
@@ -285,6 +302,7 @@ impl Config {
             )));
         }
         self.validate_destinations()?;
+        crate::auth::config::validate(self)?;
         if self.store.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "store.max_batch must be at least 1".into(),

@@ -45,6 +45,10 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// Development only: let FHIR and admin requests in without
+        /// credentials (logged loudly). Never with real data.
+        #[arg(long)]
+        insecure_dev: bool,
     },
     /// Print the effective configuration (file + environment + flags) and exit.
     #[command(after_help = "Example:\n  knutepunkt check-config --config knutepunkt.example.toml")]
@@ -65,6 +69,10 @@ enum Command {
             default_value = "http://127.0.0.1:8081"
         )]
         admin: String,
+        /// The admin API's bearer token (its SHA-256 is admin.token_sha256
+        /// in the hub's config).
+        #[arg(long, env = "KNUTEPUNKT_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -136,7 +144,7 @@ struct DlqFilterArgs {
     code: Option<String>,
 }
 
-async fn dlq(admin: &str, action: DlqAction) -> anyhow::Result<()> {
+async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let base = admin.trim_end_matches('/');
     let req = match &action {
@@ -176,6 +184,10 @@ async fn dlq(admin: &str, action: DlqAction) -> anyhow::Result<()> {
         } => http
             .post(format!("{base}/admin/dlq/{destination}/{seq}/discard"))
             .json(&serde_json::json!({ "reason": reason })),
+    };
+    let req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
     };
     let resp = req
         .timeout(std::time::Duration::from_secs(30))
@@ -264,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
             http_addr,
             admin_addr,
             log_format,
+            insecure_dev,
         } => {
             let flags = Overrides {
                 data_dir,
@@ -271,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
                 http_addr,
                 admin_addr,
                 log_format,
+                insecure_dev: insecure_dev.then_some(true),
             };
             let cfg = Config::load(config.as_deref(), &flags)?;
             init_logging(cfg.log_format);
@@ -279,7 +293,11 @@ async fn main() -> anyhow::Result<()> {
                 .context("knutepunkt could not start")?;
             hub.run_until(shutdown_signal()).await?;
         }
-        Command::Dlq { admin, action } => dlq(&admin, action).await?,
+        Command::Dlq {
+            admin,
+            admin_token,
+            action,
+        } => dlq(&admin, admin_token.as_deref(), action).await?,
         Command::Probe { url } => {
             let r = reqwest::Client::new()
                 .get(&url)

@@ -102,7 +102,8 @@ impl AuditRecord {
     }
 
     pub fn add_resource(&mut self, r: ResourceRef) {
-        self.resources.push((r.resource_type.tag(), *r.id.as_bytes()));
+        self.resources
+            .push((r.resource_type.tag(), *r.id.as_bytes()));
     }
 }
 

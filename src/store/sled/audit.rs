@@ -362,9 +362,15 @@ mod tests {
         assert_eq!(page2.next, None);
         let mut by_patient = q("958935420", Some(p1));
         by_patient.count = 10;
-        let got = s.audit_search(&by_patient).unwrap_or_else(|e| panic!("{e}"));
+        let got = s
+            .audit_search(&by_patient)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.items.len(), 2);
-        assert!(got.items.iter().all(|i| i.record.municipality == org("958935420")));
+        assert!(
+            got.items
+                .iter()
+                .all(|i| i.record.municipality == org("958935420"))
+        );
         s.close().await;
         let s = open(dir.path());
         let more = s
