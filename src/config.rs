@@ -42,15 +42,27 @@ pub struct Config {
     pub max_future_skew_secs: u64,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
+    /// TLS for the gRPC and HTTP listeners. Required unless `insecure_dev`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Vendor systems and their agreements. A gRPC caller is identified by
+    /// its client certificate and may submit only for its municipalities.
+    #[serde(default)]
+    pub vendors: Vec<VendorConfig>,
+    /// Where the vendor id is read from in a client certificate: "san_uri"
+    /// (a SAN URI `urn:knutepunkt:vendor:<id>`) or "cn" (the subject CN).
+    #[serde(default)]
+    pub vendor_identity: VendorIdentity,
+    /// Development only: plain gRPC and HTTP, no client certificates, every
+    /// gRPC caller is `default_vendor`, no EPJ tokens. Logged loudly. Never
+    /// in production. Example: false.
+    #[serde(default)]
+    pub insecure_dev: bool,
     /// Where the admin API (dead letters, destinations) listens. Keep it on
     /// loopback. Example: "127.0.0.1:8081".
     pub admin_addr: SocketAddr,
     /// "text" for people, "json" for log collectors.
     pub log_format: LogFormat,
-    /// Turns OFF the EPJ bearer-token and admin-credential checks, for
-    /// local development only; logged loudly. Example: false.
-    #[serde(default)]
-    pub insecure_dev: bool,
     // --- security (src/auth/config.rs) ---
     #[serde(default)]
     pub auth: crate::auth::config::AuthConfig,
@@ -72,6 +84,53 @@ pub struct Municipality {
     /// destination of its municipality in the same write that stores it.
     #[serde(default)]
     pub destinations: Vec<Destination>,
+}
+
+/// Certificates and keys for TLS (rustls, TLS 1.2 and 1.3 only). The files
+/// are read again on SIGHUP and when they change, without dropping
+/// connections.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The hub's certificate chain, PEM. Example: "/etc/knutepunkt/tls/server.pem".
+    pub cert_file: PathBuf,
+    /// The hub's private key, PEM (PKCS#8, PKCS#1 or SEC1). Example: "/etc/knutepunkt/tls/server.key".
+    pub key_file: PathBuf,
+    /// CA(s) whose client certificates identify vendors on gRPC, PEM.
+    /// Example: "/etc/knutepunkt/tls/vendor-ca.pem".
+    pub vendor_ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VendorIdentity {
+    #[default]
+    SanUri,
+    Cn,
+}
+
+/// One vendor system and what its agreement allows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VendorConfig {
+    /// The vendor system id, as in its certificate, a-z, 0-9 and '-'.
+    /// Example: "acme-alarm".
+    pub id: String,
+    /// Organisation numbers of the municipalities it has an agreement with.
+    /// Example: ["958935420"].
+    pub municipalities: Vec<String>,
+    /// Largest event it may send, bytes. Example: 65536.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Most SubmitStream calls open at once. Example: 16.
+    #[serde(default = "defaults::max_streams")]
+    pub max_streams: u32,
+    /// Sustained events per second (token bucket). Example: 2000.
+    #[serde(default = "defaults::rate_per_sec")]
+    pub rate_per_sec: u32,
+    /// Burst size of the token bucket. Example: 4000.
+    #[serde(default = "defaults::burst")]
+    pub burst: u32,
 }
 
 /// One EPJ system (or response centre) that receives events.
@@ -148,6 +207,18 @@ pub struct DeliveryConfig {
 }
 
 mod defaults {
+    pub fn max_message_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_streams() -> u32 {
+        16
+    }
+    pub fn rate_per_sec() -> u32 {
+        20_000
+    }
+    pub fn burst() -> u32 {
+        40_000
+    }
     pub fn max_batch() -> usize {
         100
     }
@@ -213,8 +284,11 @@ impl Default for Config {
                 deadline_yellow_secs: 300,
             },
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            log_format: LogFormat::Text,
+            tls: None,
+            vendors: Vec::new(),
+            vendor_identity: VendorIdentity::SanUri,
             insecure_dev: false,
+            log_format: LogFormat::Text,
             auth: Default::default(),
             admin: Default::default(),
             audit: Default::default(),
@@ -242,9 +316,9 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_dev: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
 }
 
 impl Config {
@@ -269,10 +343,12 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Embedded defaults for the demo and tests: loopback, any free port.
+    /// Embedded defaults for the demo and tests: loopback, any free port,
+    /// insecure dev mode (callers that want TLS set `tls` and clear it).
     pub fn for_dev(data_dir: PathBuf) -> Config {
         Config {
             data_dir,
+            insecure_dev: true,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -302,11 +378,54 @@ impl Config {
             )));
         }
         self.validate_destinations()?;
+        self.validate_security()?;
         crate::auth::config::validate(self)?;
         if self.store.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "store.max_batch must be at least 1".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if self.tls.is_none() && !self.insecure_dev {
+            return Err(ConfigError::Invalid(
+                "no [tls] section: configure tls.cert_file, tls.key_file and tls.vendor_ca_file (`knutepunkt dev-certs` makes a set for testing), or run with --insecure-dev on a development machine".into(),
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        for v in &self.vendors {
+            if v.id.is_empty()
+                || v.id.len() > 64
+                || !v
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "vendors: id {:?}: use 1-64 characters of a-z, 0-9 and '-'",
+                    v.id
+                )));
+            }
+            if !ids.insert(v.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "vendors: id {:?} is listed twice",
+                    v.id
+                )));
+            }
+            for m in &v.municipalities {
+                Orgnr::parse(m).map_err(|e| {
+                    ConfigError::Invalid(format!("vendors.{}: municipality {m:?} {e}", v.id))
+                })?;
+            }
+            if v.rate_per_sec == 0 || v.burst == 0 || v.max_streams == 0 || v.max_message_bytes == 0
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "vendors.{}: rate_per_sec, burst, max_streams and max_message_bytes must be at least 1",
+                    v.id
+                )));
+            }
         }
         Ok(())
     }
@@ -445,6 +564,7 @@ mod tests {
         std::fs::write(&f, "grpc_addr = \"127.0.0.1:1111\"\n").unwrap_or_else(|e| panic!("{e}"));
         let flags = Overrides {
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 2222))),
+            insecure_dev: Some(true),
             ..Overrides::default()
         };
         let cfg = Config::load(Some(&f), &flags).unwrap_or_else(|e| panic!("{e}"));

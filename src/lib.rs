@@ -26,11 +26,14 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod domain;
 pub mod ingest;
 pub mod normalize;
 pub mod server;
+pub mod sim;
 pub mod store;
+pub mod tls;
 
 /// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the
 /// adapters and the tests use it.

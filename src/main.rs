@@ -42,13 +42,13 @@ enum Command {
         /// Address for the admin API (dead letters, destinations); keep it on loopback.
         #[arg(long)]
         admin_addr: Option<SocketAddr>,
+        /// Development only: plain gRPC/HTTP, no client certificates or
+        /// tokens. Logged loudly. Never use it with real data.
+        #[arg(long)]
+        insecure_dev: bool,
         /// Log format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
-        /// Development only: let FHIR and admin requests in without
-        /// credentials (logged loudly). Never with real data.
-        #[arg(long)]
-        insecure_dev: bool,
     },
     /// Print the effective configuration (file + environment + flags) and exit.
     #[command(after_help = "Example:\n  knutepunkt check-config --config knutepunkt.example.toml")]
@@ -275,16 +275,16 @@ async fn main() -> anyhow::Result<()> {
             grpc_addr,
             http_addr,
             admin_addr,
-            log_format,
             insecure_dev,
+            log_format,
         } => {
             let flags = Overrides {
                 data_dir,
                 grpc_addr,
                 http_addr,
                 admin_addr,
-                log_format,
                 insecure_dev: insecure_dev.then_some(true),
+                log_format,
             };
             let cfg = Config::load(config.as_deref(), &flags)?;
             init_logging(cfg.log_format);

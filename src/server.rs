@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::future::IntoFuture;
 use tokio::net::TcpListener;
+
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +66,8 @@ pub enum ServeError {
     Auth(#[from] crate::auth::AuthSetupError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditSetupError),
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
 }
 
 /// A started hub: store open, ports bound, nothing served yet.
@@ -159,7 +164,7 @@ impl Hub {
         let ingest = IngestService::new(
             dyn_store.clone(),
             served.clone(),
-            VendorId(cfg.default_vendor.clone()),
+            identify(&cfg),
             cfg.max_future_skew_secs,
             cfg.routes(),
         );
@@ -171,16 +176,44 @@ impl Hub {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let grpc_server = tonic::transport::Server::builder()
+        let grpc_router = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
             .add_service(
                 VendorIngestServer::new(ingest).max_decoding_message_size(MAX_GRPC_MESSAGE),
-            )
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc),
-                token.clone().cancelled_owned(),
             );
+        let tls = match &cfg.tls {
+            Some(t) if !cfg.insecure_dev => {
+                let configs = Arc::new(crate::tls::Configs::load(t).map_err(ServeError::Tls)?);
+                crate::tls::spawn_reloader(t.clone(), configs.clone(), token.clone());
+                Some(configs)
+            }
+            _ => {
+                tracing::warn!(
+                    "INSECURE DEV MODE: plain gRPC and HTTP, no client certificates, no EPJ tokens; every gRPC caller is {:?}. Never use this with real data.",
+                    cfg.default_vendor
+                );
+                None
+            }
+        };
+        let grpc_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+            match &tls {
+                Some(c) => {
+                    let rx = crate::tls::accept_loop(grpc, c.grpc.clone(), "grpc", token.clone());
+                    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
+                        .map(|(s, _)| Ok::<_, std::io::Error>(s));
+                    Box::pin(
+                        grpc_router.serve_with_incoming_shutdown(
+                            incoming,
+                            token.clone().cancelled_owned(),
+                        ),
+                    )
+                }
+                None => Box::pin(grpc_router.serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc),
+                    token.clone().cancelled_owned(),
+                )),
+            };
 
         // --- security: EPJ tokens, admin credential, audit (src/auth, src/audit.rs) ---
         let authority = Arc::new(crate::auth::Authority::from_config(
@@ -207,8 +240,25 @@ impl Hub {
                 async move { m.map(|h| h.render()).unwrap_or_default() }
             }),
         );
-        let http_server =
-            axum::serve(http, app).with_graceful_shutdown(token.clone().cancelled_owned());
+        let http_server: futures::future::BoxFuture<'static, std::io::Result<()>> = match &tls {
+            Some(c) => {
+                let rx = crate::tls::accept_loop(http, c.http.clone(), "https", token.clone());
+                let listener = crate::tls::HttpsListener {
+                    rx,
+                    local: http_addr,
+                };
+                Box::pin(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(token.clone().cancelled_owned())
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(http, app)
+                    .with_graceful_shutdown(token.clone().cancelled_owned())
+                    .into_future(),
+            ),
+        };
 
         let registry = crate::deliver::Registry::default();
         let admin_server = axum::serve(
@@ -281,6 +331,22 @@ impl Hub {
         }
         result?;
         Ok(())
+    }
+}
+
+/// How ingest identifies vendors: by certificate, or (insecure dev mode)
+/// everyone as the default vendor.
+fn identify(cfg: &Config) -> crate::ingest::Identify {
+    if cfg.insecure_dev {
+        return crate::ingest::Identify::InsecureDev(VendorId(cfg.default_vendor.clone()));
+    }
+    crate::ingest::Identify::Certificate {
+        from: cfg.vendor_identity,
+        vendors: cfg
+            .vendors
+            .iter()
+            .map(|v| (v.id.clone(), Arc::new(crate::ingest::VendorPolicy::new(v))))
+            .collect(),
     }
 }
 

@@ -119,7 +119,8 @@ impl Hub {
             .arg("--http-addr")
             .arg(self.http.to_string())
             .arg("--admin-addr")
-            .arg(self.admin.to_string());
+            .arg(self.admin.to_string())
+            .arg("--insecure-dev");
         if let Some(c) = &self.opts.config {
             cmd.arg("--config").arg(c);
         }

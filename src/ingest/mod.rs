@@ -32,6 +32,14 @@ enum Rejection {
     Invalid(#[from] Invalid),
     #[error("municipality: {0} is not served by this hub; check the orgnr or ask the hub operator")]
     NotServed(Orgnr),
+    #[error(
+        "municipality: your system has no agreement with {0}; ask the municipality to add it to your agreement"
+    )]
+    NotPermitted(Orgnr),
+    #[error("the event is {size} bytes; your agreement allows {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("rate limit of {rate} events/s exceeded; retry after {retry_after_ms} ms")]
+    RateLimited { rate: u32, retry_after_ms: u64 },
     #[error("{0}")]
     Store(#[from] PutError),
 }
@@ -42,6 +50,9 @@ impl Rejection {
         match self {
             Rejection::Invalid(_) => "invalid_argument",
             Rejection::NotServed(_) => "municipality_not_served",
+            Rejection::NotPermitted(_) => "not_permitted",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::RateLimited { .. } => "rate_limited",
             Rejection::Store(PutError::Conflict(_)) => "conflict",
             Rejection::Store(PutError::UnknownAlarm { .. }) => "unknown_alarm",
             Rejection::Store(PutError::DiskFull { .. }) => "disk_full",
@@ -56,6 +67,15 @@ impl Rejection {
                 Status::invalid_argument(msg)
             }
             Rejection::NotServed(_) => Status::invalid_argument(msg),
+            Rejection::NotPermitted(_) => Status::permission_denied(msg),
+            Rejection::TooLarge { .. } => Status::resource_exhausted(msg),
+            Rejection::RateLimited { retry_after_ms, .. } => {
+                let mut st = Status::resource_exhausted(msg);
+                if let Ok(v) = retry_after_ms.to_string().parse() {
+                    st.metadata_mut().insert("retry-after-ms", v);
+                }
+                st
+            }
             Rejection::Store(PutError::Conflict(_)) => Status::already_exists(msg),
             Rejection::Store(PutError::DiskFull { .. }) => Status::resource_exhausted(msg),
             Rejection::Store(PutError::Unavailable(_)) => Status::unavailable(msg),
@@ -69,10 +89,51 @@ pub struct IngestService {
     inner: Arc<Inner>,
 }
 
+/// What one vendor's agreement allows, with its live limiters.
+pub struct VendorPolicy {
+    municipalities: BTreeSet<Orgnr>,
+    max_message_bytes: usize,
+    rate: u32,
+    limiter: governor::DefaultDirectRateLimiter,
+    max_streams: u32,
+    streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl VendorPolicy {
+    pub fn new(v: &crate::config::VendorConfig) -> Self {
+        let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        VendorPolicy {
+            municipalities: v
+                .municipalities
+                .iter()
+                .filter_map(|m| Orgnr::parse(m).ok())
+                .collect(),
+            max_message_bytes: v.max_message_bytes,
+            rate: v.rate_per_sec,
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_second(nz(v.rate_per_sec)).allow_burst(nz(v.burst)),
+            ),
+            max_streams: v.max_streams,
+            streams: Arc::new(tokio::sync::Semaphore::new(v.max_streams as usize)),
+        }
+    }
+}
+
+/// How gRPC callers are identified.
+pub enum Identify {
+    /// Development only: every caller is this vendor, with no limits.
+    InsecureDev(VendorId),
+    /// By client certificate; only the listed vendors get in.
+    Certificate {
+        from: crate::config::VendorIdentity,
+        vendors: HashMap<String, Arc<VendorPolicy>>,
+    },
+}
+
 struct Inner {
     store: Arc<dyn Store>,
     served: Option<BTreeSet<Orgnr>>,
-    default_vendor: VendorId,
+    identify: Identify,
     max_future: chrono::Duration,
     /// Destination names per municipality: where each event is queued.
     routes: HashMap<Orgnr, Vec<String>>,
@@ -82,7 +143,7 @@ impl IngestService {
     pub fn new(
         store: Arc<dyn Store>,
         served: Option<BTreeSet<Orgnr>>,
-        default_vendor: VendorId,
+        identify: Identify,
         max_future_skew_secs: u64,
         routes: HashMap<Orgnr, Vec<String>>,
     ) -> Self {
@@ -90,29 +151,83 @@ impl IngestService {
             inner: Arc::new(Inner {
                 store,
                 served,
-                default_vendor,
+                identify,
                 max_future: chrono::Duration::seconds(max_future_skew_secs as i64),
                 routes,
             }),
         }
     }
 
-    /// Who is calling. Until vendor mTLS lands this is the configured default
-    /// vendor; the request is passed so the identity can come from the
-    /// connection's client certificate without changing callers.
-    fn vendor_of<T>(&self, _req: &Request<T>) -> Result<VendorId, Status> {
-        Ok(self.inner.default_vendor.clone())
+    /// Who is calling: the vendor named by the connection's client
+    /// certificate (already verified against the vendor CA by TLS), which
+    /// must have an agreement here.
+    fn vendor_of<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        match &self.inner.identify {
+            Identify::InsecureDev(v) => Ok((v.clone(), None)),
+            Identify::Certificate { from, vendors } => {
+                let certs = req.peer_certs().ok_or_else(|| {
+                    Status::unauthenticated("a client certificate is required (mutual TLS)")
+                })?;
+                let id = certs
+                    .first()
+                    .and_then(|c| crate::tls::vendor_id_of(c, *from))
+                    .ok_or_else(|| {
+                        Status::unauthenticated(
+                            "your client certificate names no vendor system (expected a SAN URI urn:knutepunkt:vendor:<id>)",
+                        )
+                    })?;
+                match vendors.get(&id) {
+                    Some(p) => Ok((VendorId(id), Some(p.clone()))),
+                    None => {
+                        tracing::warn!(vendor = %id, "certificate of a vendor with no agreement here");
+                        metrics::counter!("knutepunkt_vendor_denied_total", "reason" => "unknown_vendor").increment(1);
+                        Err(Status::permission_denied(format!(
+                            "vendor system {id:?} has no agreement with this hub; ask the hub operator"
+                        )))
+                    }
+                }
+            }
+        }
     }
 }
 
+/// The calling vendor and its agreement (`None` in insecure dev mode).
+type Caller = (VendorId, Option<Arc<VendorPolicy>>);
+
 impl Inner {
-    async fn process(&self, vendor: &VendorId, ev: pb::Event) -> Result<pb::Receipt, Rejection> {
+    async fn process(&self, caller: &Caller, ev: pb::Event) -> Result<pb::Receipt, Rejection> {
+        let (vendor, policy) = caller;
+        if let Some(p) = policy {
+            let size = prost::Message::encoded_len(&ev);
+            if size > p.max_message_bytes {
+                return Err(Rejection::TooLarge {
+                    size,
+                    max: p.max_message_bytes,
+                });
+            }
+            if let Err(not_until) = p.limiter.check() {
+                use governor::clock::{Clock, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(Rejection::RateLimited {
+                    rate: p.rate,
+                    retry_after_ms: wait.as_millis().max(1) as u64,
+                });
+            }
+        }
         let event_id = ev.event_id.clone();
         let ev = convert::event(vendor, ev, chrono::Utc::now(), self.max_future)?;
         if let Some(served) = &self.served
             && !served.contains(&ev.municipality)
         {
             return Err(Rejection::NotServed(ev.municipality));
+        }
+        if let Some(p) = policy
+            && !p.municipalities.contains(&ev.municipality)
+        {
+            tracing::warn!(vendor = %vendor, municipality = %ev.municipality, "event for a municipality outside the vendor's agreement");
+            metrics::counter!("knutepunkt_vendor_denied_total", "reason" => "no_agreement")
+                .increment(1);
+            return Err(Rejection::NotPermitted(ev.municipality));
         }
         let resource = normalize::normalize(&ev)?;
         let content_hash: [u8; 32] = Sha256::digest(
@@ -163,11 +278,12 @@ impl Inner {
     /// Processes one event and records the outcome in metrics and logs.
     async fn handle(
         &self,
-        vendor: &VendorId,
+        caller: &Caller,
         ev: pb::Event,
     ) -> Result<pb::Receipt, (String, Rejection)> {
         let event_id = ev.event_id.clone();
-        let res = self.process(vendor, ev).await;
+        let vendor = &caller.0;
+        let res = self.process(caller, ev).await;
         match &res {
             Ok(r) => {
                 let status = if r.status == pb::ReceiptStatus::Duplicate as i32 {
@@ -200,8 +316,8 @@ type ReceiptStream = Pin<Box<dyn Stream<Item = Result<pb::Receipt, Status>> + Se
 #[tonic::async_trait]
 impl VendorIngest for IngestService {
     async fn submit(&self, req: Request<pb::Event>) -> Result<Response<pb::Receipt>, Status> {
-        let vendor = self.vendor_of(&req)?;
-        match self.inner.handle(&vendor, req.into_inner()).await {
+        let caller = self.vendor_of(&req)?;
+        match self.inner.handle(&caller, req.into_inner()).await {
             Ok(r) => Ok(Response::new(r)),
             Err((_, rej)) => Err(rej.status()),
         }
@@ -213,7 +329,17 @@ impl VendorIngest for IngestService {
         &self,
         req: Request<Streaming<pb::Event>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
-        let vendor = self.vendor_of(&req)?;
+        let caller = self.vendor_of(&req)?;
+        // Per-vendor cap on open streams; the permit lives as long as the stream.
+        let permit = match &caller.1 {
+            Some(p) => Some(p.streams.clone().try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "your agreement allows {} concurrent streams; close one or retry later",
+                    p.max_streams
+                ))
+            })?),
+            None => None,
+        };
         let inner = self.inner.clone();
         // Up to STREAM_WINDOW events of this stream are in flight at once, so
         // they share group commits; each receipt goes out when its event is
@@ -222,10 +348,11 @@ impl VendorIngest for IngestService {
             .into_inner()
             .map(move |item| {
                 let inner = inner.clone();
-                let vendor = vendor.clone();
+                let caller = caller.clone();
+                let _permit = &permit;
                 async move {
                     let ev = item?;
-                    Ok(match inner.handle(&vendor, ev).await {
+                    Ok(match inner.handle(&caller, ev).await {
                         Ok(r) => r,
                         Err((event_id, rej)) => pb::Receipt {
                             event_id,

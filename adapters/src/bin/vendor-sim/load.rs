@@ -1,0 +1,564 @@
+//! `vendor-sim load`: concurrent clients against the hub's gRPC ingest,
+//! reporting durable events/s and ack latency percentiles.
+//!
+//! Why it exists: the hub acks an event only once it is on disk, and many
+//! writers share one fdatasync (group commit). Whether that holds up is a
+//! question of numbers: events/s with many pipelined streams, events/s with
+//! plain unary calls, and the ack latency at a steady rate. Each client has
+//! its own HTTP/2 connection and its own deterministic generator, so events
+//! spread over many synthetic residents in two municipalities.
+//!
+//! Latency is measured from the moment an event was *due* (with `--rate`) or
+//! handed to the stream (without) until its receipt: a hub that stalls shows
+//! up as latency, not as missing samples (no coordinated omission).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
+use knutepunkt::proto::v1::{Event, Receipt, ReceiptStatus};
+use knutepunkt::sim::{BERGEN, GenConfig, Generator, Mix, OSLO, Population};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Mode, addr};
+
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// The hub's gRPC address (loopback only).
+    #[arg(long, value_parser = addr::parse_grpc, default_value = "127.0.0.1:50051")]
+    pub grpc: SocketAddr,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub clients: u32,
+    /// Events in total, split evenly over the clients.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    pub events: u64,
+    /// stream: SubmitStream, pipelined; unary: one Submit at a time per client.
+    #[arg(long, value_enum, default_value_t = Mode::Stream)]
+    pub mode: Mode,
+    /// Pace to this many events/s in total (spread over the clients).
+    /// Without it every client sends as fast as the window allows.
+    #[arg(long, value_parser = crate::parse_rate)]
+    pub rate: Option<f64>,
+    /// Events in flight per stream (sent, receipt not yet back).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub window: u32,
+    /// Synthetic residents per municipality (Oslo and Bergen).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub residents: u32,
+    /// Seed for residents and events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Event id prefix; defaults to one unique per run so reruns are not duplicates.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Give up (and report what finished) after this many seconds.
+    #[arg(long, default_value = "900", value_parser = crate::parse_secs)]
+    pub max_time: Duration,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LoadArgs {
+    /// Settings for a load run started by the bench.
+    pub fn new(grpc: SocketAddr, mode: Mode, clients: u32, events: u64) -> Self {
+        LoadArgs {
+            grpc,
+            clients,
+            events,
+            mode,
+            rate: None,
+            window: 64,
+            residents: 500,
+            seed: 1,
+            prefix: None,
+            max_time: Duration::from_secs(900),
+            json: false,
+        }
+    }
+}
+
+/// What one load run measured.
+pub struct LoadReport {
+    pub mode: Mode,
+    pub clients: u32,
+    pub window: u32,
+    pub rate: Option<f64>,
+    pub events: u64,
+    pub elapsed: Duration,
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    /// Ack latency in microseconds.
+    pub latency_us: Histogram<u64>,
+    pub timed_out: bool,
+    pub first_error: Option<String>,
+}
+
+impl std::fmt::Debug for LoadReport {
+    /// Counts and percentiles; the histogram's buckets would be thousands of lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+impl LoadReport {
+    /// Durable (ACCEPTED) events per second over the whole run.
+    pub fn accepted_per_sec(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency quantile in milliseconds (0 when there are no samples).
+    pub fn ms(&self, q: f64) -> f64 {
+        if self.latency_us.is_empty() {
+            0.0
+        } else {
+            self.latency_us.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.latency_us.max() as f64 / 1000.0
+    }
+
+    pub fn print_text(&self) {
+        let pacing = match self.rate {
+            Some(r) => format!("paced at {r} events/s"),
+            None => "unpaced".into(),
+        };
+        let window = match self.mode {
+            Mode::Stream => format!(", window {}", self.window),
+            Mode::Unary => String::new(),
+        };
+        println!(
+            "{} load: {} clients{window}, {} events, {pacing}{}",
+            self.mode.as_str(),
+            self.clients,
+            self.events,
+            if self.timed_out { " (TIMED OUT)" } else { "" }
+        );
+        println!(
+            "  elapsed {:.2} s → {:.0} accepted events/s",
+            self.elapsed.as_secs_f64(),
+            self.accepted_per_sec()
+        );
+        println!(
+            "  receipts: ACCEPTED {}, DUPLICATE {}, REJECTED {}; errors {}",
+            self.accepted, self.duplicate, self.rejected, self.errors
+        );
+        println!(
+            "  ack latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
+            self.ms(0.5),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.max_ms(),
+            self.latency_us.len()
+        );
+        if let Some(e) = &self.first_error {
+            println!("  first error: {e}");
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": self.mode.as_str(),
+            "clients": self.clients,
+            "window": self.window,
+            "rate": self.rate,
+            "events": self.events,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "accepted_per_s": self.accepted_per_sec(),
+            "accepted": self.accepted,
+            "duplicate": self.duplicate,
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "ack_ms": {
+                "p50": self.ms(0.5), "p99": self.ms(0.99), "p99_9": self.ms(0.999),
+                "max": self.max_ms(), "samples": self.latency_us.len()
+            },
+            "timed_out": self.timed_out,
+            "first_error": self.first_error,
+        })
+    }
+}
+
+pub async fn run_cli(a: LoadArgs) -> Result<()> {
+    let report = run(&a, true).await?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        report.print_text();
+    }
+    Ok(())
+}
+
+/// Counters every client adds to; read by the progress line.
+#[derive(Default)]
+struct Shared {
+    accepted: AtomicU64,
+    duplicate: AtomicU64,
+    rejected: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn receipt(&self, r: &Receipt) {
+        let c = match ReceiptStatus::try_from(r.status) {
+            Ok(ReceiptStatus::Accepted) => &self.accepted,
+            Ok(ReceiptStatus::Duplicate) => &self.duplicate,
+            Ok(ReceiptStatus::Rejected) => {
+                self.note_error(|| format!("REJECTED {}: {}", r.error_code, r.error));
+                &self.rejected
+            }
+            _ => &self.errors,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn status(&self, s: &tonic::Status) {
+        self.note_error(|| format!("{:?}: {}", s.code(), s.message()));
+        // Unary Submit answers bad input with a status instead of a receipt.
+        let c = match s.code() {
+            tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => &self.rejected,
+            _ => &self.errors,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn errors(&self, n: u64, why: impl FnOnce() -> String) {
+        if n > 0 {
+            self.errors.fetch_add(n, Ordering::Relaxed);
+            self.note_error(why);
+        }
+    }
+
+    fn note_error(&self, why: impl FnOnce() -> String) {
+        if let Ok(mut g) = self.first_error.lock()
+            && g.is_none()
+        {
+            *g = Some(why());
+        }
+    }
+
+    fn done(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+            + self.duplicate.load(Ordering::Relaxed)
+            + self.rejected.load(Ordering::Relaxed)
+            + self.errors.load(Ordering::Relaxed)
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 min at 3 significant digits. Constant, valid bounds: this
+    // cannot fail at run time (not an input or I/O path).
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Runs one load and returns its report. `progress` prints a line a second
+/// on stderr.
+pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
+    let population = Arc::new(Population::new(a.seed, &[OSLO, BERGEN], a.residents));
+    let prefix = a
+        .prefix
+        .clone()
+        .unwrap_or_else(|| crate::send::run_prefix(&format!("load-{}", a.mode.as_str())));
+    let clients = a.clients.max(1);
+
+    // Connect first, so connection setup is not part of the measurement.
+    let mut channels = Vec::with_capacity(clients as usize);
+    for i in 0..clients {
+        let ch = Endpoint::from_shared(addr::endpoint(a.grpc))
+            .context("hub address")?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("client {i}: connecting to the hub at {}", a.grpc))?;
+        channels.push(ch);
+    }
+
+    let shared = Arc::new(Shared::default());
+    // Per-client pacing interval: the total rate spread over the clients.
+    let pace = a
+        .rate
+        .map(|r| Duration::from_secs_f64(f64::from(clients) / r));
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut set = JoinSet::new();
+    for (i, channel) in channels.into_iter().enumerate() {
+        let i = i as u64;
+        let n = a.events / u64::from(clients) + u64::from(i < a.events % u64::from(clients));
+        if n == 0 {
+            continue;
+        }
+        let mut cfg = GenConfig::new(
+            a.seed.wrapping_mul(1_000_003).wrapping_add(i),
+            format!("{prefix}-c{i:04}"),
+            Mix::BALANCED,
+        );
+        // A note answers an alarm only once that alarm has surely left the window.
+        cfg.min_note_lag = u64::from(a.window) + 1;
+        let generator = Generator::new(population.clone(), cfg).map_err(|e| anyhow::anyhow!(e))?;
+        let shared = shared.clone();
+        let window = a.window as usize;
+        match a.mode {
+            Mode::Stream => set.spawn(stream_client(
+                channel, generator, n, pace, window, start, shared,
+            )),
+            Mode::Unary => set.spawn(unary_client(channel, generator, n, pace, start, shared)),
+        };
+    }
+
+    let ticker = progress.then(|| {
+        let shared = shared.clone();
+        let total = a.events;
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            // Bounded by the abort below; the cap is a second safety net.
+            for s in 1..=86_400u64 {
+                tick.tick().await;
+                let done = shared.done();
+                eprintln!(
+                    "[{s:>4} s] {done:>9}/{total} receipts ({:>7}/s), {} errors",
+                    done - last,
+                    shared.errors.load(Ordering::Relaxed)
+                );
+                last = done;
+            }
+        })
+    });
+
+    let mut latency = histogram();
+    let mut timed_out = false;
+    let deadline = start + a.max_time;
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok(h))) => {
+                let _ = latency.add(h);
+            }
+            Ok(Some(Err(e))) => shared.errors(1, || format!("client task failed: {e}")),
+            Ok(None) => break,
+            Err(_) => {
+                timed_out = true;
+                set.abort_all();
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let first_error = shared.first_error.lock().ok().and_then(|g| g.clone());
+    Ok(LoadReport {
+        mode: a.mode,
+        clients,
+        window: a.window,
+        rate: a.rate,
+        events: a.events,
+        elapsed,
+        accepted: g(&shared.accepted),
+        duplicate: g(&shared.duplicate),
+        rejected: g(&shared.rejected),
+        errors: g(&shared.errors),
+        latency_us: latency,
+        timed_out,
+        first_error,
+    })
+}
+
+fn record(h: &mut Histogram<u64>, since: Instant) {
+    let us = since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+    h.saturating_record(us.max(1));
+}
+
+/// One SubmitStream: a sender task keeps at most `window` events in flight;
+/// this task reads receipts, matches them by event id and frees window slots.
+async fn stream_client(
+    channel: Channel,
+    mut generator: Generator,
+    n: u64,
+    pace: Option<Duration>,
+    window: usize,
+    start: Instant,
+    shared: Arc<Shared>,
+) -> Histogram<u64> {
+    let mut hist = histogram();
+    let mut client = VendorIngestClient::new(channel);
+    let (tx, rx) = mpsc::channel::<Event>(window.max(1));
+    let slots = Arc::new(Semaphore::new(window.max(1)));
+    let due_at: Arc<Mutex<HashMap<String, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(window * 2)));
+
+    let sender = {
+        let slots = slots.clone();
+        let due_at = due_at.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            tokio::time::sleep_until(start).await;
+            for k in 0..n {
+                let due = pace.map(|p| start + p.mul_f64(k as f64));
+                if let Some(d) = due {
+                    tokio::time::sleep_until(d).await;
+                }
+                match slots.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => break,
+                }
+                let ev = generator.next_event();
+                let t = due.unwrap_or_else(Instant::now);
+                if let Ok(mut m) = due_at.lock() {
+                    m.insert(ev.event_id.clone(), t);
+                }
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            // Dropping `tx` half-closes the stream; the hub then ends it
+            // after the last receipt.
+            sent
+        })
+    };
+
+    let mut received = 0u64;
+    match client.submit_stream(ReceiverStream::new(rx)).await {
+        Ok(resp) => {
+            let mut receipts = resp.into_inner();
+            loop {
+                match receipts.message().await {
+                    Ok(Some(r)) => {
+                        received += 1;
+                        let t = due_at.lock().ok().and_then(|mut m| m.remove(&r.event_id));
+                        if let Some(t) = t {
+                            record(&mut hist, t);
+                        }
+                        shared.receipt(&r);
+                        slots.add_permits(1);
+                    }
+                    Ok(None) => break,
+                    Err(s) => {
+                        shared.note_error(|| {
+                            format!("stream broke: {:?}: {}", s.code(), s.message())
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        Err(s) => {
+            shared.note_error(|| format!("SubmitStream refused: {:?}: {}", s.code(), s.message()))
+        }
+    }
+    // Stop the sender if the stream ended early, then settle the books.
+    slots.close();
+    let sent: u64 = sender.await.unwrap_or_default();
+    shared.errors(sent.saturating_sub(received), || {
+        "stream ended before every receipt came back".into()
+    });
+    shared.errors(n.saturating_sub(sent), || {
+        "stream ended before every event was sent".into()
+    });
+    hist
+}
+
+/// One client making unary Submit calls back to back (or paced).
+async fn unary_client(
+    channel: Channel,
+    mut generator: Generator,
+    n: u64,
+    pace: Option<Duration>,
+    start: Instant,
+    shared: Arc<Shared>,
+) -> Histogram<u64> {
+    let mut hist = histogram();
+    let mut client = VendorIngestClient::new(channel);
+    tokio::time::sleep_until(start).await;
+    for k in 0..n {
+        let due = pace.map(|p| start + p.mul_f64(k as f64));
+        if let Some(d) = due {
+            tokio::time::sleep_until(d).await;
+        }
+        let t = due.unwrap_or_else(Instant::now);
+        let mut req = tonic::Request::new(generator.next_event());
+        req.set_timeout(Duration::from_secs(30));
+        match client.submit(req).await {
+            Ok(r) => {
+                record(&mut hist, t);
+                shared.receipt(&r.into_inner());
+            }
+            Err(s) => shared.status(&s),
+        }
+    }
+    hist
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knutepunkt::config::Config;
+    use knutepunkt::server::Hub;
+
+    /// Starts a hub in-process, runs `f` against its gRPC address, stops it.
+    async fn with_hub<F, Fut>(f: F)
+    where
+        F: FnOnce(SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let hub = Hub::start(Config::for_dev(dir.path().to_path_buf()))
+            .await
+            .unwrap_or_else(|e| panic!("hub: {e}"));
+        let grpc = hub.grpc_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(hub.run_until(async move {
+            let _ = rx.await;
+        }));
+        f(grpc).await;
+        let _ = tx.send(());
+        let _ = server.await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_and_unary_loads_are_all_accepted() {
+        with_hub(|grpc| async move {
+            let mut a = LoadArgs::new(grpc, Mode::Stream, 4, 2_000);
+            a.window = 16;
+            a.residents = 20;
+            a.max_time = Duration::from_secs(60);
+            let r = run(&a, false).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.accepted, 2_000, "{r:?}");
+            assert_eq!(r.errors + r.rejected + r.duplicate, 0, "{r:?}");
+            assert_eq!(r.latency_us.len(), 2_000);
+
+            let mut u = LoadArgs::new(grpc, Mode::Unary, 3, 200);
+            u.prefix = Some("unary".into());
+            u.rate = Some(400.0);
+            let r = run(&u, false).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.accepted, 200, "{r:?}");
+            assert!(r.elapsed >= Duration::from_millis(450), "paced: {r:?}");
+
+            // The same ids with new timestamps are conflicts (ALREADY_EXISTS),
+            // never stored twice: that is why every run defaults to a new prefix.
+            let r = run(&u, false).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((r.accepted, r.rejected), (0, 200), "{r:?}");
+        })
+        .await;
+    }
+}
