@@ -3,8 +3,8 @@
 //! replay one or a filter, discard with a reason. `knutepunkt dlq …` is its
 //! command-line client. Plain JSON, not FHIR: this is for operators.
 //!
-//! No authentication yet (tracked with the security issue): keep
-//! `admin_addr` on loopback.
+//! Every route needs the admin credential (`crate::auth::admin`): a bearer
+//! token whose SHA-256 is configured. Keep `admin_addr` on loopback too.
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ use crate::store::{DeadLetterFilter, Store};
 pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub registry: Registry,
+    pub guard: Arc<crate::auth::admin::AdminGuard>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -33,6 +34,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/dlq/{destination}/{seq}", get(show))
         .route("/admin/dlq/{destination}/{seq}/replay", post(replay_one))
         .route("/admin/dlq/{destination}/{seq}/discard", post(discard))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.guard.clone(),
+            crate::auth::admin::middleware,
+        ))
         .with_state(state)
 }
 

@@ -63,6 +63,13 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// "text" for people, "json" for log collectors.
     pub log_format: LogFormat,
+    // --- security (src/auth/config.rs) ---
+    #[serde(default)]
+    pub auth: crate::auth::config::AuthConfig,
+    #[serde(default)]
+    pub admin: crate::auth::config::AdminConfig,
+    #[serde(default)]
+    pub audit: crate::auth::config::AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -282,6 +289,9 @@ impl Default for Config {
             vendor_identity: VendorIdentity::SanUri,
             insecure_dev: false,
             log_format: LogFormat::Text,
+            auth: Default::default(),
+            admin: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -369,6 +379,7 @@ impl Config {
         }
         self.validate_destinations()?;
         self.validate_security()?;
+        crate::auth::config::validate(self)?;
         if self.store.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "store.max_batch must be at least 1".into(),

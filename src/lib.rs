@@ -17,9 +17,13 @@
 //! - [`api`]: FHIR R4 REST for EPJ systems (axum).
 //! - [`config`]: the config file, environment and flags.
 //! - [`server`]: wires it together; `run(config, shutdown)`.
+//! - [`auth`]: who may do what (EPJ OAuth2 tokens, admin credential).
+//! - [`audit`]: the access log of patient data, served as AuditEvents.
 
 pub mod admin;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod deliver;
 pub mod demo;

@@ -92,6 +92,10 @@ enum Command {
             default_value = "http://127.0.0.1:8081"
         )]
         admin: String,
+        /// The admin API's bearer token (its SHA-256 is admin.token_sha256
+        /// in the hub's config).
+        #[arg(long, env = "KNUTEPUNKT_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -163,7 +167,7 @@ struct DlqFilterArgs {
     code: Option<String>,
 }
 
-async fn dlq(admin: &str, action: DlqAction) -> anyhow::Result<()> {
+async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let base = admin.trim_end_matches('/');
     let req = match &action {
@@ -203,6 +207,10 @@ async fn dlq(admin: &str, action: DlqAction) -> anyhow::Result<()> {
         } => http
             .post(format!("{base}/admin/dlq/{destination}/{seq}/discard"))
             .json(&serde_json::json!({ "reason": reason })),
+    };
+    let req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
     };
     let resp = req
         .timeout(std::time::Duration::from_secs(30))
@@ -308,7 +316,11 @@ async fn main() -> anyhow::Result<()> {
                 .context("knutepunkt could not start")?;
             hub.run_until(shutdown_signal()).await?;
         }
-        Command::Dlq { admin, action } => dlq(&admin, action).await?,
+        Command::Dlq {
+            admin,
+            admin_token,
+            action,
+        } => dlq(&admin, admin_token.as_deref(), action).await?,
         Command::DevCerts {
             out,
             vendors,

@@ -63,6 +63,10 @@ pub enum ServeError {
     #[error(transparent)]
     Delivery(#[from] crate::deliver::push::PushSetupError),
     #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditSetupError),
+    #[error(transparent)]
     Tls(crate::tls::TlsError),
 }
 
@@ -211,6 +215,14 @@ impl Hub {
                 )),
             };
 
+        // --- security: EPJ tokens, admin credential, audit (src/auth, src/audit.rs) ---
+        let authority = Arc::new(crate::auth::Authority::from_config(
+            &cfg,
+            dyn_store.clone(),
+        )?);
+        let admin_guard = Arc::new(crate::auth::admin::AdminGuard::from_config(&cfg)?);
+        let auditor = crate::audit::Auditor::from_config(&cfg, dyn_store.clone())?;
+
         let metrics = metrics_handle();
         let app = api::router(ApiState {
             store: dyn_store.clone(),
@@ -219,6 +231,8 @@ impl Hub {
             pull: Arc::new(pull_consumers(&cfg)),
             destinations: Arc::new(all_destinations(&cfg)),
             https: tls.is_some(),
+            auth: authority,
+            audit: auditor.clone(),
         })
         .route(
             "/metrics",
@@ -253,14 +267,25 @@ impl Hub {
             crate::admin::router(crate::admin::AdminState {
                 store: dyn_store.clone(),
                 registry: registry.clone(),
+                guard: admin_guard,
             }),
         )
         .with_graceful_shutdown(token.clone().cancelled_owned());
         // Delivery stops on its own token, after the servers, so that it can
         // finish the requests in flight before the store closes.
         let delivery_stop = CancellationToken::new();
-        let delivery =
-            crate::deliver::spawn(&cfg, dyn_store.clone(), registry, delivery_stop.clone())?;
+        let mut delivery = crate::deliver::spawn(
+            &cfg,
+            dyn_store.clone(),
+            registry,
+            delivery_stop.clone(),
+            auditor,
+        )?;
+        delivery.push(crate::audit::spawn_pruner(
+            &cfg,
+            dyn_store.clone(),
+            delivery_stop.clone(),
+        ));
 
         tracing::info!(%grpc_addr, %http_addr, %admin_addr, data_dir = %cfg.data_dir.display(), "knutepunkt is serving");
         let stopper = token.clone();

@@ -59,10 +59,21 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback port (bound, read and released; the hub binds it next).
+/// A free loopback port for a hub. Taken below the kernel's ephemeral range
+/// (32768+), so no port-0 bind (the EPJ adapter, outgoing connections) can
+/// grab it between the check and the hub's bind; a per-process counter
+/// keeps parallel tests apart.
 pub fn free_port() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 50) as u16 * 200;
+    for _ in 0..2_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l.local_addr()?);
+        }
+    }
+    bail!("no free port between 20000 and 32000")
 }
 
 /// The dev PKI of this test process (`knutepunkt dev-certs`), made once:
@@ -91,7 +102,11 @@ pub fn certs() -> Result<PathBuf> {
                 "--expired",
                 "demo-vendor",
                 "--epj-client",
-                "demo-epj",
+                "oslo-epj",
+                "--epj-client",
+                "bergen-epj",
+                "--epj-client",
+                "oslo-vakt",
                 "--out",
             ])
             .arg(&dir)
@@ -109,11 +124,38 @@ pub fn certs() -> Result<PathBuf> {
     .map_err(|e| anyhow!(e))
 }
 
-/// Config every TLS hub in the tests starts from: the dev certificates and
-/// two vendors with agreements.
-fn base_config(certs: &Path) -> String {
+/// The admin token of every test hub.
+pub const ADMIN_TOKEN: &str = "test-admin-token-not-secret";
+
+/// Config every TLS hub in the tests starts from: the dev certificates, two
+/// vendors with agreements, an EPJ client per municipality (all scopes) and
+/// the admin token.
+fn base_config(certs: &Path, http: SocketAddr) -> String {
+    use sha2::Digest;
+    let admin_hash: String = sha2::Sha256::digest(ADMIN_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!(
         r#"
+[auth]
+token_url = "https://{http}/oauth/token"
+
+[[auth.clients]]
+id = "oslo-epj"
+municipality = "958935420"
+scopes = ["system/Observation.rs", "system/Communication.rs", "system/AuditEvent.rs", "system/pending.rs"]
+jwk_file = "{c}/epj-oslo-epj.jwk.json"
+
+[[auth.clients]]
+id = "bergen-epj"
+municipality = "964338531"
+scopes = ["system/Observation.rs", "system/Communication.rs", "system/AuditEvent.rs", "system/pending.rs"]
+jwk_file = "{c}/epj-bergen-epj.jwk.json"
+
+[admin]
+token_sha256 = "{admin_hash}"
+
 [tls]
 cert_file = "{c}/server.pem"
 key_file = "{c}/server.key"
@@ -179,7 +221,7 @@ impl Hub {
         let base = if self.opts.insecure {
             String::new()
         } else {
-            base_config(&certs()?)
+            base_config(&certs()?, self.http)
         };
         std::fs::write(&cfg_path, format!("{base}\n{}", self.opts.config_extra))?;
         let log = std::fs::OpenOptions::new()
@@ -612,10 +654,146 @@ pub fn http_client() -> Result<reqwest::Client> {
         .map_err(|e| anyhow!(e))
 }
 
-/// GETs a FHIR URL and returns (status, JSON body).
-pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value)> {
+/// The EPJ client a test acts as for `url`: the pull consumer named by a
+/// `consumer=` parameter, else the municipality's own client from the path
+/// (`/fhir/r4/{orgnr}/…`). `None` outside the FHIR API.
+fn client_for(url: &str) -> Option<String> {
+    if let Some(c) = url
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("consumer="))
+        && certs().is_ok_and(|d| d.join(format!("epj-{c}.key")).exists())
+    {
+        return Some(c.to_string());
+    }
+    let org = url.split("/fhir/r4/").nth(1)?.split(['/', '?']).next()?;
+    match org {
+        "958935420" => Some("oslo-epj".into()),
+        "964338531" => Some("bergen-epj".into()),
+        _ => None,
+    }
+}
+
+/// A signed `private_key_jwt` assertion of dev EPJ client `client` for `aud`.
+pub fn assertion(client: &str, aud: &str) -> Result<String> {
+    let key = std::fs::read(certs()?.join(format!("epj-{client}.key")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let jti = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        now,
+        JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let claims = serde_json::json!({ "iss": client, "sub": client, "aud": aud, "exp": now + 120, "iat": now, "jti": jti });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(client.to_string());
+    Ok(jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(&key)?,
+    )?)
+}
+
+/// Asks the hub at `origin` (`https://host:port`) for an access token as
+/// `client`; (status, body).
+pub async fn request_token(
+    origin: &str,
+    client: &str,
+    assertion: &str,
+) -> Result<(u16, serde_json::Value)> {
+    let form = [
+        ("grant_type", "client_credentials"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+    ];
+    let body = form
+        .iter()
+        .fold(
+            form_urlencoded::Serializer::new(String::new()),
+            |mut s, (k, v)| {
+                s.append_pair(k, v);
+                s
+            },
+        )
+        .finish();
+    let _ = client;
     let r = http_client()?
-        .get(url)
+        .post(format!("{origin}/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?;
+    Ok((
+        r.status().as_u16(),
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// A cached access token for `client` at `origin`.
+pub async fn token(origin: &str, client: &str) -> Result<String> {
+    static CACHE: OnceLock<
+        std::sync::Mutex<std::collections::HashMap<(String, String), (String, Instant)>>,
+    > = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (origin.to_string(), client.to_string());
+    if let Some((t, at)) = cache.lock().map_err(|_| anyhow!("poisoned"))?.get(&key)
+        && at.elapsed() < Duration::from_secs(120)
+    {
+        return Ok(t.clone());
+    }
+    let (status, body) = request_token(
+        origin,
+        client,
+        &assertion(client, &format!("{origin}/oauth/token"))?,
+    )
+    .await?;
+    let t = body["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no token for {client} from {origin} ({status}): {body}"))?
+        .to_string();
+    cache
+        .lock()
+        .map_err(|_| anyhow!("poisoned"))?
+        .insert(key, (t.clone(), Instant::now()));
+    Ok(t)
+}
+
+/// The bearer a test request to `url` carries: an EPJ client's token on
+/// FHIR URLs of a TLS hub, the admin token on `/admin/`, none otherwise.
+async fn bearer_for(url: &str) -> Result<Option<String>> {
+    if url.contains("/admin/") {
+        return Ok(Some(ADMIN_TOKEN.to_string()));
+    }
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Ok(None);
+    };
+    let origin = format!("https://{}", rest.split('/').next().unwrap_or_default());
+    match client_for(url) {
+        Some(c) if url.contains("/fhir/r4/") && !url.ends_with("/metadata") => {
+            Ok(Some(token(&origin, &c).await?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A request builder for `url` with the right bearer token.
+pub async fn authed(method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder> {
+    let mut r = http_client()?.request(method, url);
+    if let Some(t) = bearer_for(url).await? {
+        r = r.bearer_auth(t);
+    }
+    Ok(r)
+}
+
+/// GETs a FHIR (or admin) URL as the right client; (status, JSON body).
+pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value)> {
+    let r = authed(reqwest::Method::GET, url)
+        .await?
         .timeout(Duration::from_secs(10))
         .send()
         .await?;

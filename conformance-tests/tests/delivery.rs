@@ -43,11 +43,18 @@ escalate_to = "oslo-vakt"
     // With a push destination, the response centre only gets escalations;
     // alone, it is the municipality's pull consumer.
     let vakt_escalation_only = epj.is_some();
+    let certs = ok(conformance_tests::harness::certs())
+        .display()
+        .to_string();
     let cfg = format!(
         r#"
 [delivery]
 deadline_red_secs = 1
 deadline_yellow_secs = 300
+
+[[municipalities]]
+orgnr = "964338531"
+name = "Bergen kommune"
 
 [[municipalities]]
 orgnr = "{OSLO}"
@@ -58,6 +65,13 @@ name = "oslo-vakt"
 kind = "pull"
 lease_secs = 1
 escalation_only = {vakt_escalation_only}
+
+[[auth.clients]]
+id = "oslo-vakt"
+municipality = "{OSLO}"
+scopes = ["system/pending.rs"]
+jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
+consumer = "oslo-vakt"
 "#
     );
     let opts = HubOptions {
@@ -216,7 +230,14 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     // The operator sees it with the CLI, fixes the EPJ, and replays.
     let bin = ok(conformance_tests::harness::binary("knutepunkt"));
     let out = ok(std::process::Command::new(&bin)
-        .args(["dlq", "--admin", &admin, "list"])
+        .args([
+            "dlq",
+            "--admin-token",
+            conformance_tests::harness::ADMIN_TOKEN,
+            "--admin",
+            &admin,
+            "list",
+        ])
         .output());
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -226,7 +247,16 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     ok(epj.set_mode(json!({"mode": "ok"})).await);
     let seq = dead["seq"].to_string();
     let out = ok(std::process::Command::new(&bin)
-        .args(["dlq", "--admin", &admin, "replay", "oslo-epj", &seq])
+        .args([
+            "dlq",
+            "--admin-token",
+            conformance_tests::harness::ADMIN_TOKEN,
+            "--admin",
+            &admin,
+            "replay",
+            "oslo-epj",
+            &seq,
+        ])
         .output());
     assert!(
         out.status.success(),
@@ -236,7 +266,16 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     ok(epj.wait_created(3, Duration::from_secs(20)).await);
     // A second replay finds nothing: the dead letter is gone.
     let out = ok(std::process::Command::new(&bin)
-        .args(["dlq", "--admin", &admin, "replay", "oslo-epj", &seq])
+        .args([
+            "dlq",
+            "--admin-token",
+            conformance_tests::harness::ADMIN_TOKEN,
+            "--admin",
+            &admin,
+            "replay",
+            "oslo-epj",
+            &seq,
+        ])
         .output());
     assert!(!out.status.success());
     // $status tells the EPJ side too.
@@ -442,20 +481,20 @@ async fn pull_leases_expire_and_confirmations_settle() {
             })
             .collect()
     };
-    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10")).await);
+    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
     let first = pending(&b);
     assert_eq!(
         first,
         vec![refs[2].clone(), refs[0].clone(), refs[1].clone()],
         "alarm first, then oldest first"
     );
-    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10")).await);
+    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
     assert!(
         pending(&b).is_empty(),
         "leased items were offered twice: {b}"
     );
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10")).await);
+    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
     assert_eq!(
         pending(&b).len(),
         3,
@@ -472,14 +511,17 @@ async fn pull_leases_expire_and_confirmations_settle() {
         json!({"name": "confirmation", "part": parts})
     };
     let body = json!({"resourceType": "Parameters", "parameter": [conf(&refs[0], "journaled"), conf(&refs[2], "journaled"), conf(&refs[1], "failed")]});
-    let r = ok(ok(conformance_tests::harness::http_client())
-        .post(format!("{base}/$confirm"))
-        .json(&body)
-        .send()
-        .await);
+    let r = ok(ok(conformance_tests::harness::authed(
+        reqwest::Method::POST,
+        &format!("{base}/$confirm?consumer=oslo-vakt"),
+    )
+    .await)
+    .json(&body)
+    .send()
+    .await);
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10")).await);
+    let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
     assert!(pending(&b).is_empty(), "confirmed items came back: {b}");
     for (r, want) in [(&refs[0], "delivered"), (&refs[1], "dead-lettered")] {
         let (_, st) = ok(get_json(&format!("{base}/$status?resource={r}")).await);
@@ -497,6 +539,7 @@ async fn pull_leases_expire_and_confirmations_settle() {
             .contains("patient not found"),
         "{dlq}"
     );
+    // A client that is no pull consumer cannot pull, whatever it asks for.
     let (status, _) = ok(get_json(&format!("{base}/$pending?consumer=nobody")).await);
-    assert_eq!(status, 404);
+    assert_eq!(status, 403);
 }

@@ -20,6 +20,7 @@
 //! `GET /readyz` (the store can take writes). Metrics are merged in by the
 //! caller: `router(state).merge(metrics_router)`.
 
+pub mod audit_event;
 pub mod bundle;
 pub mod capability;
 pub mod last_updated;
@@ -41,7 +42,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
+use crate::audit::Auditor;
+use crate::auth::{Authority, Caller, Scope};
 use crate::domain::{Orgnr, ResourceType};
+use crate::store::audit::{AuditAction, AuditOutcome, AuditRecord};
 use crate::store::{SearchPage, Store, StoredResource};
 use outcome::{ApiError, fhir_response};
 use search_params::SearchParams;
@@ -66,6 +70,43 @@ pub struct ApiState {
     /// Whether this listener serves TLS: the scheme of links built from the
     /// `Host` header when no `public_url` is configured.
     pub https: bool,
+    /// Who may do what.
+    pub auth: Arc<Authority>,
+    /// Where accesses are written down.
+    pub audit: Auditor,
+}
+
+impl crate::auth::AuthState for Arc<ApiState> {
+    fn authority(&self) -> &Arc<Authority> {
+        &self.auth
+    }
+}
+
+impl ApiState {
+    /// Writes one audit record; a failure means the request must fail.
+    pub(crate) async fn audit(&self, rec: AuditRecord) -> Result<(), ApiError> {
+        self.audit
+            .write(vec![rec])
+            .await
+            .map_err(|_| ApiError::audit_failed())
+    }
+}
+
+/// An audit record of `caller` acting on `municipality`; fill in the rest.
+pub(crate) fn audit_record(
+    caller: &Caller,
+    municipality: Orgnr,
+    action: AuditAction,
+) -> AuditRecord {
+    AuditRecord {
+        municipality,
+        agent: caller.audit_agent(),
+        action,
+        query: None,
+        resources: Vec::new(),
+        patients: Vec::new(),
+        outcome: AuditOutcome::Success,
+    }
 }
 
 impl ApiState {
@@ -142,6 +183,10 @@ pub fn router(state: ApiState) -> Router {
             get(pull::status).fallback(method_not_allowed),
         )
         .route(
+            "/{orgnr}/AuditEvent",
+            get(audit_event::search).fallback(method_not_allowed),
+        )
+        .route(
             "/{orgnr}/{resource_type}",
             get(search).fallback(method_not_allowed),
         )
@@ -153,6 +198,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/oauth/token",
+            axum::routing::post(crate::auth::token::handler::<Arc<ApiState>>),
+        )
         .nest("/fhir/r4", fhir)
         .route("/fhir/r4/", any(no_such_endpoint))
         .with_state(Arc::new(state))
@@ -270,23 +319,23 @@ fn metadata_inner(
 
 async fn read(
     State(st): State<Arc<ApiState>>,
+    caller: Caller,
     path: Result<Path<(String, String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    into_response(read_inner(st, path, query, headers).await)
+    into_response(read_inner(st, caller, path, query, headers).await)
 }
 
 async fn read_inner(
     st: Arc<ApiState>,
+    caller: Caller,
     path: Result<Path<(String, String, String)>, PathRejection>,
     query: Option<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((orgnr, rt, id)) = path.map_err(path_error)?;
     let orgnr = st.municipality(&orgnr)?;
-    let format_given = search_params::parse_plain(&decode_query(query.as_deref())?, false)?;
-    check_accept(format_given, &headers)?;
     let rt = resource_type(&rt)?;
     let not_found = || {
         ApiError::not_found(format!(
@@ -294,7 +343,15 @@ async fn read_inner(
             rt.as_str()
         ))
     };
+    caller.authorize(orgnr, Scope::for_resource(rt), not_found)?;
+    let format_given = search_params::parse_plain(&decode_query(query.as_deref())?, false)?;
+    check_accept(format_given, &headers)?;
     let id = uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
+    let mut rec = audit_record(&caller, orgnr, AuditAction::Read);
+    rec.add_resource(crate::store::ResourceRef {
+        resource_type: rt,
+        id,
+    });
     let store = Arc::clone(&st.store);
     let found = blocking(move || store.get(orgnr, rt, id)).await?;
     let stored = match found {
@@ -311,8 +368,14 @@ async fn read_inner(
             );
             return Err(not_found());
         }
-        None => return Err(not_found()),
+        None => {
+            rec.outcome = AuditOutcome::MinorFailure;
+            st.audit(rec).await?;
+            return Err(not_found());
+        }
     };
+    rec.patients = st.audit.patient_of(&stored.json).into_iter().collect();
+    st.audit(rec).await?;
     tracing::debug!(municipality = %orgnr, resource = %stored.resource, "read");
     let last_modified = http_date(&stored);
     let mut resp = fhir_response(StatusCode::OK, stored.json);
@@ -347,16 +410,18 @@ async fn blocking<T: Send + 'static>(
 
 async fn search(
     State(st): State<Arc<ApiState>>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    into_response(search_inner(st, path, query, headers, uri).await)
+    into_response(search_inner(st, caller, path, query, headers, uri).await)
 }
 
 async fn search_inner(
     st: Arc<ApiState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Option<String>,
     headers: HeaderMap,
@@ -365,7 +430,13 @@ async fn search_inner(
     let Path((orgnr, rt)) = path.map_err(path_error)?;
     let orgnr = st.municipality(&orgnr)?;
     let rt = resource_type(&rt)?;
-    let parsed = search_params::parse_search(rt, &decode_query(query.as_deref())?)?;
+    caller.authorize(orgnr, Scope::for_resource(rt), || {
+        ApiError::not_found(
+            "no FHIR base at this path: use /fhir/r4/{orgnr} with the 9-digit organisation number of a municipality this hub serves",
+        )
+    })?;
+    let pairs = decode_query(query.as_deref())?;
+    let parsed = search_params::parse_search(rt, &pairs)?;
     check_accept(parsed.format_given, &headers)?;
     let base = st.base_url(orgnr, &headers, &uri)?;
     let params = parsed.params;
@@ -392,6 +463,24 @@ async fn search_inner(
         );
         return Err(ApiError::internal());
     }
+    let mut rec = audit_record(&caller, orgnr, AuditAction::Search);
+    rec.query = Some(format!(
+        "{}?{}",
+        rt.as_str(),
+        st.audit.sanitize_query(&pairs)
+    ));
+    for s in &page.items {
+        rec.add_resource(s.resource);
+    }
+    rec.patients = st
+        .audit
+        .patients_of(page.items.iter().map(|s| s.json.as_str()));
+    if let Some(p) = query_patient(&st.audit, &pairs)
+        && !rec.patients.iter().any(|q| q.key == p.key)
+    {
+        rec.patients.push(p);
+    }
+    st.audit(rec).await?;
     tracing::debug!(
         municipality = %orgnr,
         resource_type = rt.as_str(),
@@ -400,6 +489,18 @@ async fn search_inner(
     );
     let body = searchset_body(&base, rt, &params, page)?;
     Ok(fhir_response(StatusCode::OK, body))
+}
+
+/// The patient a search names (`subject:identifier` / `patient:identifier`).
+pub(crate) fn query_patient(
+    audit: &Auditor,
+    pairs: &[(String, String)],
+) -> Option<crate::store::audit::AuditPatient> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == "subject:identifier" || k == "patient:identifier")
+        .and_then(|(_, v)| v.split_once('|'))
+        .map(|(system, value)| audit.patient(system, value))
 }
 
 fn searchset_body(

@@ -26,6 +26,10 @@ pub enum IssueType {
     Exception,
     /// The hub cannot serve now (`transient`).
     Transient,
+    /// No valid credential (`login`).
+    Login,
+    /// The credential does not allow this (`forbidden`).
+    Forbidden,
 }
 
 impl IssueType {
@@ -36,6 +40,8 @@ impl IssueType {
             IssueType::NotFound => "not-found",
             IssueType::Exception => "exception",
             IssueType::Transient => "transient",
+            IssueType::Login => "login",
+            IssueType::Forbidden => "forbidden",
         }
     }
 }
@@ -50,6 +56,8 @@ pub struct ApiError {
     pub message: String,
     /// For 405: the methods the endpoint accepts (`Allow` header).
     pub allow: Option<&'static str>,
+    /// For 401/403: the `WWW-Authenticate` challenge.
+    pub challenge: Option<String>,
 }
 
 impl ApiError {
@@ -59,6 +67,7 @@ impl ApiError {
             issue,
             message: message.into(),
             allow: None,
+            challenge: None,
         }
     }
 
@@ -97,6 +106,49 @@ impl ApiError {
             StatusCode::NOT_ACCEPTABLE,
             IssueType::NotSupported,
             "this server answers only in JSON: send Accept: application/fhir+json (or application/json, or */*) and _format=json if you use _format",
+        )
+    }
+
+    /// 401 with a `Bearer` challenge; `error` is the RFC 6750 error code
+    /// (`invalid_token`) or `None` when no token was sent.
+    pub fn unauthorized(error: Option<&str>, message: impl Into<String>) -> Self {
+        let challenge = match error {
+            Some(e) => format!("Bearer realm=\"knutepunkt\", error=\"{e}\""),
+            None => "Bearer realm=\"knutepunkt\"".to_string(),
+        };
+        ApiError {
+            challenge: Some(challenge),
+            ..Self::new(StatusCode::UNAUTHORIZED, IssueType::Login, message)
+        }
+    }
+
+    /// 403: the token is valid but its scopes do not cover the request.
+    pub fn insufficient_scope(scope: &str) -> Self {
+        ApiError {
+            challenge: Some(format!(
+                "Bearer realm=\"knutepunkt\", error=\"insufficient_scope\", scope=\"{scope}\""
+            )),
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                IssueType::Forbidden,
+                format!(
+                    "the access token lacks the scope {scope}; ask the hub operator to grant it and request a new token with it"
+                ),
+            )
+        }
+    }
+
+    /// 403 for other reasons than scope.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, IssueType::Forbidden, message)
+    }
+
+    /// 500: the audit record could not be written, so nothing is served.
+    pub fn audit_failed() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            IssueType::Exception,
+            "the hub could not write the audit record of this access, so it serves no data; retry later",
         )
     }
 
@@ -144,6 +196,11 @@ impl IntoResponse for ApiError {
         if let Some(allow) = self.allow {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(c) = self.challenge
+            && let Ok(v) = HeaderValue::from_str(&c)
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         resp
     }

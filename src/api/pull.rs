@@ -13,9 +13,12 @@
 //! - `GET  …/$status?resource=Type/id[&consumer=NAME]` — where a resource
 //!   stands with each destination of the municipality (`Parameters`).
 //!
-//! `consumer` names a pull destination of the municipality; it may be left
-//! out when the municipality has exactly one. (When EPJ authentication lands
-//! the consumer comes from the token.)
+//! All three need the scope `system/pending.rs`. `$pending` and `$confirm`
+//! act as the consumer the client is registered as (`consumer` in its
+//! `[[auth.clients]]` entry); a `consumer` parameter must then name that
+//! one. In insecure-dev mode `consumer` names a pull destination of the
+//! municipality and may be left out when it has exactly one. `$pending`,
+//! `$confirm` and `$status` each write an audit record.
 
 use std::sync::Arc;
 
@@ -25,9 +28,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::outcome::{ApiError, fhir_response};
-use super::{ApiState, decode_query};
+use super::{ApiState, audit_record, decode_query};
+use crate::auth::{Caller, Scope};
 use crate::domain::{Orgnr, ResourceType};
-use crate::store::{DeliveryState, Settle, time_to_seq};
+use crate::store::audit::AuditAction;
+use crate::store::{DeliveryState, ResourceRef, Settle, time_to_seq};
 
 /// A pull destination as the API needs it.
 #[derive(Debug, Clone)]
@@ -37,6 +42,12 @@ pub struct PullConsumer {
 }
 
 const MAX_PENDING: usize = 500;
+
+fn not_served() -> ApiError {
+    ApiError::not_found(
+        "no FHIR base at this path: use /fhir/r4/{orgnr} with the 9-digit organisation number of a municipality this hub serves",
+    )
+}
 
 fn consumer<'a>(
     st: &'a ApiState,
@@ -60,10 +71,12 @@ fn consumer<'a>(
 
 pub async fn pending(
     State(st): State<Arc<ApiState>>,
+    caller: Caller,
     Path(orgnr): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let org = st.municipality(&orgnr)?;
+    caller.authorize(org, Scope::Pending, not_served)?;
     let mut count = 50usize;
     let mut asked = None;
     for (k, v) in decode_query(raw.as_deref())? {
@@ -82,12 +95,14 @@ pub async fn pending(
             }
         }
     }
+    let asked = caller.pull_consumer(asked.as_deref())?;
     let c = consumer(&st, org, asked.as_deref())?.clone();
     let store = st.store.clone();
     let now = time_to_seq(chrono::Utc::now());
     let until = now + c.lease_secs * 1_000_000;
+    let name = c.name.clone();
     let items =
-        tokio::task::spawn_blocking(move || store.outbox_take(&c.name, count, now, Some(until)))
+        tokio::task::spawn_blocking(move || store.outbox_take(&name, count, now, Some(until)))
             .await
             .map_err(|_| ApiError::internal())?
             .map_err(|e| {
@@ -106,6 +121,15 @@ pub async fn pending(
             json!({ "fullUrl": format!("urn:uuid:{}", i.resource.resource.id), "resource": raw }),
         );
     }
+    let mut rec = audit_record(&caller, org, AuditAction::Pending);
+    rec.query = Some(format!("$pending?consumer={}&_count={count}", c.name));
+    for i in &items {
+        rec.add_resource(i.resource.resource);
+    }
+    rec.patients = st
+        .audit
+        .patients_of(items.iter().map(|i| i.resource.json.as_str()));
+    st.audit(rec).await?;
     // FHIR JSON has no empty arrays: an empty Bundle has no `entry`.
     let mut body = json!({ "resourceType": "Bundle", "type": "collection" });
     if !entries.is_empty() {
@@ -116,11 +140,13 @@ pub async fn pending(
 
 pub async fn confirm(
     State(st): State<Arc<ApiState>>,
+    caller: Caller,
     Path(orgnr): Path<String>,
     RawQuery(raw): RawQuery,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let org = st.municipality(&orgnr)?;
+    caller.authorize(org, Scope::Pending, not_served)?;
     let mut asked = None;
     for (k, v) in decode_query(raw.as_deref())? {
         match k.as_str() {
@@ -132,7 +158,10 @@ pub async fn confirm(
             }
         }
     }
+    let asked = caller.pull_consumer(asked.as_deref())?;
     let c = consumer(&st, org, asked.as_deref())?.clone();
+    let mut rec = audit_record(&caller, org, AuditAction::Confirm);
+    rec.query = Some(format!("$confirm?consumer={}", c.name));
     let params: Value = serde_json::from_slice(&body)
         .map_err(|_| ApiError::invalid("the body must be a FHIR Parameters resource in JSON"))?;
     if params["resourceType"] != "Parameters" {
@@ -211,8 +240,16 @@ pub async fn confirm(
                 )));
             }
         };
-        match st.store.seq_of(org, rtype, id) {
-            Ok(Some(seq)) => outcomes.push((seq, settle)),
+        match st.store.get(org, rtype, id) {
+            Ok(Some(found)) => {
+                rec.add_resource(found.resource);
+                if let Some(p) = st.audit.patient_of(&found.json)
+                    && !rec.patients.iter().any(|q| q.key == p.key)
+                {
+                    rec.patients.push(p);
+                }
+                outcomes.push((found.seq, settle));
+            }
             Ok(None) => unknown += 1,
             Err(e) => {
                 tracing::error!(error = %e, "$confirm: store error");
@@ -221,6 +258,7 @@ pub async fn confirm(
         }
     }
     let confirmed = outcomes.len();
+    st.audit(rec).await?;
     let store = st.store.clone();
     let name = c.name.clone();
     tokio::task::spawn_blocking(move || store.outbox_settle(&name, &outcomes))
@@ -248,10 +286,12 @@ pub async fn confirm(
 
 pub async fn status(
     State(st): State<Arc<ApiState>>,
+    caller: Caller,
     Path(orgnr): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let org = st.municipality(&orgnr)?;
+    caller.authorize(org, Scope::Pending, not_served)?;
     let mut reference = None;
     let mut asked = None;
     for (k, v) in decode_query(raw.as_deref())? {
@@ -281,6 +321,12 @@ pub async fn status(
     else {
         return Err(ApiError::not_found("no such resource in this municipality"));
     };
+    let mut rec = audit_record(&caller, org, AuditAction::Status);
+    rec.add_resource(ResourceRef {
+        resource_type: rtype,
+        id,
+    });
+    st.audit(rec).await?;
     let dests: Vec<&String> = st
         .destinations
         .get(&org)

@@ -96,7 +96,7 @@ pub fn encode_cursor(descending: bool, seq: u64) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-fn decode_cursor(value: &str, descending: bool) -> Result<u64, ApiError> {
+pub(crate) fn decode_cursor(value: &str, descending: bool) -> Result<u64, ApiError> {
     let bad = || {
         ApiError::invalid(
             "_cursor: not a cursor this server made; follow the Bundle's next link as given, or search again without _cursor",
@@ -317,7 +317,7 @@ pub fn parse_search(
     })
 }
 
-fn parse_patient(name: &str, value: &str) -> Result<[u8; 16], ApiError> {
+pub(crate) fn parse_patient(name: &str, value: &str) -> Result<[u8; 16], ApiError> {
     let supported = || {
         format!(
             "{}, {} or {}",
@@ -441,7 +441,7 @@ fn parse_category(rt: ResourceType, value: &str) -> Result<Option<String>, ApiEr
     }
 }
 
-fn parse_count(value: &str) -> Result<usize, ApiError> {
+pub(crate) fn parse_count(value: &str) -> Result<usize, ApiError> {
     if value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::invalid(format!(
             "_count: must be a whole number from 1 to {MAX_COUNT} (larger values are lowered to {MAX_COUNT})"

@@ -45,13 +45,16 @@ fn hub_with(municipalities: Option<BTreeSet<Orgnr>>, public_url: Option<&str>) -
         ..SledOptions::default()
     };
     let store = SledStore::open(dir.path(), opts).unwrap_or_else(|e| panic!("{e}"));
+    let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
     let app = router(ApiState {
-        store: Arc::new(store.clone()),
+        store: dyn_store.clone(),
         municipalities,
         public_url: public_url.map(str::to_string),
         pull: Arc::default(),
         destinations: Arc::default(),
         https: false,
+        auth: insecure_authority(dyn_store.clone()),
+        audit: crate::audit::Auditor::new(dyn_store, vec![7; 32]),
     });
     Hub {
         _dir: dir,
@@ -772,6 +775,15 @@ async fn descending_paging_is_stable_under_new_writes() {
     assert!(msg.contains("_sort"), "{msg}");
 }
 
+/// The API tests here are about FHIR, not auth: insecure-dev mode.
+fn insecure_authority(store: Arc<dyn Store>) -> Arc<crate::auth::Authority> {
+    let cfg = crate::config::Config {
+        insecure_dev: true,
+        ..crate::config::Config::default()
+    };
+    Arc::new(crate::auth::Authority::from_config(&cfg, store).unwrap_or_else(|e| panic!("{e}")))
+}
+
 /// A store whose reads fail, to check that 500s reveal nothing.
 struct FailingStore;
 
@@ -841,17 +853,41 @@ impl Store for FailingStore {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         tokio::sync::watch::channel(0).1
     }
+    fn audit_append(
+        &self,
+        _: Vec<crate::store::audit::AuditRecord>,
+    ) -> Result<Vec<u64>, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn audit_search(
+        &self,
+        _: &crate::store::audit::AuditQuery,
+    ) -> Result<crate::store::audit::AuditPage, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn audit_prune(&self, _: u64) -> Result<usize, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn jti_claim(&self, _: &str, _: &str, _: u64, _: u64) -> Result<bool, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
+    fn jti_prune(&self, _: u64) -> Result<usize, StoreError> {
+        Err(StoreError::Read("boom".into()))
+    }
 }
 
 #[tokio::test]
 async fn store_failures_are_500_without_details() {
+    let failing: Arc<dyn Store> = Arc::new(FailingStore);
     let app = router(ApiState {
-        store: Arc::new(FailingStore),
+        store: failing.clone(),
         municipalities: None,
         public_url: None,
         pull: Arc::default(),
         destinations: Arc::default(),
         https: false,
+        auth: insecure_authority(failing.clone()),
+        audit: crate::audit::Auditor::new(failing, vec![7; 32]),
     });
     for path in [
         format!("{}/Observation?{}", base(OSLO), subject(1)),
@@ -868,11 +904,13 @@ async fn store_failures_are_500_without_details() {
     let a = get(&app, "/readyz").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(a.text.contains("disk full"));
-    // Nothing to ask the store: answered without it.
-    let a = get(
+    // Nothing to ask the store for data, but the search is still audited,
+    // and an audit write that fails means no answer (500).
+    let msg = get(
         &app,
         &format!("{}/Observation?_lastUpdated=lt1970-01-01", base(OSLO)),
     )
-    .await;
-    assert_eq!(a.ids(), NONE);
+    .await
+    .outcome(StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(msg.contains("audit record"), "{msg}");
 }

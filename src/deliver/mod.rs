@@ -79,6 +79,7 @@ pub fn spawn(
     store: Arc<dyn Store>,
     registry: Registry,
     stop: CancellationToken,
+    audit: crate::audit::Auditor,
 ) -> Result<Vec<JoinHandle<()>>, push::PushSetupError> {
     let mut handles = Vec::new();
     let dests = cfg.destinations();
@@ -113,6 +114,7 @@ pub fn spawn(
                 http,
                 registry.clone(),
                 stop.clone(),
+                audit.clone(),
             )));
         }
     }

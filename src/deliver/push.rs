@@ -130,6 +130,7 @@ pub async fn run(
     http: reqwest::Client,
     registry: Registry,
     stop: CancellationToken,
+    audit: crate::audit::Auditor,
 ) {
     let name = dest.name.clone();
     let url = dest.url.clone().unwrap_or_default();
@@ -209,6 +210,7 @@ pub async fn run(
         let seqs: Vec<u64> = items.iter().map(|i| i.resource.seq).collect();
         match verdict {
             Verdict::Delivered => {
+                audit.record_push(&name, &items).await;
                 settle(
                     &store,
                     &name,

@@ -12,6 +12,7 @@
 //! repeats a resource while new ones arrive, and `_lastUpdated` filters are
 //! key ranges.
 
+pub mod audit;
 pub mod sled;
 
 use std::fmt;
@@ -349,6 +350,24 @@ pub trait Store: Send + Sync + 'static {
     /// Changes whenever a group commit made new records visible; delivery
     /// workers wait on it instead of polling.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Appends audit records and returns once they are on disk, with the
+    /// `seq` each got. An `Err` means nothing may be served.
+    fn audit_append(&self, records: Vec<audit::AuditRecord>) -> Result<Vec<u64>, StoreError>;
+
+    /// One municipality's audit trail, oldest first.
+    fn audit_search(&self, q: &audit::AuditQuery) -> Result<audit::AuditPage, StoreError>;
+
+    /// Deletes audit records with `seq < before` (retention); returns how many.
+    fn audit_prune(&self, before: u64) -> Result<usize, StoreError>;
+
+    /// Records that `client` used assertion id `jti`, valid until `exp`
+    /// (Unix seconds), on disk before it returns. `false`: already used and
+    /// not yet expired (a replay).
+    fn jti_claim(&self, client: &str, jti: &str, exp: u64, now: u64) -> Result<bool, StoreError>;
+
+    /// Forgets assertion ids that expired before `now` (Unix seconds).
+    fn jti_prune(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 /// The patient's search key: a hash of identifier system and value, so index

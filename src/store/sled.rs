@@ -32,6 +32,10 @@
 //! | `Q` dest seq | [`DlqRecord`] | dead letter |
 //! | `S` dest seq | [`DeliveryState`] | final state (delivered, dead, discarded) |
 //! | `E` dest seq | – | escalated to the fallback destination |
+//! | `A` seq | [`audit::AuditRecord`](super::audit::AuditRecord) | audit trail, append-only (see `sled/audit.rs`) |
+//! | `B` org seq | – | audit records of a municipality |
+//! | `b` org patient seq | – | … concerning one patient |
+//! | `J` client-len client jti | exp (Unix s) | used assertion ids (replay guard) |
 //!
 //! `dest` is the destination's name, length-prefixed. Delivery-side writes
 //! (settle, lease, escalate, replay) are flushed but not fdatasync'ed: a
@@ -56,6 +60,8 @@ use super::{
     Token, seq_to_time,
 };
 use crate::domain::{Orgnr, ResourceType};
+
+mod audit;
 
 /// Largest resource JSON the store takes (see the module doc on blobs).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -164,6 +170,9 @@ struct Shared {
     /// Serializes delivery-side read-modify-writes (take with lease, settle,
     /// escalate, replay), which run outside the writer thread.
     delivery: std::sync::Mutex<()>,
+    /// Audit and jti writes: a second handle on sled's data file to
+    /// fdatasync, and the last audit `seq` handed out.
+    audit: audit::AuditShared,
 }
 
 /// The sled-backed [`Store`].
@@ -219,6 +228,7 @@ impl SledStore {
             depth: std::sync::Mutex::new(count_outboxes(&db_clone)),
             committed: tokio::sync::watch::channel(last_seq).0,
             delivery: std::sync::Mutex::new(()),
+            audit: audit::AuditShared::open(&db_clone, &data_path)?,
         });
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
@@ -351,6 +361,32 @@ fn token_matches(t: &Token, codes: &[(&str, &str)]) -> bool {
 }
 
 impl Store for SledStore {
+    fn audit_append(
+        &self,
+        records: Vec<super::audit::AuditRecord>,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.audit_append_impl(records)
+    }
+
+    fn audit_search(
+        &self,
+        q: &super::audit::AuditQuery,
+    ) -> Result<super::audit::AuditPage, StoreError> {
+        self.audit_search_impl(q)
+    }
+
+    fn audit_prune(&self, before: u64) -> Result<usize, StoreError> {
+        self.audit_prune_impl(before)
+    }
+
+    fn jti_claim(&self, client: &str, jti: &str, exp: u64, now: u64) -> Result<bool, StoreError> {
+        self.jti_claim_impl(client, jti, exp, now)
+    }
+
+    fn jti_prune(&self, now: u64) -> Result<usize, StoreError> {
+        self.jti_prune_impl(now)
+    }
+
     fn put(&self, rec: NewRecord) -> BoxFuture<'_, Result<PutOutcome, PutError>> {
         Box::pin(async move {
             if rec.resource.json.len() > MAX_RECORD_BYTES {

@@ -1,0 +1,263 @@
+//! The audit trail: every read, search, `$pending`, `$confirm` and push
+//! delivery of patient data is written down before the data leaves the hub
+//! (pasientjournalloven § 22, Normen). If the record cannot be written, the
+//! data is not served.
+//!
+//! [`Auditor`] builds records (who, municipality, action, sanitized query or
+//! resource ids, patients, outcome) and appends them through the
+//! [`Store`]. Patients are named by identifier system, a keyed pseudonym
+//! (HMAC-SHA256 under the hub's pseudonym key, so the log cannot be reversed
+//! by hashing every possible national id) and the store's patient search key
+//! (so the municipality can find one patient's accesses by identifier).
+//!
+//! The municipality reads its trail as FHIR `AuditEvent`s
+//! (`api::audit_event`). Records older than `audit.retention_days` are
+//! pruned on a timer ([`spawn_pruner`]), together with expired assertion ids.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::audit::{AuditPatient, AuditRecord};
+use crate::store::{Store, StoreError, patient_key};
+
+/// Builds and writes audit records.
+#[derive(Clone)]
+pub struct Auditor {
+    store: Arc<dyn Store>,
+    key: Arc<[u8]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditSetupError {
+    #[error("audit pseudonym key {path}: {what}")]
+    Key { path: PathBuf, what: String },
+}
+
+/// Where a resource names its patient.
+#[derive(Deserialize)]
+struct Subject {
+    subject: Option<SubjectRef>,
+}
+#[derive(Deserialize)]
+struct SubjectRef {
+    identifier: Option<Ident>,
+}
+#[derive(Deserialize)]
+struct Ident {
+    system: Option<String>,
+    value: Option<String>,
+}
+
+impl Auditor {
+    pub fn new(store: Arc<dyn Store>, key: Vec<u8>) -> Auditor {
+        Auditor {
+            store,
+            key: key.into(),
+        }
+    }
+
+    /// Loads the pseudonym key from `audit.pseudonym_key_file`, or from
+    /// `<data_dir>/audit-pseudonym.key`, creating that one (0600) on first start.
+    pub fn from_config(cfg: &Config, store: Arc<dyn Store>) -> Result<Auditor, AuditSetupError> {
+        let (path, create) = match &cfg.audit.pseudonym_key_file {
+            Some(p) => (p.clone(), false),
+            None => (cfg.data_dir.join("audit-pseudonym.key"), true),
+        };
+        let key = load_key(&path, create)?;
+        Ok(Auditor::new(store, key))
+    }
+
+    /// HMAC-SHA256 of system and value, hex.
+    pub fn pseudonym(&self, system: &str, value: &str) -> String {
+        // HMAC accepts keys of any length; this cannot fail.
+        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.key) {
+            Ok(m) => m,
+            Err(_) => return String::new(),
+        };
+        mac.update(system.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.as_bytes());
+        crate::auth::keys::hex(&mac.finalize().into_bytes())
+    }
+
+    pub fn patient(&self, system: &str, value: &str) -> AuditPatient {
+        AuditPatient {
+            system: system.to_string(),
+            pseudonym: self.pseudonym(system, value),
+            key: patient_key(system, value),
+        }
+    }
+
+    /// The patient a stored resource is about (its `subject.identifier`).
+    pub fn patient_of(&self, json: &str) -> Option<AuditPatient> {
+        let s: Subject = serde_json::from_str(json).ok()?;
+        let id = s.subject?.identifier?;
+        Some(self.patient(&id.system?, &id.value?))
+    }
+
+    /// The distinct patients of several resources.
+    pub fn patients_of<'a>(&self, jsons: impl IntoIterator<Item = &'a str>) -> Vec<AuditPatient> {
+        let mut out: Vec<AuditPatient> = Vec::new();
+        for j in jsons {
+            if let Some(p) = self.patient_of(j)
+                && !out.iter().any(|q| q.key == p.key)
+            {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// A query string with every patient identifier value replaced by its
+    /// pseudonym: `patient:identifier=<system>|<pseudonym>`.
+    pub fn sanitize_query(&self, pairs: &[(String, String)]) -> String {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            let base = k.split(':').next().unwrap_or_default();
+            if matches!(base, "patient" | "subject" | "identifier") {
+                let shown = match v.split_once('|') {
+                    Some((sys, val)) => format!("{sys}|pseudonym:{}", self.pseudonym(sys, val)),
+                    None => "(redacted)".to_string(),
+                };
+                s.append_pair(k, &shown);
+            } else {
+                s.append_pair(k, v);
+            }
+        }
+        s.finish()
+    }
+
+    /// Writes records and waits until they are on disk.
+    pub async fn write(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let n = records.len();
+        let res = tokio::task::spawn_blocking(move || store.audit_append(records))
+            .await
+            .map_err(|e| StoreError::Read(format!("audit task failed: {e}")))
+            .and_then(|r| r);
+        match &res {
+            Ok(_) => metrics::counter!("knutepunkt_audit_records_total").increment(n as u64),
+            Err(e) => {
+                metrics::counter!("knutepunkt_audit_write_failures_total").increment(1);
+                tracing::error!(error = %e, "cannot write the audit record; the access is refused");
+            }
+        }
+        res.map(|_| ())
+    }
+}
+
+impl Auditor {
+    /// One record per delivered Bundle (per municipality in it), with the
+    /// destination as who. The Bundle has already left: a failure here is
+    /// logged and counted, it cannot undo the delivery.
+    pub async fn record_push(&self, destination: &str, items: &[crate::store::OutboxItem]) {
+        let mut records: Vec<AuditRecord> = Vec::new();
+        for i in items {
+            let org = i.resource.municipality;
+            let idx = match records.iter().position(|r| r.municipality == org) {
+                Some(n) => n,
+                None => {
+                    records.push(AuditRecord {
+                        municipality: org,
+                        agent: crate::store::audit::AuditAgent::Destination(destination.into()),
+                        action: crate::store::audit::AuditAction::Push,
+                        query: None,
+                        resources: Vec::new(),
+                        patients: Vec::new(),
+                        outcome: crate::store::audit::AuditOutcome::Success,
+                    });
+                    records.len() - 1
+                }
+            };
+            let rec = &mut records[idx];
+            rec.add_resource(i.resource.resource);
+            if let Some(p) = self.patient_of(&i.resource.json)
+                && !rec.patients.iter().any(|q| q.key == p.key)
+            {
+                rec.patients.push(p);
+            }
+        }
+        if self.write(records).await.is_err() {
+            tracing::error!(destination, "a delivered Bundle has no audit record");
+        }
+    }
+}
+
+fn load_key(path: &Path, create: bool) -> Result<Vec<u8>, AuditSetupError> {
+    let bad = |what: String| AuditSetupError::Key {
+        path: path.to_path_buf(),
+        what,
+    };
+    match std::fs::read(path) {
+        Ok(k) if k.len() >= 32 => Ok(k),
+        Ok(_) => Err(bad("must hold at least 32 bytes".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            let mut key = vec![0u8; 32];
+            aws_lc_rs::rand::fill(&mut key).map_err(|_| bad("cannot make a random key".into()))?;
+            write_private(path, &key).map_err(|e| bad(format!("cannot create it: {e}")))?;
+            tracing::info!(path = %path.display(), "created the audit pseudonym key; back it up with the data directory");
+            Ok(key)
+        }
+        Err(e) => Err(bad(format!("cannot read it: {e}"))),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Prunes audit records older than the retention and expired assertion
+/// ids, once at start and then every `audit.prune_interval_secs`.
+pub fn spawn_pruner(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_secs(cfg.audit.prune_interval_secs.max(1));
+    let keep = chrono::Duration::days(i64::from(cfg.audit.retention_days));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let s = store.clone();
+            let before = crate::store::time_to_seq(chrono::Utc::now() - keep);
+            let now = crate::auth::now_secs();
+            let res = tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((s.audit_prune(before)?, s.jti_prune(now)?))
+            })
+            .await;
+            match res {
+                Ok(Ok((audit, jti))) => {
+                    if audit > 0 {
+                        tracing::info!(
+                            records = audit,
+                            "pruned audit records past their retention"
+                        );
+                    }
+                    tracing::debug!(jti, "pruned expired assertion ids");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "audit pruning failed; trying again later")
+                }
+                Err(e) => tracing::error!(error = %e, "audit pruning task failed"),
+            }
+        }
+    })
+}
