@@ -736,9 +736,8 @@ pub async fn request_token(
 
 /// A cached access token for `client` at `origin`.
 pub async fn token(origin: &str, client: &str) -> Result<String> {
-    static CACHE: OnceLock<
-        std::sync::Mutex<std::collections::HashMap<(String, String), (String, Instant)>>,
-    > = OnceLock::new();
+    type Cache = std::sync::Mutex<std::collections::HashMap<(String, String), (String, Instant)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let key = (origin.to_string(), client.to_string());
     if let Some((t, at)) = cache.lock().map_err(|_| anyhow!("poisoned"))?.get(&key)
