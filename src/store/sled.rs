@@ -192,7 +192,12 @@ impl SledStore {
             .path(dir)
             .cache_capacity(opts.cache_bytes)
             .segment_size(SEGMENT_SIZE)
-            .flush_every_ms(None)
+            // Durability does not depend on sled's background flusher (each
+            // group is flushed and fdatasync'ed before it is answered), but
+            // memory does: the flusher thread also runs sled's segment GC,
+            // and without it a writer that never idles keeps ~10 KB per
+            // event alive (measured: 1.26 GB vs 0.24 GB at 120k events).
+            .flush_every_ms(Some(500))
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|source| OpenError::Sled {
