@@ -8,9 +8,14 @@ use std::net::{SocketAddr, TcpListener};
 
 use anyhow::{Result, bail};
 
-/// Accepts `127.0.0.1:50051`, `[::1]:50051` or `http://127.0.0.1:50051`.
+/// Accepts `127.0.0.1:50051`, `[::1]:50051`, `http://127.0.0.1:50051` or
+/// `https://127.0.0.1:50051` (the scheme follows from the TLS flags).
 pub fn parse_grpc(s: &str) -> Result<SocketAddr, String> {
-    let bare = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    let bare = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s)
+        .trim_end_matches('/');
     let addr: SocketAddr = bare
         .parse()
         .map_err(|_| format!("expected IP:PORT such as 127.0.0.1:50051, got {s}"))?;
@@ -23,11 +28,6 @@ pub fn parse_grpc(s: &str) -> Result<SocketAddr, String> {
         return Err("port 0 is not a hub's port".into());
     }
     Ok(addr)
-}
-
-/// The URL tonic connects to.
-pub fn endpoint(addr: SocketAddr) -> String {
-    format!("http://{addr}")
 }
 
 /// A loopback port nobody listens on right now (there is a small race

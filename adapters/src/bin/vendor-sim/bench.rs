@@ -10,21 +10,19 @@
 //! table with ratios. Progress goes to stderr; the table to stdout.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use chrono::{SecondsFormat, Utc};
 use clap::Args;
 use hdrhistogram::Histogram;
 use knutepunkt::sim::{BERGEN, OSLO, SplitMix64};
-use tokio::process::{Child, Command};
 
+use crate::Mode;
 use crate::baseline::{self, BaselineReport};
+use crate::hubenv::{self, EPJ_BERGEN, EPJ_OSLO, HubProcess};
 use crate::load::{self, LoadArgs, LoadReport};
-use crate::{Mode, addr};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -79,136 +77,6 @@ pub struct BenchArgs {
     keep: bool,
 }
 
-/// The hub as a child process; killed if dropped while still running.
-struct HubProcess {
-    child: Child,
-    pid: u32,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    log: PathBuf,
-}
-
-impl HubProcess {
-    async fn start(bin: &Path, data_dir: &Path, log: &Path) -> Result<HubProcess> {
-        let grpc = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
-        let http = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
-        let out =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone().context("log file handle")?;
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--grpc-addr")
-            .arg(grpc.to_string())
-            .arg("--http-addr")
-            .arg(http.to_string())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("the hub exited at once")?;
-        let web = http_client()?;
-        let ready = format!("http://{http}/readyz");
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().context("checking the hub process")? {
-                bail!(
-                    "the hub exited during start-up ({status}); its log:\n{}",
-                    tail(log, 40)
-                );
-            }
-            if let Ok(r) = web.get(&ready).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if Instant::now() > until {
-                bail!(
-                    "the hub was not ready after 30 s; its log:\n{}",
-                    tail(log, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(HubProcess {
-            child,
-            pid,
-            grpc,
-            http,
-            log: log.to_path_buf(),
-        })
-    }
-
-    /// VmRSS and VmHWM in KiB from /proc.
-    fn memory_kib(&self) -> Option<(u64, u64)> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let field = |name: &str| {
-            s.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        Some((field("VmRSS:")?, field("VmHWM:")?))
-    }
-
-    /// SIGTERM, then up to 20 s for a graceful stop, then SIGKILL.
-    async fn stop(mut self) -> Result<String> {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(Ok(status)) => Ok(format!("stopped on SIGTERM ({status})")),
-            Ok(Err(e)) => Err(e).context("waiting for the hub"),
-            Err(_) => {
-                self.child.kill().await.context("killing the hub")?;
-                Ok(format!(
-                    "did not stop within 20 s of SIGTERM; killed (log: {})",
-                    self.log.display()
-                ))
-            }
-        }
-    }
-}
-
-fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")
-}
-
-/// The last `n` lines of a log file, for error messages.
-fn tail(path: &Path, n: usize) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let lines: Vec<&str> = s.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
-    }
-}
-
-fn hub_bin(arg: Option<PathBuf>) -> Result<PathBuf> {
-    let path = match arg {
-        Some(p) => p,
-        None => std::env::current_exe()
-            .context("finding this executable")?
-            .with_file_name("knutepunkt"),
-    };
-    if !path.is_file() {
-        bail!(
-            "hub binary {} not found; build it (cargo build --release -p knutepunkt) or pass --hub-bin",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// FHIR search timings.
 struct SearchReport {
     stored: u64,
@@ -221,12 +89,18 @@ struct SearchReport {
 }
 
 async fn time_searches(
-    http: SocketAddr,
+    hub: &HubProcess,
     n: u64,
     since: chrono::DateTime<Utc>,
     stored: u64,
 ) -> Result<SearchReport> {
-    let web = http_client()?;
+    let web = &hub.web;
+    // Tokens are fetched before timing (an EPJ reuses its token for minutes);
+    // one per municipality, each client sees only its own.
+    let origin = hub.origin();
+    let mut oslo_token = crate::token::request(web, &hub.certs, &origin, EPJ_OSLO).await?;
+    let mut bergen_token = crate::token::request(web, &hub.certs, &origin, EPJ_BERGEN).await?;
+    let mut token_at = Instant::now();
     #[allow(clippy::expect_used)]
     let mut latency_us =
         Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid");
@@ -234,8 +108,23 @@ async fn time_searches(
     let span_us = (Utc::now() - since).num_microseconds().unwrap_or(0).max(1) as u64;
     let (mut ok, mut failed, mut entries) = (0u64, 0u64, 0u64);
     let mut first_failure = None;
+    let mut last_progress = Instant::now();
     for i in 0..n {
-        let org = if i % 2 == 0 { OSLO } else { BERGEN };
+        // Access tokens live at most 5 minutes: renew well before, untimed.
+        if token_at.elapsed() > Duration::from_secs(120) {
+            oslo_token = crate::token::request(web, &hub.certs, &origin, EPJ_OSLO).await?;
+            bergen_token = crate::token::request(web, &hub.certs, &origin, EPJ_BERGEN).await?;
+            token_at = Instant::now();
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            eprintln!("  searches: {i}/{n} done, {failed} failed");
+            last_progress = Instant::now();
+        }
+        let (org, token) = if i % 2 == 0 {
+            (OSLO, &oslo_token)
+        } else {
+            (BERGEN, &bergen_token)
+        };
         let rtype = if (i / 2) % 2 == 0 {
             "Observation"
         } else {
@@ -249,10 +138,15 @@ async fn time_searches(
                 format!("gt{}", t.to_rfc3339_opts(SecondsFormat::Micros, true)),
             ));
         }
-        let url = format!("http://{http}/fhir/r4/{org}/{rtype}");
+        let url = format!("{origin}/fhir/r4/{org}/{rtype}");
         let t0 = Instant::now();
         let result = async {
-            let r = web.get(&url).query(&query).send().await?;
+            let r = web
+                .get(&url)
+                .bearer_auth(token)
+                .query(&query)
+                .send()
+                .await?;
             let status = r.status();
             let body = r.bytes().await?;
             Ok::<_, reqwest::Error>((status, body))
@@ -289,7 +183,7 @@ async fn time_searches(
 }
 
 pub async fn run(a: BenchArgs) -> Result<()> {
-    let bin = hub_bin(a.hub_bin.clone())?;
+    let bin = hubenv::sibling_bin(a.hub_bin.clone(), "knutepunkt")?;
     let parent = match &a.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir(),
@@ -298,11 +192,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         .prefix("knutepunkt-bench-")
         .tempdir_in(&parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
-    let hub_dir = work.path().join("hub");
     let base_dir = work.path().join("baseline");
-    let log = work.path().join("hub.log");
+    let certs = work.path().join("certs");
     let started_at = Utc::now();
     eprintln!("bench: work directory {}", work.path().display());
+    hubenv::make_certs(&bin, &certs).await?;
 
     // 1. Baseline, before the hub runs, on the same disk.
     eprintln!(
@@ -319,9 +213,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         .with_context(|| format!("removing {}", base_dir.display()))?;
 
     // 2. The hub.
-    let hub = HubProcess::start(&bin, &hub_dir, &log).await?;
+    let hub = HubProcess::start(&bin, work.path(), &certs, None).await?;
     eprintln!(
-        "bench: hub pid {} on gRPC {} / HTTP {}",
+        "bench: hub pid {} on gRPC {} / HTTPS {} (TLS, vendor mutual TLS, EPJ bearer tokens)",
         hub.pid, hub.grpc, hub.http
     );
     let result = phases(&a, &hub, started_at).await;
@@ -329,6 +223,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let stopped = hub.stop().await;
     let (stream, unary, steady, mem_after_load, search) = result?;
     let stopped = stopped?;
+    eprintln!("bench: {stopped}");
 
     let table = markdown(
         &a,
@@ -344,7 +239,6 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         started_at,
     );
     println!("{table}");
-    eprintln!("bench: hub {stopped}");
     if a.keep {
         let kept = work.keep();
         eprintln!("bench: kept {}", kept.display());
@@ -365,7 +259,13 @@ async fn phases(
     hub: &HubProcess,
     started_at: chrono::DateTime<Utc>,
 ) -> Result<Phases> {
-    let mut stream_args = LoadArgs::new(hub.grpc, Mode::Stream, a.clients, a.stream_events);
+    let mut stream_args = LoadArgs::new(
+        hub.grpc,
+        hub.conn(),
+        Mode::Stream,
+        a.clients,
+        a.stream_events,
+    );
     stream_args.window = a.window;
     stream_args.prefix = Some("bench-stream".into());
     stream_args.max_time = a.phase_timeout;
@@ -375,7 +275,13 @@ async fn phases(
     );
     let stream = load::run(&stream_args, true).await?;
 
-    let mut unary_args = LoadArgs::new(hub.grpc, Mode::Unary, a.unary_clients, a.unary_events);
+    let mut unary_args = LoadArgs::new(
+        hub.grpc,
+        hub.conn(),
+        Mode::Unary,
+        a.unary_clients,
+        a.unary_events,
+    );
     unary_args.prefix = Some("bench-unary".into());
     unary_args.seed = 2;
     unary_args.max_time = a.phase_timeout;
@@ -388,7 +294,13 @@ async fn phases(
     let steady_events = (a.steady_rate * a.steady_secs.as_secs_f64())
         .round()
         .max(1.0) as u64;
-    let mut steady_args = LoadArgs::new(hub.grpc, Mode::Stream, a.steady_clients, steady_events);
+    let mut steady_args = LoadArgs::new(
+        hub.grpc,
+        hub.conn(),
+        Mode::Stream,
+        a.steady_clients,
+        steady_events,
+    );
     steady_args.rate = Some(a.steady_rate);
     steady_args.window = a.window;
     steady_args.prefix = Some("bench-steady".into());
@@ -408,7 +320,7 @@ async fn phases(
         let stored = stream.accepted + unary.accepted + steady.accepted;
         if stored < a.search_stored {
             let more = a.search_stored - stored;
-            let mut fill = LoadArgs::new(hub.grpc, Mode::Stream, a.clients, more);
+            let mut fill = LoadArgs::new(hub.grpc, hub.conn(), Mode::Stream, a.clients, more);
             fill.window = a.window;
             fill.prefix = Some("bench-fill".into());
             fill.seed = 4;
@@ -417,15 +329,7 @@ async fn phases(
             load::run(&fill, true).await?;
         }
         eprintln!("bench: {} FHIR searches", a.searches);
-        Some(
-            time_searches(
-                hub.http,
-                a.searches,
-                started_at,
-                a.search_stored.max(stored),
-            )
-            .await?,
-        )
+        Some(time_searches(hub, a.searches, started_at, a.search_stored.max(stored)).await?)
     } else {
         None
     };

@@ -28,8 +28,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::conn::ConnArgs;
 use crate::{Mode, addr};
 
 #[derive(Args, Debug, Clone)]
@@ -68,11 +69,22 @@ pub struct LoadArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Bench only: send for Oslo alone (the municipality with a destination).
+    #[arg(skip)]
+    pub oslo_only: bool,
+    /// Bench only: what the clients send.
+    #[arg(skip = Mix::BALANCED)]
+    pub mix: Mix,
+    /// Bench only: keep (resource, ack time) of every ACCEPTED receipt.
+    #[arg(skip)]
+    pub record_acks: bool,
 }
 
 impl LoadArgs {
     /// Settings for a load run started by the bench.
-    pub fn new(grpc: SocketAddr, mode: Mode, clients: u32, events: u64) -> Self {
+    pub fn new(grpc: SocketAddr, conn: ConnArgs, mode: Mode, clients: u32, events: u64) -> Self {
         LoadArgs {
             grpc,
             clients,
@@ -85,6 +97,10 @@ impl LoadArgs {
             prefix: None,
             max_time: Duration::from_secs(900),
             json: false,
+            conn,
+            oslo_only: false,
+            mix: Mix::BALANCED,
+            record_acks: false,
         }
     }
 }
@@ -105,6 +121,9 @@ pub struct LoadReport {
     pub latency_us: Histogram<u64>,
     pub timed_out: bool,
     pub first_error: Option<String>,
+    /// With `record_acks`: the `resource` of every ACCEPTED receipt and the
+    /// wall-clock time it arrived, microseconds since the Unix epoch.
+    pub acks: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for LoadReport {
@@ -205,6 +224,15 @@ pub async fn run_cli(a: LoadArgs) -> Result<()> {
 }
 
 /// Counters every client adds to; read by the progress line.
+/// Wall-clock now in microseconds since the Unix epoch (0 if the clock is
+/// before 1970).
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 #[derive(Default)]
 struct Shared {
     accepted: AtomicU64,
@@ -212,12 +240,21 @@ struct Shared {
     rejected: AtomicU64,
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// `Some` when acks are recorded.
+    acks: Option<Mutex<Vec<(String, i64)>>>,
 }
 
 impl Shared {
     fn receipt(&self, r: &Receipt) {
         let c = match ReceiptStatus::try_from(r.status) {
-            Ok(ReceiptStatus::Accepted) => &self.accepted,
+            Ok(ReceiptStatus::Accepted) => {
+                if let Some(acks) = &self.acks
+                    && let Ok(mut v) = acks.lock()
+                {
+                    v.push((r.resource.clone(), unix_micros()));
+                }
+                &self.accepted
+            }
             Ok(ReceiptStatus::Duplicate) => &self.duplicate,
             Ok(ReceiptStatus::Rejected) => {
                 self.note_error(|| format!("REJECTED {}: {}", r.error_code, r.error));
@@ -271,7 +308,12 @@ fn histogram() -> Histogram<u64> {
 /// Runs one load and returns its report. `progress` prints a line a second
 /// on stderr.
 pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
-    let population = Arc::new(Population::new(a.seed, &[OSLO, BERGEN], a.residents));
+    let orgs: &[&str] = if a.oslo_only {
+        &[OSLO]
+    } else {
+        &[OSLO, BERGEN]
+    };
+    let population = Arc::new(Population::new(a.seed, orgs, a.residents));
     let prefix = a
         .prefix
         .clone()
@@ -279,19 +321,20 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
     let clients = a.clients.max(1);
 
     // Connect first, so connection setup is not part of the measurement.
+    let conn = a.conn.resolve()?;
     let mut channels = Vec::with_capacity(clients as usize);
     for i in 0..clients {
-        let ch = Endpoint::from_shared(addr::endpoint(a.grpc))
-            .context("hub address")?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
+        let ch = conn
+            .connect(a.grpc)
             .await
-            .with_context(|| format!("client {i}: connecting to the hub at {}", a.grpc))?;
+            .with_context(|| format!("client {i}"))?;
         channels.push(ch);
     }
 
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        acks: a.record_acks.then(|| Mutex::new(Vec::new())),
+        ..Shared::default()
+    });
     // Per-client pacing interval: the total rate spread over the clients.
     let pace = a
         .rate
@@ -307,7 +350,7 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         let mut cfg = GenConfig::new(
             a.seed.wrapping_mul(1_000_003).wrapping_add(i),
             format!("{prefix}-c{i:04}"),
-            Mix::BALANCED,
+            a.mix,
         );
         // A note answers an alarm only once that alarm has surely left the window.
         cfg.min_note_lag = u64::from(a.window) + 1;
@@ -366,6 +409,11 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
     }
     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let first_error = shared.first_error.lock().ok().and_then(|g| g.clone());
+    let acks = shared
+        .acks
+        .as_ref()
+        .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
+        .unwrap_or_default();
     Ok(LoadReport {
         mode: a.mode,
         clients,
@@ -380,6 +428,7 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         latency_us: latency,
         timed_out,
         first_error,
+        acks,
     })
 }
 
@@ -538,7 +587,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stream_and_unary_loads_are_all_accepted() {
         with_hub(|grpc| async move {
-            let mut a = LoadArgs::new(grpc, Mode::Stream, 4, 2_000);
+            let plain = ConnArgs {
+                plain: true,
+                ..ConnArgs::default()
+            };
+            let mut a = LoadArgs::new(grpc, plain.clone(), Mode::Stream, 4, 2_000);
             a.window = 16;
             a.residents = 20;
             a.max_time = Duration::from_secs(60);
@@ -547,7 +600,7 @@ mod tests {
             assert_eq!(r.errors + r.rejected + r.duplicate, 0, "{r:?}");
             assert_eq!(r.latency_us.len(), 2_000);
 
-            let mut u = LoadArgs::new(grpc, Mode::Unary, 3, 200);
+            let mut u = LoadArgs::new(grpc, plain, Mode::Unary, 3, 200);
             u.prefix = Some("unary".into());
             u.rate = Some(400.0);
             let r = run(&u, false).await.unwrap_or_else(|e| panic!("{e}"));

@@ -10,8 +10,12 @@
 mod addr;
 mod baseline;
 mod bench;
+mod conn;
+mod delivery;
+mod hubenv;
 mod load;
 mod send;
+mod token;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,7 +28,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "vendor-sim",
     version,
     about = "Simulated vendor, load generator and benchmark for the Knutepunkt hub (loopback only)",
-    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --clients 64 --events 200000 --mode stream\n  vendor-sim baseline --dir /tmp/sled-baseline --events 200000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000"
+    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/sled-baseline --events 200000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,12 +39,12 @@ struct Cli {
 enum Command {
     /// Send a realistic mix of alarms, readings and follow-up notes at a steady rate.
     #[command(
-        after_help = "Prints one line per event (residents by pseudonym only) and a summary.\n\nExample:\n  vendor-sim send --grpc 127.0.0.1:50051 --rate 5 --duration 30 --seed 7"
+        after_help = "Prints one line per event (residents by pseudonym only) and a summary.\nMutual TLS with --certs DIR --vendor ID (a `knutepunkt dev-certs` directory) or\n--ca/--cert/--key; --plain for a hub started with --insecure-dev.\n\nExamples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30 --seed 7\n  vendor-sim send --grpc 127.0.0.1:50051 --ca ca.pem --cert acme.pem --key acme.key --rate 1\n  vendor-sim send --grpc 127.0.0.1:50051 --plain --rate 5 --duration 10"
     )]
     Send(send::SendArgs),
     /// Drive the hub with C concurrent clients and report events/s and ack latency.
     #[command(
-        after_help = "Progress goes to stderr once a second; the report to stdout.\nLatency is from the moment an event was due to be sent (with --rate) or was sent\n(without) to its receipt, so a stalled hub shows up as latency, not as fewer samples.\n\nExamples:\n  vendor-sim load --grpc 127.0.0.1:50051 --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --clients 8 --events 10000 --mode stream --rate 1000\n  vendor-sim load --grpc 127.0.0.1:50051 --clients 32 --events 20000 --mode unary"
+        after_help = "Progress goes to stderr once a second; the report to stdout.\nLatency is from the moment an event was due to be sent (with --rate) or was sent\n(without) to its receipt, so a stalled hub shows up as latency, not as fewer samples.\nMutual TLS with --certs DIR --vendor ID or --ca/--cert/--key; --plain for an\n--insecure-dev hub.\n\nExamples:\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 8 --events 10000 --mode stream --rate 1000\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --clients 32 --events 20000 --mode unary"
     )]
     Load(load::LoadArgs),
     /// Bare sled inserts + flush + fdatasync in batches: the disk's durable-write baseline.
@@ -51,9 +55,16 @@ enum Command {
     /// Run baseline, stream load, unary load, a steady 1,000 ev/s and (optionally)
     /// FHIR search against a freshly started hub, and print a Markdown table.
     #[command(
-        after_help = "Everything runs in one process run on one disk (a temporary directory under\n--work-dir), so the ratios compare like with like.\n\nExamples:\n  vendor-sim bench                                  # defaults: 64 clients, 200k events\n  vendor-sim bench --stream-events 20000 --unary-events 5000 --steady-secs 5\n  vendor-sim bench --search --search-stored 1000000 --searches 500"
+        after_help = "Everything runs in one process run on one disk (a temporary directory under\n--work-dir), so the ratios compare like with like. The hub runs as in production:\nTLS from a fresh `knutepunkt dev-certs` set, vendor mutual TLS, and FHIR searches\nwith an EPJ bearer token (private_key_jwt). Progress on stderr once a second.\n\nExamples:\n  vendor-sim bench                                  # defaults: 64 clients, 200k events\n  vendor-sim bench --stream-events 20000 --unary-events 5000 --steady-secs 5\n  vendor-sim bench --search --search-stored 1000000 --searches 500"
     )]
     Bench(bench::BenchArgs),
+    /// Delivery to an EPJ: end-to-end latency at a steady rate, a RED alarm
+    /// behind a backlog, and the drain rate after an outage (issue 4).
+    #[command(
+        name = "bench-delivery",
+        after_help = "Starts the real hub (TLS, vendor mutual TLS) with a push destination for Oslo\nto the real epj-adapter (HTTPS, self-signed, trusted as the destination's ca_file),\nboth on free loopback ports in a temporary directory under --work-dir that is\nremoved at the end. Times come from the adapter's received.log against the\nvendor's ack time (same machine, same clock). Outages use POST /_admin/mode\n{\"mode\":\"down\"}. Progress on stderr once a second; a Markdown table on stdout.\nDisk: about 6 KB per backlog event (hub store + one adapter file).\n\nExamples:\n  vendor-sim bench-delivery                                   # 1M drain: ~10 min, ~7 GB\n  vendor-sim bench-delivery --drain-backlog 200000 --intake-events 50000\n  vendor-sim bench-delivery --e2e-secs 5 --alarm-backlog 10000 --drain-backlog 0 --intake-events 0"
+    )]
+    BenchDelivery(delivery::DeliveryArgs),
 }
 
 /// How the load generator submits.
@@ -119,5 +130,6 @@ async fn main() -> Result<()> {
         Command::Load(a) => load::run_cli(a).await,
         Command::Baseline(a) => baseline::run_cli(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::BenchDelivery(a) => delivery::run(a).await,
     }
 }

@@ -48,6 +48,8 @@ pub struct SendArgs {
     /// Print only the summary.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    conn: crate::conn::ConnArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -96,14 +98,14 @@ pub async fn run(a: SendArgs) -> Result<()> {
         GenConfig::new(a.seed, prefix, a.mix.mix()),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    let client = VendorIngestClient::connect(addr::endpoint(a.grpc))
-        .await
-        .with_context(|| format!("connecting to the hub at {}", a.grpc))?;
+    let conn = a.conn.resolve()?;
+    let client = VendorIngestClient::new(conn.connect(a.grpc).await?);
     eprintln!(
-        "sending {} events/s for {:.0} s to {} ({} residents in Oslo and Bergen)",
+        "sending {} events/s for {:.0} s to {} over {} ({} residents in Oslo and Bergen)",
         a.rate,
         a.duration.as_secs_f64(),
         a.grpc,
+        conn.describe(),
         population.len()
     );
 

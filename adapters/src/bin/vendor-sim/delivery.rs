@@ -1,0 +1,771 @@
+//! `vendor-sim bench-delivery`: issue 4's numbers, in one run, against the
+//! real hub (TLS, vendor mutual TLS) pushing to the real `epj-adapter` over
+//! HTTPS.
+//!
+//! Why it exists: "delivered" is what an EPJ sees, not what the hub thinks.
+//! So every time here is read from the adapter's own `received.log` (the
+//! moment a resource file exists) against the vendor's ack time, on the same
+//! machine and clock. Phases:
+//! 1. end-to-end: a steady rate, ack → resource at the adapter, p50/p99;
+//! 2. alarm: a backlog built with the adapter `down`, a RED alarm (4.1)
+//!    submitted while down and another once the adapter is back and the
+//!    backlog is draining; time until each is in `received.log`;
+//! 3. drain: a larger backlog built while `down`, then the time to empty it;
+//! 4. intake baseline: the adapter alone, taking pre-built Bundles of the
+//!    same size over one connection: the ceiling a drain can reach.
+//!
+//! Progress goes to stderr once a second; the Markdown table to stdout.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use clap::Args;
+use hdrhistogram::Histogram;
+use knutepunkt::proto::v1 as pb;
+use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
+use knutepunkt::sim::{Mix, OSLO, Population};
+
+use crate::Mode;
+use crate::hubenv::{self, EpjProcess, HubProcess, PushDest};
+use crate::load::{self, LoadArgs, LoadReport, unix_micros};
+
+#[derive(Args, Debug)]
+pub struct DeliveryArgs {
+    /// The hub binary; default: `knutepunkt` next to this executable.
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+    /// The EPJ adapter binary; default: `epj-adapter` next to this executable.
+    #[arg(long)]
+    epj_bin: Option<PathBuf>,
+    /// Where the temporary directories go; default: the system temp directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// End-to-end phase: events per second (Oslo, the municipality with the
+    /// push destination).
+    #[arg(long, default_value = "1000", value_parser = crate::parse_rate)]
+    e2e_rate: f64,
+    /// End-to-end phase: seconds.
+    #[arg(long, default_value = "20", value_parser = crate::parse_secs)]
+    e2e_secs: Duration,
+    /// End-to-end phase: streams sharing the rate.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    e2e_clients: u32,
+    /// Alarm phase: measurements queued ahead of the RED alarm (0 skips the phase).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
+    alarm_backlog: u64,
+    /// Drain phase: backlog size (0 skips the phase).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
+    drain_backlog: u64,
+    /// Backlog fills: concurrent streams.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    fill_clients: u32,
+    /// The destination's max_batch (entries per Bundle while draining).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_batch: u64,
+    /// The destination's max_rate (events/s while draining).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_rate: u32,
+    /// Intake baseline: resources re-sent to a fresh adapter as pre-built
+    /// Bundles of max_batch (0 skips it).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    intake_events: u64,
+    /// Give up a phase after this many seconds.
+    #[arg(long, default_value = "1800", value_parser = crate::parse_secs)]
+    phase_timeout: Duration,
+    /// Keep the temporary directory (hub data and log, adapter files).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// `received.log`, read incrementally: `(Type/id, received µs since epoch)`.
+struct ReceivedLog {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl ReceivedLog {
+    /// Starts reading at the current end of the file.
+    fn at_end(out: &Path) -> ReceivedLog {
+        let path = out.join("received.log");
+        let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        ReceivedLog {
+            path,
+            offset,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Lines appended since the last call.
+    fn read_new(&mut self) -> Result<Vec<(String, i64)>> {
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
+        };
+        f.seek(SeekFrom::Start(self.offset))
+            .with_context(|| format!("seeking in {}", self.path.display()))?;
+        let mut buf = std::mem::take(&mut self.partial);
+        let before = buf.len();
+        f.read_to_end(&mut buf)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        self.offset += (buf.len() - before) as u64;
+        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        self.partial = buf.split_off(complete);
+        let mut out = Vec::new();
+        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            let at = v["received"]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.timestamp_micros());
+            if let (Some(t), Some(ty), Some(id)) = (at, v["type"].as_str(), v["id"].as_str()) {
+                out.push((format!("{ty}/{id}"), t));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // Constant, valid bounds (1 µs .. 1 h): cannot fail at run time.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+fn ms(us: i64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Waits until the adapter has created `target` resources in total, with a
+/// progress line a second; returns (time of the first growth seen, time
+/// done) or an error on timeout.
+async fn wait_created(
+    epj: &EpjProcess,
+    what: &str,
+    from: u64,
+    target: u64,
+    timeout: Duration,
+) -> Result<(Option<Instant>, Instant)> {
+    let start = Instant::now();
+    let mut first = None;
+    let mut last_print = Instant::now();
+    let mut last_n = from;
+    loop {
+        let n = epj.stats().await?.created;
+        if n > from && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if n >= target {
+            return Ok((first, Instant::now()));
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "  {what}: {}/{} at the adapter ({}/s)",
+                n - from,
+                target - from,
+                n.saturating_sub(last_n)
+            );
+            last_n = n;
+            last_print = Instant::now();
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{what}: only {} of {} resources reached the adapter within {:.0} s",
+                n - from,
+                target - from,
+                timeout.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One RED night-supervision alarm (VKP 4.1) for an Oslo resident.
+fn red_alarm(population: &Population, event_id: &str) -> Result<pb::Event> {
+    let resident = population.residents().first().context("empty population")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("system clock before 1970")?;
+    Ok(pb::Event {
+        event_id: event_id.into(),
+        municipality: OSLO.into(),
+        patient: Some(resident.person_id()),
+        device: Some(pb::Device {
+            id: "bench-bed-sensor".into(),
+            kind: "bed-sensor".into(),
+        }),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: 0,
+        }),
+        payload: Some(pb::event::Payload::Alarm(pb::Alarm {
+            code: "4.1".into(),
+            severity: pb::Severity::Red as i32,
+            text: "Beboer ute av seng".into(),
+            zone: "soverom".into(),
+        })),
+    })
+}
+
+/// Submits one event (unary); returns (resource, ack µs since epoch).
+async fn submit(hub: &HubProcess, ev: pb::Event) -> Result<(String, i64)> {
+    let ch = hub.conn().resolve()?.connect(hub.grpc).await?;
+    let mut client = VendorIngestClient::new(ch);
+    let mut req = tonic::Request::new(ev);
+    req.set_timeout(Duration::from_secs(30));
+    let r = client
+        .submit(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("Submit: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let at = unix_micros();
+    if r.status != pb::ReceiptStatus::Accepted as i32 {
+        bail!("the alarm was not accepted: {} {}", r.error_code, r.error);
+    }
+    Ok((r.resource, at))
+}
+
+/// Follows `received.log` until every resource in `wanted` is there;
+/// returns their receive times and how many other resources arrived
+/// before each (in arrival order since the reader's position).
+async fn wait_for(
+    log: &mut ReceivedLog,
+    wanted: &[&str],
+    timeout: Duration,
+) -> Result<HashMap<String, (i64, u64)>> {
+    let start = Instant::now();
+    let mut found = HashMap::new();
+    let mut seen = 0u64;
+    let mut last_print = Instant::now();
+    while found.len() < wanted.len() {
+        for (res, at) in log.read_new()? {
+            if wanted.contains(&res.as_str()) {
+                found.insert(res, (at, seen));
+            }
+            seen += 1;
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{} of {} alarms not at the adapter after {:.0} s",
+                wanted.len() - found.len(),
+                wanted.len(),
+                timeout.as_secs_f64()
+            );
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "  waiting for the alarms: {}/{} found, {seen} resources arrived",
+                found.len(),
+                wanted.len()
+            );
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(found)
+}
+
+/// A backlog fill: `n` events for Oslo, adapter down.
+async fn fill(
+    hub: &HubProcess,
+    a: &DeliveryArgs,
+    n: u64,
+    prefix: &str,
+    mix: Mix,
+) -> Result<LoadReport> {
+    let mut f = LoadArgs::new(hub.grpc, hub.conn(), Mode::Stream, a.fill_clients, n);
+    f.prefix = Some(prefix.into());
+    f.seed = 11;
+    f.oslo_only = true;
+    f.mix = mix;
+    f.max_time = a.phase_timeout;
+    let r = load::run(&f, true).await?;
+    if r.accepted != n {
+        bail!(
+            "backlog fill: {} of {n} accepted ({} rejected, {} errors; first: {})",
+            r.accepted,
+            r.rejected,
+            r.errors,
+            r.first_error.clone().unwrap_or_default()
+        );
+    }
+    Ok(r)
+}
+
+struct E2e {
+    load: LoadReport,
+    latency_us: Histogram<u64>,
+    before_ack: u64,
+    missing: u64,
+}
+
+struct AlarmResult {
+    backlog: u64,
+    fill: LoadReport,
+    /// Submitted while down: up-switch → at the adapter, ms.
+    while_down_ms: f64,
+    /// Submitted while draining: ack → at the adapter, ms.
+    draining_ms: f64,
+    /// Backlog left when the draining alarm was acked.
+    left_at_submit: u64,
+    /// Resources that arrived between the up-switch and the draining alarm.
+    ahead: u64,
+    drain_secs: f64,
+}
+
+struct DrainResult {
+    backlog: u64,
+    fill: LoadReport,
+    from_switch_secs: f64,
+    from_first_secs: f64,
+}
+
+struct Intake {
+    events: u64,
+    bundles: u64,
+    secs: f64,
+    failed: u64,
+}
+
+pub async fn run(a: DeliveryArgs) -> Result<()> {
+    let hub_bin = hubenv::sibling_bin(a.hub_bin.clone(), "knutepunkt")?;
+    let epj_bin = hubenv::sibling_bin(a.epj_bin.clone(), "epj-adapter")?;
+    let parent = a.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::Builder::new()
+        .prefix("knutepunkt-bench-delivery-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    let started_at = Utc::now();
+    eprintln!("bench-delivery: work directory {}", work.path().display());
+    let certs = work.path().join("certs");
+    hubenv::make_certs(&hub_bin, &certs).await?;
+    let epj_dir = work.path().join("epj");
+    let epj = EpjProcess::start(&epj_bin, &epj_dir, "ok").await?;
+    let dest = PushDest {
+        url: epj.fhir_url(),
+        ca_file: epj.cert.clone(),
+        max_batch: a.max_batch as usize,
+        max_rate: a.max_rate,
+    };
+    let hub = HubProcess::start(&hub_bin, work.path(), &certs, Some(&dest)).await?;
+    eprintln!(
+        "bench-delivery: hub pid {} (gRPC {}, HTTPS {}), EPJ adapter at {}",
+        hub.pid,
+        hub.grpc,
+        hub.http,
+        epj.fhir_url()
+    );
+    let result = phases(&a, &hub, &epj).await;
+    let hub_mem = hub.memory_kib();
+    let epj_mem = epj.memory_kib();
+    let hub_stopped = hub.stop().await;
+    let (e2e, alarm, drain) = result?;
+    eprintln!("bench-delivery: {}", hub_stopped?);
+
+    let intake = if a.intake_events > 0 {
+        Some(intake_baseline(&a, &epj_bin, &epj, work.path()).await?)
+    } else {
+        None
+    };
+    eprintln!("bench-delivery: {}", epj.stop().await?);
+
+    println!(
+        "{}",
+        markdown(
+            &a,
+            &e2e,
+            alarm.as_ref(),
+            drain.as_ref(),
+            intake.as_ref(),
+            hub_mem,
+            epj_mem,
+            started_at
+        )
+    );
+    if a.keep {
+        let kept = work.keep();
+        eprintln!("bench-delivery: kept {}", kept.display());
+    }
+    Ok(())
+}
+
+async fn phases(
+    a: &DeliveryArgs,
+    hub: &HubProcess,
+    epj: &EpjProcess,
+) -> Result<(E2e, Option<AlarmResult>, Option<DrainResult>)> {
+    // 1. End to end at a steady rate.
+    let n = (a.e2e_rate * a.e2e_secs.as_secs_f64()).round().max(1.0) as u64;
+    eprintln!(
+        "bench-delivery: end-to-end, {} events/s for {:.0} s over {} streams",
+        a.e2e_rate,
+        a.e2e_secs.as_secs_f64(),
+        a.e2e_clients
+    );
+    let mut log = ReceivedLog::at_end(&epj.out);
+    let created0 = epj.stats().await?.created;
+    let mut l = LoadArgs::new(hub.grpc, hub.conn(), Mode::Stream, a.e2e_clients, n);
+    l.rate = Some(a.e2e_rate);
+    l.prefix = Some("e2e".into());
+    l.seed = 5;
+    l.oslo_only = true;
+    l.record_acks = true;
+    l.max_time = a
+        .phase_timeout
+        .min(a.e2e_secs * 3 + Duration::from_secs(30));
+    let load = load::run(&l, true).await?;
+    wait_created(
+        epj,
+        "end-to-end",
+        created0,
+        created0 + load.accepted,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let received: HashMap<String, i64> = log.read_new()?.into_iter().collect();
+    let mut latency_us = histogram();
+    let (mut before_ack, mut missing) = (0u64, 0u64);
+    for (res, acked) in &load.acks {
+        match received.get(res) {
+            Some(at) => {
+                let d = at - acked;
+                if d < 0 {
+                    before_ack += 1;
+                }
+                latency_us.saturating_record(d.max(1) as u64);
+            }
+            None => missing += 1,
+        }
+    }
+    let e2e = E2e {
+        load,
+        latency_us,
+        before_ack,
+        missing,
+    };
+
+    // 2. A RED alarm behind a backlog.
+    let alarm = if a.alarm_backlog > 0 {
+        Some(alarm_phase(a, hub, epj).await?)
+    } else {
+        None
+    };
+
+    // 3. Drain a large backlog.
+    let drain = if a.drain_backlog > 0 {
+        eprintln!(
+            "bench-delivery: drain, building a backlog of {} with the adapter down",
+            a.drain_backlog
+        );
+        epj.set_mode("down").await?;
+        let created0 = epj.stats().await?.created;
+        let fill = fill(hub, a, a.drain_backlog, "drain", Mix::BALANCED).await?;
+        // Let the hub see the outage settle (breaker open) before the switch.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!("bench-delivery: drain, adapter up");
+        epj.set_mode("ok").await?;
+        let up = Instant::now();
+        let (first, done) = wait_created(
+            epj,
+            "drain",
+            created0,
+            created0 + a.drain_backlog,
+            a.phase_timeout,
+        )
+        .await?;
+        Some(DrainResult {
+            backlog: a.drain_backlog,
+            fill,
+            from_switch_secs: (done - up).as_secs_f64(),
+            from_first_secs: (done - first.unwrap_or(up)).as_secs_f64(),
+        })
+    } else {
+        None
+    };
+    Ok((e2e, alarm, drain))
+}
+
+async fn alarm_phase(a: &DeliveryArgs, hub: &HubProcess, epj: &EpjProcess) -> Result<AlarmResult> {
+    eprintln!(
+        "bench-delivery: alarm, building a backlog of {} measurements with the adapter down",
+        a.alarm_backlog
+    );
+    epj.set_mode("down").await?;
+    let created0 = epj.stats().await?.created;
+    let mut log = ReceivedLog::at_end(&epj.out);
+    let fill = fill(
+        hub,
+        a,
+        a.alarm_backlog,
+        "alarm-backlog",
+        Mix::HOME_MONITORING,
+    )
+    .await?;
+    let population = Population::new(11, &[OSLO], 500);
+    let (res_down, _) = submit(hub, red_alarm(&population, "bench-red-while-down")?).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("bench-delivery: alarm, adapter up");
+    epj.set_mode("ok").await?;
+    let up_at = unix_micros();
+    let up = Instant::now();
+    // The second alarm goes in once the backlog is visibly draining.
+    let mut created = created0;
+    while created <= created0 + 1 {
+        if up.elapsed() > Duration::from_secs(60) {
+            bail!("the backlog did not start draining within 60 s of the adapter coming back");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        created = epj.stats().await?.created;
+    }
+    let (res_draining, acked) =
+        submit(hub, red_alarm(&population, "bench-red-while-draining")?).await?;
+    let left_at_submit = (a.alarm_backlog + 1).saturating_sub(created - created0);
+    let found = wait_for(
+        &mut log,
+        &[res_down.as_str(), res_draining.as_str()],
+        Duration::from_secs(300),
+    )
+    .await?;
+    let (down_at, _) = found.get(&res_down).copied().unwrap_or_default();
+    let (drain_at, ahead) = found.get(&res_draining).copied().unwrap_or_default();
+    let (_, done) = wait_created(
+        epj,
+        "alarm backlog",
+        created0,
+        created0 + a.alarm_backlog + 2,
+        a.phase_timeout,
+    )
+    .await?;
+    Ok(AlarmResult {
+        backlog: a.alarm_backlog,
+        fill,
+        while_down_ms: ms(down_at - up_at),
+        draining_ms: ms(drain_at - acked),
+        left_at_submit,
+        ahead,
+        drain_secs: (done - up).as_secs_f64(),
+    })
+}
+
+/// The adapter alone: resources the hub delivered, re-sent to a fresh
+/// adapter as pre-built Bundles of max_batch, one request at a time (as the
+/// hub's push worker sends).
+async fn intake_baseline(
+    a: &DeliveryArgs,
+    epj_bin: &Path,
+    source: &EpjProcess,
+    work: &Path,
+) -> Result<Intake> {
+    eprintln!(
+        "bench-delivery: intake baseline, {} resources in Bundles of {}",
+        a.intake_events, a.max_batch
+    );
+    let out = source.out.clone();
+    let want = a.intake_events as usize;
+    let batch = a.max_batch as usize;
+    let bundles = tokio::task::spawn_blocking(move || prebuild(&out, want, batch))
+        .await
+        .context("reading resources")??;
+    let dir = work.join("epj-intake");
+    let epj = EpjProcess::start(epj_bin, &dir, "ok").await?;
+    let events: u64 = bundles.iter().map(|(n, _)| *n).sum();
+    let n_bundles = bundles.len() as u64;
+    let mut failed = 0u64;
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    for (i, (_, body)) in bundles.into_iter().enumerate() {
+        if epj.post_bundle(body).await? != 200 {
+            failed += 1;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("  intake: {i}/{n_bundles} Bundles");
+            last_print = Instant::now();
+        }
+        if start.elapsed() > a.phase_timeout {
+            bail!("intake baseline timed out");
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let created = epj.stats().await?.created;
+    eprintln!("bench-delivery: {}", epj.stop().await?);
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    if created != events {
+        bail!("intake baseline: {created} of {events} resources created");
+    }
+    Ok(Intake {
+        events,
+        bundles: n_bundles,
+        secs,
+        failed,
+    })
+}
+
+/// Up to `want` resource files from `out` as transaction Bundles of `batch`
+/// conditional creates: (entries, JSON).
+fn prebuild(out: &Path, want: usize, batch: usize) -> Result<Vec<(u64, String)>> {
+    let mut entries = Vec::with_capacity(want);
+    for e in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
+        if entries.len() >= want {
+            break;
+        }
+        let e = e.with_context(|| format!("listing {}", out.display()))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((ty, _)) = name.split_once('-') else {
+            continue;
+        };
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).with_context(|| format!("reading {name}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {name}"))?;
+        let ident = &v["identifier"][0];
+        let (Some(sys), Some(val), Some(id)) = (
+            ident["system"].as_str(),
+            ident["value"].as_str(),
+            v["id"].as_str(),
+        ) else {
+            continue;
+        };
+        let cond = form_urlencoded::Serializer::new(String::new())
+            .append_pair("identifier", &format!("{sys}|{val}"))
+            .finish();
+        entries.push(serde_json::json!({
+            "fullUrl": format!("urn:uuid:{id}"),
+            "resource": v,
+            "request": { "method": "POST", "url": ty, "ifNoneExist": cond },
+        }));
+    }
+    Ok(entries
+        .chunks(batch.max(1))
+        .map(|c| {
+            let b =
+                serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": c});
+            (c.len() as u64, b.to_string())
+        })
+        .collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn markdown(
+    a: &DeliveryArgs,
+    e2e: &E2e,
+    alarm: Option<&AlarmResult>,
+    drain: Option<&DrainResult>,
+    intake: Option<&Intake>,
+    hub_mem: Option<(u64, u64)>,
+    epj_mem: Option<(u64, u64)>,
+    started_at: chrono::DateTime<Utc>,
+) -> String {
+    let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let intake_rate = intake.map(|i| i.events as f64 / i.secs.max(1e-9));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## Knutepunkt delivery bench, {}\n",
+        started_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    let _ = writeln!(s, "- command: `vendor-sim {}`", args.join(" "));
+    let _ = writeln!(
+        s,
+        "- hub with TLS and vendor mutual TLS; Oslo has one push destination to `epj-adapter` over HTTPS (max_batch {}, max_rate {}); times from the adapter's `received.log` vs the vendor's ack, same clock\n",
+        a.max_batch, a.max_rate
+    );
+    let _ = writeln!(s, "| measurement | setting | result | ratio |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    let l = &e2e.load;
+    let _ = writeln!(
+        s,
+        "| end-to-end: ack → resource at the EPJ adapter | {} events/s for {:.0} s, {} streams, Oslo | p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.2} ms over {} events ({} at the adapter before the ack reached the vendor, counted as 0; {} missing); hub ack p99 {:.2} ms, {:.0} events/s achieved | — |",
+        a.e2e_rate,
+        a.e2e_secs.as_secs_f64(),
+        l.clients,
+        q(&e2e.latency_us, 0.5),
+        q(&e2e.latency_us, 0.99),
+        q(&e2e.latency_us, 0.999),
+        e2e.latency_us.max() as f64 / 1000.0,
+        e2e.latency_us.len(),
+        e2e.before_ack,
+        e2e.missing,
+        l.ms(0.99),
+        l.accepted_per_sec()
+    );
+    if let Some(al) = alarm {
+        let _ = writeln!(
+            s,
+            "| RED alarm (4.1) submitted while draining | behind {} measurements queued with the adapter down; {} still queued at its ack; {} resources arrived before it | ack → at the adapter {:.1} ms | — |",
+            al.backlog, al.left_at_submit, al.ahead, al.draining_ms
+        );
+        let _ = writeln!(
+            s,
+            "| RED alarm (4.1) submitted while down | same backlog, alarm queued last | adapter back up → alarm at the adapter {:.1} ms (includes the hub noticing: breaker 1 s, backoff cap 0.5 s) | — |",
+            al.while_down_ms
+        );
+        let _ = writeln!(
+            s,
+            "| drain of the alarm backlog | {} events | {:.1} s after the switch → {:.0} events/s (fill: {:.0} events/s ingest) | {} |",
+            al.backlog + 2,
+            al.drain_secs,
+            (al.backlog + 2) as f64 / al.drain_secs.max(1e-9),
+            al.fill.accepted_per_sec(),
+            intake_rate
+                .map(|r| format!(
+                    "{:.2} of intake",
+                    (al.backlog + 2) as f64 / al.drain_secs.max(1e-9) / r
+                ))
+                .unwrap_or_else(|| "—".into())
+        );
+    }
+    if let Some(d) = drain {
+        let rate = d.backlog as f64 / d.from_first_secs.max(1e-9);
+        let _ = writeln!(
+            s,
+            "| drain | backlog {} events (balanced mix) built with the adapter down | {:.0} events/s from first to last delivery ({:.1} s; {:.1} s from the switch to ok) | {:.2} of the hub's ingest ({:.0} events/s filling this backlog){} |",
+            d.backlog,
+            rate,
+            d.from_first_secs,
+            d.from_switch_secs,
+            rate / d.fill.accepted_per_sec().max(1e-9),
+            d.fill.accepted_per_sec(),
+            intake_rate
+                .map(|r| format!("; {:.2} of the adapter's intake", rate / r))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(i) = intake {
+        let _ = writeln!(
+            s,
+            "| baseline: EPJ adapter intake of pre-built Bundles | {} resources in {} Bundles, one request at a time | {:.0} events/s ({:.1} s, {} failed) | 1.00 |",
+            i.events,
+            i.bundles,
+            i.events as f64 / i.secs.max(1e-9),
+            i.secs,
+            i.failed
+        );
+    }
+    let mem = |m: Option<(u64, u64)>| match m {
+        Some((rss, hwm)) => format!(
+            "VmRSS {:.0} MiB, VmHWM {:.0} MiB",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+        None => "n/a".into(),
+    };
+    let _ = writeln!(s, "| hub memory | at the end | {} | — |", mem(hub_mem));
+    let _ = writeln!(
+        s,
+        "| EPJ adapter memory | at the end | {} | — |",
+        mem(epj_mem)
+    );
+    s
+}

@@ -1,0 +1,422 @@
+//! The processes a bench runs against, set up as in production: the real
+//! `knutepunkt` binary with TLS, vendor mutual TLS, an EPJ OAuth client and
+//! (for delivery) a push destination, plus the real `epj-adapter` over
+//! HTTPS.
+//!
+//! Why it exists: the hub refuses to start without TLS unless told
+//! `--insecure-dev`, and a benchmark of that insecure hub would measure a
+//! setup nobody runs. Everything here is throw-away: a `knutepunkt
+//! dev-certs` PKI in the bench's temporary directory, free loopback ports,
+//! children killed if the bench stops early.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use knutepunkt::sim::{BERGEN, OSLO};
+use knutepunkt_adapters::epj::Snapshot;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+use crate::addr;
+use crate::conn::ConnArgs;
+
+/// The vendor the bench submits as (a dev-certs client certificate).
+pub const VENDOR: &str = "bench-vendor";
+/// EPJ clients (dev-certs key pairs) that search Oslo's and Bergen's data.
+pub const EPJ_OSLO: &str = "bench-oslo-epj";
+pub const EPJ_BERGEN: &str = "bench-bergen-epj";
+
+/// A binary next to this executable (`knutepunkt`, `epj-adapter`), or `given`.
+pub fn sibling_bin(given: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("finding this executable")?
+            .with_file_name(name),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found; build it (cargo build --release -p knutepunkt -p knutepunkt-adapters --bins) or pass its path",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs `knutepunkt dev-certs --out dir` for the bench's vendor and EPJ clients.
+pub async fn make_certs(hub_bin: &Path, dir: &Path) -> Result<()> {
+    let out = Command::new(hub_bin)
+        .arg("dev-certs")
+        .arg("--out")
+        .arg(dir)
+        .args(["--vendor", VENDOR, "--epj-client", EPJ_OSLO])
+        .args(["--epj-client", EPJ_BERGEN])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {} dev-certs", hub_bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "knutepunkt dev-certs failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A push destination for Oslo, as the delivery bench configures it.
+#[derive(Debug, Clone)]
+pub struct PushDest {
+    /// `https://ADDR/fhir` of the EPJ adapter.
+    pub url: String,
+    /// The adapter's self-signed certificate, trusted as `ca_file`.
+    pub ca_file: PathBuf,
+    pub max_batch: usize,
+    pub max_rate: u32,
+}
+
+/// The hub's config: TLS, the vendor with a generous agreement, the EPJ
+/// clients, and with `push` Oslo's push destination.
+pub fn hub_config(certs: &Path, http: SocketAddr, push: Option<&PushDest>) -> String {
+    let c = certs.display();
+    let scopes = r#"["system/Observation.rs", "system/Communication.rs"]"#;
+    let mut s = format!(
+        r#"# Written by vendor-sim bench (throw-away dev PKI).
+[tls]
+cert_file = "{c}/server.pem"
+key_file = "{c}/server.key"
+vendor_ca_file = "{c}/ca.pem"
+
+[auth]
+token_url = "https://{http}/oauth/token"
+
+[[auth.clients]]
+id = "{EPJ_OSLO}"
+municipality = "{OSLO}"
+scopes = {scopes}
+jwk_file = "{c}/epj-{EPJ_OSLO}.jwk.json"
+
+[[auth.clients]]
+id = "{EPJ_BERGEN}"
+municipality = "{BERGEN}"
+scopes = {scopes}
+jwk_file = "{c}/epj-{EPJ_BERGEN}.jwk.json"
+
+# Generous limits: the bench measures the hub, not the agreement.
+[[vendors]]
+id = "{VENDOR}"
+municipalities = ["{OSLO}", "{BERGEN}"]
+max_streams = 1024
+rate_per_sec = 1000000
+burst = 2000000
+"#
+    );
+    if let Some(p) = push {
+        s.push_str(&format!(
+            r#"
+[[municipalities]]
+orgnr = "{OSLO}"
+name = "Oslo kommune"
+
+# Short retry and breaker times so the drain starts within about a second
+# of the adapter coming back; large batches and rate for the drain.
+[[municipalities.destinations]]
+name = "bench-epj"
+kind = "push"
+url = "{url}"
+ca_file = "{ca}"
+max_batch = {batch}
+max_rate = {rate}
+timeout_ms = 30000
+backoff_base_ms = 50
+backoff_cap_ms = 500
+breaker_failures = 5
+breaker_open_secs = 1
+
+[[municipalities]]
+orgnr = "{BERGEN}"
+name = "Bergen kommune"
+"#,
+            url = p.url,
+            ca = p.ca_file.display(),
+            batch = p.max_batch,
+            rate = p.max_rate,
+        ));
+    }
+    s
+}
+
+/// The hub as a child process; killed if dropped while still running.
+pub struct HubProcess {
+    child: Child,
+    pub pid: u32,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub certs: PathBuf,
+    pub log: PathBuf,
+    /// HTTPS client trusting the dev CA.
+    pub web: reqwest::Client,
+}
+
+impl HubProcess {
+    /// Writes the config to `work/hub.toml` and starts `knutepunkt serve`
+    /// with its data in `work/hub`, its log in `work/hub.log`.
+    pub async fn start(
+        bin: &Path,
+        work: &Path,
+        certs: &Path,
+        push: Option<&PushDest>,
+    ) -> Result<HubProcess> {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
+        let http = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
+        let admin = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
+        let cfg = work.join("hub.toml");
+        std::fs::write(&cfg, hub_config(certs, http, push))
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        let log = work.join("hub.log");
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("log file handle")?;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(work.join("hub"))
+            .arg("--grpc-addr")
+            .arg(grpc.to_string())
+            .arg("--http-addr")
+            .arg(http.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .env("RUST_LOG", "warn")
+            .env_remove("KNUTEPUNKT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("the hub exited at once")?;
+        let web = crate::token::https_client(&certs.join("ca.pem"))?;
+        let ready = format!("https://{http}/readyz");
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().context("checking the hub process")? {
+                bail!(
+                    "the hub exited during start-up ({status}); its log:\n{}",
+                    tail(&log, 40)
+                );
+            }
+            if let Ok(r) = web.get(&ready).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > until {
+                bail!(
+                    "the hub was not ready after 30 s; its log:\n{}",
+                    tail(&log, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(HubProcess {
+            child,
+            pid,
+            grpc,
+            http,
+            certs: certs.to_path_buf(),
+            log,
+            web,
+        })
+    }
+
+    /// How a load generator reaches this hub: mutual TLS as the bench vendor.
+    pub fn conn(&self) -> ConnArgs {
+        ConnArgs::dev_certs(&self.certs, VENDOR)
+    }
+
+    /// `https://ADDR` of the FHIR API.
+    pub fn origin(&self) -> String {
+        format!("https://{}", self.http)
+    }
+
+    /// VmRSS and VmHWM in KiB from /proc.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        proc_memory_kib(self.pid)
+    }
+
+    /// SIGTERM, then up to 20 s for a graceful stop, then SIGKILL.
+    pub async fn stop(mut self) -> Result<String> {
+        let what = format!("hub (log {})", self.log.display());
+        stop_child(&mut self.child, self.pid, &what).await
+    }
+}
+
+/// VmRSS and VmHWM of `pid` in KiB.
+pub fn proc_memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+async fn stop_child(child: &mut Child, pid: u32, what: &str) -> Result<String> {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+        Ok(Ok(status)) => Ok(format!("{what} stopped on SIGTERM ({status})")),
+        Ok(Err(e)) => Err(e).with_context(|| format!("waiting for the {what}")),
+        Err(_) => {
+            child
+                .kill()
+                .await
+                .with_context(|| format!("killing the {what}"))?;
+            Ok(format!(
+                "{what} did not stop within 20 s of SIGTERM; killed"
+            ))
+        }
+    }
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// The EPJ adapter (the EPJ test double) as a child process.
+pub struct EpjProcess {
+    child: Child,
+    pid: u32,
+    pub addr: SocketAddr,
+    /// Its import folder (`received.log` is here).
+    pub out: PathBuf,
+    /// Its self-signed certificate.
+    pub cert: PathBuf,
+    web: reqwest::Client,
+}
+
+impl EpjProcess {
+    /// Starts `epj-adapter` on a free port with files under `dir`.
+    pub async fn start(bin: &Path, dir: &Path, mode: &str) -> Result<EpjProcess> {
+        let out = dir.join("out");
+        let tls = dir.join("tls");
+        let log = dir.join("epj-adapter.log");
+        let err =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--mode", mode, "--log", "warn"])
+            .arg("--out")
+            .arg(&out)
+            .arg("--self-signed")
+            .arg(&tls)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("the EPJ adapter exited at once")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("no stdout from the EPJ adapter")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("the EPJ adapter did not start within 30 s")?
+            .context("reading the EPJ adapter's stdout")?
+            .unwrap_or_default();
+        let addr: SocketAddr = first
+            .trim()
+            .strip_prefix("listening on https://")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| {
+                format!(
+                    "unexpected first line from epj-adapter: {first:?}; its log:\n{}",
+                    tail(&log, 20)
+                )
+            })?;
+        let cert = tls.join("cert.pem");
+        let web = crate::token::https_client(&cert)?;
+        Ok(EpjProcess {
+            child,
+            pid,
+            addr,
+            out,
+            cert,
+            web,
+        })
+    }
+
+    /// The FHIR base the hub pushes to.
+    pub fn fhir_url(&self) -> String {
+        format!("https://{}/fhir", self.addr)
+    }
+
+    /// Switches the mode: `{"mode":"down"}`, `{"mode":"ok"}`, ...
+    pub async fn set_mode(&self, mode: &str) -> Result<()> {
+        let r = self
+            .web
+            .post(format!("https://{}/_admin/mode", self.addr))
+            .json(&serde_json::json!({ "mode": mode }))
+            .send()
+            .await
+            .context("POST /_admin/mode")?;
+        if !r.status().is_success() {
+            bail!("epj-adapter refused mode {mode}: HTTP {}", r.status());
+        }
+        Ok(())
+    }
+
+    /// The adapter's counters.
+    pub async fn stats(&self) -> Result<Snapshot> {
+        self.web
+            .get(format!("https://{}/_admin/stats", self.addr))
+            .send()
+            .await
+            .context("GET /_admin/stats")?
+            .json()
+            .await
+            .context("reading /_admin/stats")
+    }
+
+    /// POSTs a transaction Bundle; returns the HTTP status.
+    pub async fn post_bundle(&self, body: String) -> Result<u16> {
+        let r = self
+            .web
+            .post(self.fhir_url())
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .context("POST /fhir")?;
+        let status = r.status().as_u16();
+        let _ = r.bytes().await;
+        Ok(status)
+    }
+
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        proc_memory_kib(self.pid)
+    }
+
+    pub async fn stop(mut self) -> Result<String> {
+        stop_child(&mut self.child, self.pid, "EPJ adapter").await
+    }
+}
