@@ -317,6 +317,7 @@ impl EpjProcess {
     pub async fn start(bin: &Path, dir: &Path, mode: &str) -> Result<EpjProcess> {
         let out = dir.join("out");
         let tls = dir.join("tls");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = dir.join("epj-adapter.log");
         let err =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
