@@ -50,6 +50,30 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
+    /// A guided tour: starts the hub on a temporary store over real TLS,
+    /// runs simulated vendors (alarm centre, home monitoring) sending
+    /// alarms, readings and follow-up notes, and a simulated EPJ that reads
+    /// them over FHIR and prints what it sees. Ends with a summary.
+    #[command(
+        after_help = "Examples:\n  knutepunkt demo\n  knutepunkt demo --duration 60 --rate 5\n  knutepunkt demo --vendors 1 --quiet-vendors"
+    )]
+    Demo {
+        /// How long the vendors send, seconds.
+        #[arg(long, default_value_t = 15)]
+        duration: u64,
+        /// Events per second per vendor.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// 1: one vendor; 2: an alarm centre and a home-monitoring app.
+        #[arg(long, default_value_t = 2)]
+        vendors: u8,
+        /// Seed: the same seed tells the same story.
+        #[arg(long, default_value_t = 2024)]
+        seed: u64,
+        /// Print only what the EPJ sees, not each event sent.
+        #[arg(long)]
+        quiet_vendors: bool,
+    },
     /// Print the effective configuration (file + environment + flags) and exit.
     #[command(after_help = "Example:\n  knutepunkt check-config --config knutepunkt.example.toml")]
     CheckConfig {
@@ -342,6 +366,33 @@ async fn main() -> anyhow::Result<()> {
                 "\nUse them with:\n[tls]\ncert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\nvendor_ca_file = \"{0}/ca.pem\"",
                 out.display()
             );
+        }
+        Command::Demo {
+            duration,
+            rate,
+            vendors,
+            seed,
+            quiet_vendors,
+        } => {
+            // The demo prints its own story; keep the hub's log to warnings.
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,knutepunkt::server=error")
+                });
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            knutepunkt::demo::run(knutepunkt::demo::DemoOptions {
+                duration: std::time::Duration::from_secs(duration),
+                rate,
+                vendors,
+                seed,
+                show_vendor_lines: !quiet_vendors,
+                ..knutepunkt::demo::DemoOptions::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
         }
         Command::Probe { url } => {
             let r = reqwest::Client::new()
