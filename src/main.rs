@@ -125,10 +125,16 @@ enum Command {
     },
     /// Exit 0 when a URL answers 2xx, else 1: a health check for container
     /// images that have no curl.
-    #[command(after_help = "Example:\n  knutepunkt probe http://127.0.0.1:8080/readyz")]
+    #[command(
+        after_help = "Examples:\n  knutepunkt probe https://localhost:8080/readyz --ca /etc/knutepunkt/tls/ca.pem\n  knutepunkt probe http://127.0.0.1:8080/readyz     # an --insecure-dev hub"
+    )]
     Probe {
-        /// URL to GET, e.g. http://127.0.0.1:8080/readyz
+        /// URL to GET, e.g. https://localhost:8080/readyz
         url: String,
+        /// PEM file with the CA that signed the hub's certificate, when it is
+        /// not publicly trusted (e.g. from `knutepunkt dev-certs`).
+        #[arg(long, env = "KNUTEPUNKT_PROBE_CA")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -394,8 +400,15 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
         }
-        Command::Probe { url } => {
-            let r = reqwest::Client::new()
+        Command::Probe { url, ca } => {
+            let mut client = reqwest::Client::builder();
+            if let Some(ca) = ca {
+                let pem = std::fs::read(&ca)
+                    .with_context(|| format!("cannot read --ca {}", ca.display()))?;
+                client = client.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
+            }
+            let r = client
+                .build()?
                 .get(&url)
                 .timeout(std::time::Duration::from_secs(3))
                 .send()
