@@ -134,10 +134,7 @@ pub fn dev_certs(out: &Path, args: &[&str]) -> Result<()> {
         .arg(out)
         .output()?;
     if !res.status.success() {
-        bail!(
-            "dev-certs failed: {}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        bail!("dev-certs failed: {}", String::from_utf8_lossy(&res.stderr));
     }
     Ok(())
 }

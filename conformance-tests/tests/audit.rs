@@ -71,7 +71,11 @@ consumer = "oslo-vakt"
 
 /// `AuditEvent`s of `org` matching `query` (all pages), as `client`.
 async fn audit_events(hub: &Hub, org: &str, query: &str) -> Vec<Value> {
-    ok(search_all(&format!("{}/AuditEvent?_count=100{query}", hub.fhir_base(org))).await)
+    ok(search_all(&format!(
+        "{}/AuditEvent?_count=100{query}",
+        hub.fhir_base(org)
+    ))
+    .await)
 }
 
 fn subtype(ev: &Value) -> &str {
@@ -98,7 +102,11 @@ fn pseudonyms(ev: &Value) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| e["what"]["identifier"]["value"].as_str().map(str::to_string))
+        .filter_map(|e| {
+            e["what"]["identifier"]["value"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -264,11 +272,7 @@ async fn every_access_leaves_one_audit_record() {
     // and every push that carried one of its resources.
     let p1_pushes = pushes
         .iter()
-        .filter(|e| {
-            references(e)
-                .iter()
-                .any(|r| r == p1_obs || r == p1_alarm)
-        })
+        .filter(|e| references(e).iter().any(|r| r == p1_obs || r == p1_alarm))
         .count();
     assert_eq!(by_p1.len(), 1 + 2 + 2 + p1_pushes, "{by_p1:#?}");
     // One pseudonym per patient, and never the number itself.
@@ -279,7 +283,11 @@ async fn every_access_leaves_one_audit_record() {
             .unwrap_or_else(|| panic!("no read")),
     );
     assert_eq!(p1_pseudonym.len(), 1);
-    assert!(by_p1.iter().all(|e| pseudonyms(e).contains(&p1_pseudonym[0])));
+    assert!(
+        by_p1
+            .iter()
+            .all(|e| pseudonyms(e).contains(&p1_pseudonym[0]))
+    );
     let text = serde_json::to_string(&all).unwrap_or_default();
     assert!(!text.contains(&synthetic::fnr(1)) && !text.contains(&synthetic::dnr(2)));
 

@@ -162,19 +162,15 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
     for ev in bad_events.clone() {
         let id = ev.event_id.clone();
         let res = c.submit(ev).await;
-        let s = res
-            .err()
-            .unwrap_or_else(|| panic!("{id} was accepted"));
+        let s = res.err().unwrap_or_else(|| panic!("{id} was accepted"));
         for (what, v) in &secrets {
             assert!(!s.message().contains(v.as_str()), "{id}: {what} in {s:?}");
         }
     }
-    let receipts: Vec<pb::Receipt> = ok(ok(c
-        .submit_stream(tokio_stream::iter(bad_events))
-        .await)
-    .into_inner()
-    .collect::<Result<Vec<_>, _>>()
-    .await);
+    let receipts: Vec<pb::Receipt> = ok(ok(c.submit_stream(tokio_stream::iter(bad_events)).await)
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await);
     assert_eq!(receipts.len(), 8);
     for r in &receipts {
         assert_eq!(r.status, ReceiptStatus::Rejected as i32, "{r:?}");
@@ -184,7 +180,12 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
     }
     // Not permitted, and no agreement at all.
     let mut other = ok(hub.client_as(Some("other-vendor")).await);
-    assert!(other.submit(events::heart_rate("o-1", OSLO, 900)).await.is_err());
+    assert!(
+        other
+            .submit(events::heart_rate("o-1", OSLO, 900))
+            .await
+            .is_err()
+    );
     let mut stranger = ok(hub.client_as(Some("stranger")).await);
     assert!(
         stranger
@@ -200,17 +201,33 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
         assert_eq!(status, 200, "{r}");
     }
     let searches = [
-        format!("{base}/Observation?subject:identifier={FNR_OID}|{}", fnrs[0]),
-        format!("{base}/Observation?patient:identifier={DNR_OID}|{}", dnrs[0]),
-        format!("{base}/Communication?subject:identifier={DNR_OID}|{}", dnrs[1]),
+        format!(
+            "{base}/Observation?subject:identifier={FNR_OID}|{}",
+            fnrs[0]
+        ),
+        format!(
+            "{base}/Observation?patient:identifier={DNR_OID}|{}",
+            dnrs[0]
+        ),
+        format!(
+            "{base}/Communication?subject:identifier={DNR_OID}|{}",
+            dnrs[1]
+        ),
         format!("{base}/Observation?subject:identifier={FNR_OID}|{bad}"),
-        format!("{base}/Observation?subject:identifier=urn:oid:1.2.3|{}", fnrs[1]),
+        format!(
+            "{base}/Observation?subject:identifier=urn:oid:1.2.3|{}",
+            fnrs[1]
+        ),
         format!("{base}/Observation?subject={}", fnrs[2]),
         format!("{base}/Observation?identifier={}", fnrs[3]),
         format!("{base}/Observation?subject:identifier={}&_count=x", fnrs[4]),
         format!("{base}/AuditEvent?patient:identifier={FNR_OID}|{}", fnrs[0]),
         format!("{base}/AuditEvent?patient:identifier={}", fnrs[5]),
-        format!("{}/Observation?subject:identifier={DNR_OID}|{}", hub.fhir_base(BERGEN), dnrs[2]),
+        format!(
+            "{}/Observation?subject:identifier={DNR_OID}|{}",
+            hub.fhir_base(BERGEN),
+            dnrs[2]
+        ),
     ];
     let mut statuses = Vec::new();
     for url in &searches {
@@ -223,8 +240,8 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
         }
         statuses.push(status);
     }
-    assert!(statuses.iter().any(|s| *s == 200));
-    assert!(statuses.iter().any(|s| *s == 400), "{statuses:?}");
+    assert!(statuses.contains(&200));
+    assert!(statuses.contains(&400), "{statuses:?}");
 
     // Push delivery and a pull.
     ok(epj.wait_created(9, Duration::from_secs(20)).await);
@@ -257,7 +274,11 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
     .send()
     .await);
     assert_eq!(r.status(), 200);
-    let (status, _) = ok(get_json(&format!("http://{}/admin/dlq?destination=oslo-vakt", hub.admin)).await);
+    let (status, _) = ok(get_json(&format!(
+        "http://{}/admin/dlq?destination=oslo-vakt",
+        hub.admin
+    ))
+    .await);
     assert_eq!(status, 200);
 
     // The tokens and assertions this scenario used, and some refused ones.
@@ -279,7 +300,10 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
     assert_eq!(status, 200);
     let (status, _) = ok(request_token(&origin, "oslo-epj", &used).await); // replay
     assert_eq!(status, 400);
-    let wrong_aud = ok(assertion("oslo-epj", "https://elsewhere.example/oauth/token"));
+    let wrong_aud = ok(assertion(
+        "oslo-epj",
+        "https://elsewhere.example/oauth/token",
+    ));
     let (status, _) = ok(request_token(&origin, "oslo-epj", &wrong_aud).await);
     assert_eq!(status, 400);
     let tampered = format!("{fresh}x");

@@ -20,6 +20,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 
+/// A client certificate and its key (files), or none.
+type ClientCert = Option<(PathBuf, PathBuf)>;
+
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -124,12 +127,10 @@ async fn vendor_by_municipality_matrix() {
         events::heart_rate("s-oslo", OSLO, 107),
         events::heart_rate("s-bergen", BERGEN, 108),
     ];
-    let mut receipts: Vec<pb::Receipt> = ok(ok(c
-        .submit_stream(tokio_stream::iter(evs))
-        .await)
-    .into_inner()
-    .collect::<Result<Vec<_>, _>>()
-    .await);
+    let mut receipts: Vec<pb::Receipt> = ok(ok(c.submit_stream(tokio_stream::iter(evs)).await)
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await);
     receipts.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     assert_eq!(receipts.len(), 2, "{receipts:?}");
     assert_eq!(receipts[0].event_id, "s-bergen");
@@ -184,12 +185,20 @@ async fn vendor_by_municipality_matrix() {
     // Counted.
     let m = ok(hub.metrics().await);
     assert_eq!(
-        metric(&m, "knutepunkt_vendor_denied_total", &[("reason", "no_agreement")]),
+        metric(
+            &m,
+            "knutepunkt_vendor_denied_total",
+            &[("reason", "no_agreement")]
+        ),
         2.0,
         "{m}"
     );
     assert!(
-        metric(&m, "knutepunkt_vendor_denied_total", &[("reason", "unknown_vendor")]) >= 3.0,
+        metric(
+            &m,
+            "knutepunkt_vendor_denied_total",
+            &[("reason", "unknown_vendor")]
+        ) >= 3.0,
         "{m}"
     );
     assert_eq!(
@@ -237,7 +246,7 @@ async fn bad_client_certificates_fail_the_handshake() {
     ));
     let ca = certs.join("ca.pem");
     let before = ok(hub.metrics().await);
-    let cases: [(&str, Option<(PathBuf, PathBuf)>, u32); 3] = [
+    let cases: [(&str, ClientCert, u32); 3] = [
         ("no client certificate", None, 201),
         (
             "expired certificate",
@@ -276,12 +285,10 @@ async fn bad_client_certificates_fail_the_handshake() {
         "handshake failures not counted:\n{after}"
     );
     // The control: the same CA and a valid certificate get through.
-    let mut c = VendorIngestClient::new(ok(channel(
-        &hub,
-        &ca,
-        ident(&certs, "vendor-demo-vendor"),
-    )
-    .await));
+    let mut c =
+        VendorIngestClient::new(ok(
+            channel(&hub, &ca, ident(&certs, "vendor-demo-vendor")).await
+        ));
     let r = ok(c.submit(events::heart_rate("tls-ok", OSLO, 204)).await).into_inner();
     assert_eq!(r.status, ReceiptStatus::Accepted as i32);
 }
@@ -332,13 +339,18 @@ async fn idempotency_keys_belong_to_one_vendor() {
         .await)
     .into_inner();
     assert_eq!(al.status, ReceiptStatus::Accepted as i32);
-    let n = b.submit(events::note("note-b", BERGEN, 305, "alarm-a")).await;
+    let n = b
+        .submit(events::note("note-b", BERGEN, 305, "alarm-a"))
+        .await;
     assert_eq!(
         n.as_ref().err().map(tonic::Status::code),
         Some(Code::InvalidArgument),
         "vendor B answered vendor A's alarm: {n:?}"
     );
-    let n = ok(a.submit(events::note("note-a", BERGEN, 305, "alarm-a")).await).into_inner();
+    let n = ok(a
+        .submit(events::note("note-a", BERGEN, 305, "alarm-a"))
+        .await)
+    .into_inner();
     assert_eq!(n.status, ReceiptStatus::Accepted as i32, "{n:?}");
     // Both stored and readable, each as its own resource.
     for r in [&ra.resource, &rb.resource, &sa.resource, &sb.resource] {
@@ -388,7 +400,10 @@ async fn rate_limit_answers_resource_exhausted_with_a_retry_hint() {
     }
     let ms = hint.unwrap_or_else(|| panic!("30 events at full speed were never limited"));
     // The burst of 5 (plus at most what refilled meanwhile) goes through.
-    assert!((5..=7).contains(&accepted), "accepted {accepted} before the limit");
+    assert!(
+        (5..=7).contains(&accepted),
+        "accepted {accepted} before the limit"
+    );
     assert!((1..=1000).contains(&ms), "retry-after-ms {ms}");
     // Heeding the hint works.
     tokio::time::sleep(Duration::from_millis(ms + 20)).await;
@@ -398,18 +413,19 @@ async fn rate_limit_answers_resource_exhausted_with_a_retry_hint() {
     let evs: Vec<_> = (0..20)
         .map(|i| events::heart_rate(&format!("rls-{i}"), OSLO, 450 + i))
         .collect();
-    let receipts: Vec<pb::Receipt> = ok(ok(c
-        .submit_stream(tokio_stream::iter(evs))
-        .await)
-    .into_inner()
-    .collect::<Result<Vec<_>, _>>()
-    .await);
+    let receipts: Vec<pb::Receipt> = ok(ok(c.submit_stream(tokio_stream::iter(evs)).await)
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await);
     let limited = receipts
         .iter()
         .filter(|r| r.status == ReceiptStatus::Rejected as i32 && r.error_code == "rate_limited")
         .count();
     assert_eq!(receipts.len(), 20);
-    assert!(limited >= 13, "only {limited} of 20 rate limited: {receipts:?}");
+    assert!(
+        limited >= 13,
+        "only {limited} of 20 rate limited: {receipts:?}"
+    );
     let m = ok(hub.metrics().await);
     assert!(
         metric(
@@ -439,8 +455,10 @@ async fn max_streams_caps_concurrent_streams() {
         .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await)
     .into_inner();
-    let r = ok(ok(tokio::time::timeout(Duration::from_secs(10), first.next()).await)
-        .unwrap_or_else(|| panic!("first stream ended")));
+    let r = ok(
+        ok(tokio::time::timeout(Duration::from_secs(10), first.next()).await)
+            .unwrap_or_else(|| panic!("first stream ended")),
+    );
     assert_eq!(r.status, ReceiptStatus::Accepted as i32);
     // The first stream is open: a second one is refused.
     let mut c2 = ok(hub.client_as(Some("stranger")).await);
@@ -465,8 +483,10 @@ async fn max_streams_caps_concurrent_streams() {
     assert_eq!(r.status, ReceiptStatus::Accepted as i32);
     // The first stream still works; once it is closed a new one gets in.
     ok(tx.send(events::heart_rate("ms-3", OSLO, 504)).await);
-    let r = ok(ok(tokio::time::timeout(Duration::from_secs(10), first.next()).await)
-        .unwrap_or_else(|| panic!("first stream ended")));
+    let r = ok(
+        ok(tokio::time::timeout(Duration::from_secs(10), first.next()).await)
+            .unwrap_or_else(|| panic!("first stream ended")),
+    );
     assert_eq!(r.status, ReceiptStatus::Accepted as i32);
     drop(tx);
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(10), first.next()).await {}
@@ -619,7 +639,7 @@ async fn certificate_reload_on_change_and_sighup_keeps_connections() {
     // HTTPS got the new certificate too.
     let https = ok(reqwest::Client::builder()
         .tls_certs_only([ok(reqwest::Certificate::from_pem(&ok(std::fs::read(
-            second.path().join("ca.pem")
+            second.path().join("ca.pem"),
         ))))])
         .build());
     let st = ok(https.get(hub.url("/readyz")).send().await).status();
