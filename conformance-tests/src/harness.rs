@@ -377,10 +377,11 @@ impl Hub {
         ))
     }
 
-    /// The Prometheus text of `GET /metrics`.
+    /// The Prometheus text of `GET /metrics` (admin listener, admin token).
     pub async fn metrics(&self) -> Result<String> {
         let r = http_client()?
-            .get(self.url("/metrics"))
+            .get(format!("http://{}/metrics", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
             .timeout(Duration::from_secs(10))
             .send()
             .await?;

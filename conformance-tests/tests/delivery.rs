@@ -402,16 +402,7 @@ async fn an_alarm_past_its_deadline_is_escalated_once() {
         "no log line for the escalation: {}",
         hub.logs()
     );
-    let (_, metrics) = (
-        0,
-        ok(ok(conformance_tests::harness::http_client())
-            .get(hub.url("/metrics"))
-            .send()
-            .await)
-        .text()
-        .await
-        .unwrap_or_default(),
-    );
+    let metrics = ok(hub.metrics().await);
     assert!(
         metrics.contains("knutepunkt_delivery_escalated_total"),
         "no escalation metric"
