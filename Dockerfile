@@ -16,6 +16,8 @@ ENV KNUTEPUNKT_DATA_DIR=/var/lib/knutepunkt \
     KNUTEPUNKT_LOG_FORMAT=json
 VOLUME /var/lib/knutepunkt
 EXPOSE 50051 8080
-HEALTHCHECK --interval=10s --timeout=3s CMD ["knutepunkt", "probe", "http://127.0.0.1:8080/readyz"]
+# The CA of the hub's certificate, for the health check (mounted with the certificates).
+ENV KNUTEPUNKT_PROBE_CA=/etc/knutepunkt/tls/ca.pem
+HEALTHCHECK --interval=10s --timeout=3s CMD ["knutepunkt", "probe", "https://localhost:8080/readyz"]
 ENTRYPOINT ["knutepunkt"]
 CMD ["serve", "--config", "/etc/knutepunkt/knutepunkt.toml"]

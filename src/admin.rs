@@ -1,6 +1,6 @@
 //! The admin API for municipal IT, on its own listener (loopback by
-//! default): destinations and their queues, and dead letters — list, show,
-//! replay one or a filter, discard with a reason. `knutepunkt dlq …` is its
+//! default): Prometheus metrics, destinations and their queues, and dead
+//! letters — list, show, replay one or a filter, discard with a reason. `knutepunkt dlq …` is its
 //! command-line client. Plain JSON, not FHIR: this is for operators.
 //!
 //! Every route needs the admin credential (`crate::auth::admin`): a bearer
@@ -24,10 +24,13 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub registry: Registry,
     pub guard: Arc<crate::auth::admin::AdminGuard>,
+    /// The Prometheus recorder's handle (`None`: another recorder is installed).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/admin/destinations", get(destinations))
         .route("/admin/dlq", get(list))
         .route("/admin/dlq/replay", post(replay_filter))
@@ -39,6 +42,17 @@ pub fn router(state: AdminState) -> Router {
             crate::auth::admin::middleware,
         ))
         .with_state(state)
+}
+
+/// Prometheus text. On the admin listener, behind the admin token (a
+/// scraper sends it as a bearer), not on the public HTTPS port: counts of
+/// traffic and rejections are nobody else's business.
+async fn metrics(State(s): State<AdminState>) -> Response {
+    s.metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default()
+        .into_response()
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {

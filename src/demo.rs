@@ -120,7 +120,8 @@ pub async fn run_with_summary(opts: DemoOptions) -> Result<DemoSummary, BoxError
         .prefix("knutepunkt-demo-")
         .tempdir()
         .map_err(|e| format!("creating a temporary data directory: {e}"))?;
-    let hub = Hub::start(Config::for_dev(dir.path().to_path_buf()))
+    let pki = DemoPki::create(dir.path())?;
+    let hub = Hub::start(pki.config(dir.path())?)
         .await
         .map_err(|e| format!("starting the hub: {e}"))?;
     let grpc = hub.grpc_addr();
@@ -133,7 +134,7 @@ pub async fn run_with_summary(opts: DemoOptions) -> Result<DemoSummary, BoxError
     });
 
     let tour = async move {
-        let result = tour(grpc, http, duration, rate, vendors, poll, &opts).await;
+        let result = tour(grpc, http, &pki, duration, rate, vendors, poll, &opts).await;
         let _ = stop_tx.send(());
         result
     };
@@ -146,9 +147,11 @@ pub async fn run_with_summary(opts: DemoOptions) -> Result<DemoSummary, BoxError
     Ok(summary)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn tour(
     grpc: std::net::SocketAddr,
     http: std::net::SocketAddr,
+    pki: &DemoPki,
     duration: Duration,
     rate: f64,
     vendors: u8,
@@ -158,9 +161,11 @@ async fn tour(
     let web = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
+        .tls_certs_only([reqwest::Certificate::from_pem(&pki.ca_pem)
+            .map_err(|e| format!("reading the demo CA: {e}"))?])
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))?;
-    let base = format!("http://{http}");
+    let base = format!("https://{http}");
     wait_ready(&web, &base).await?;
 
     let population = Arc::new(Population::demo(opts.seed));
@@ -186,10 +191,11 @@ async fn tour(
         vendors,
         duration.as_secs()
     );
+    println!("  over TLS: vendors with client certificates (mTLS), the EPJ with OAuth2 tokens");
     println!("  people are shown by pseudonym only; no national id is printed\n");
 
     let stats = Arc::new(Stats::default());
-    let endpoint = format!("http://{grpc}");
+    let endpoint = format!("https://{grpc}");
     let plans: Vec<(&str, Mix)> = if vendors == 1 {
         vec![("vendor", Mix::BALANCED)]
     } else {
@@ -204,9 +210,11 @@ async fn tour(
     for (i, (name, mix)) in plans.into_iter().enumerate() {
         let cfg = GenConfig::new(opts.seed.wrapping_add(i as u64 + 1), name, mix);
         let generator = Generator::new(population.clone(), cfg)?;
+        let tls = pki.vendor_tls(name)?;
         senders.push(tokio::spawn(vendor(
             name,
             endpoint.clone(),
+            tls,
             generator,
             rate,
             deadline,
@@ -215,7 +223,11 @@ async fn tour(
         )));
     }
 
-    let mut epj = Epj::new(web, base, orgs, population.clone(), stats.clone());
+    let mut tokens = HashMap::new();
+    for org in &orgs {
+        tokens.insert(org.clone(), pki.token(&web, &base, org).await?);
+    }
+    let mut epj = Epj::new(web, base, orgs, population.clone(), stats.clone(), tokens);
     // Read while the vendors send.
     while Instant::now() < deadline {
         tokio::time::sleep(poll).await;
@@ -257,6 +269,163 @@ async fn tour(
     })
 }
 
+/// The demo's throw-away PKI and security config: a dev CA, the hub's
+/// certificate, a client certificate per simulated vendor and a key pair per
+/// municipality's EPJ client (see `knutepunkt dev-certs`).
+struct DemoPki {
+    dir: std::path::PathBuf,
+    ca_pem: Vec<u8>,
+    http: std::net::SocketAddr,
+}
+
+/// The simulated vendors (each has a certificate) and EPJ clients.
+const DEMO_VENDORS: [&str; 3] = ["vendor", "alarm-centre", "home-monitoring"];
+const DEMO_MUNICIPALITIES: [(&str, &str); 2] =
+    [("958935420", "oslo-epj"), ("964338531", "bergen-epj")];
+
+impl DemoPki {
+    fn create(root: &std::path::Path) -> Result<DemoPki, BoxError> {
+        let dir = root.join("certs");
+        crate::devcerts::generate(&crate::devcerts::DevCerts {
+            out: dir.clone(),
+            vendors: DEMO_VENDORS.iter().map(|v| v.to_string()).collect(),
+            expired_vendors: vec![],
+            epj_clients: DEMO_MUNICIPALITIES
+                .iter()
+                .map(|(_, c)| c.to_string())
+                .collect(),
+            hosts: vec![],
+        })
+        .map_err(|e| format!("making demo certificates: {e}"))?;
+        let ca_pem =
+            std::fs::read(dir.join("ca.pem")).map_err(|e| format!("reading the demo CA: {e}"))?;
+        // The token URL (the `aud` of EPJ assertions) must be known before
+        // the hub starts, so the demo picks its HTTPS port up front.
+        let http = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port: {e}"))?;
+        Ok(DemoPki { dir, ca_pem, http })
+    }
+
+    fn config(&self, root: &std::path::Path) -> Result<Config, BoxError> {
+        let mut cfg = Config::for_dev(root.join("data"));
+        cfg.insecure_dev = false;
+        cfg.http_addr = self.http;
+        cfg.tls = Some(crate::config::TlsConfig {
+            cert_file: self.dir.join("server.pem"),
+            key_file: self.dir.join("server.key"),
+            vendor_ca_file: self.dir.join("ca.pem"),
+        });
+        cfg.vendors = DEMO_VENDORS
+            .iter()
+            .map(|v| crate::config::VendorConfig {
+                id: v.to_string(),
+                municipalities: DEMO_MUNICIPALITIES
+                    .iter()
+                    .map(|(o, _)| o.to_string())
+                    .collect(),
+                max_message_bytes: 64 * 1024,
+                max_streams: 4,
+                rate_per_sec: 1000,
+                burst: 1000,
+            })
+            .collect();
+        cfg.auth.token_url = Some(format!("https://{}/oauth/token", self.http));
+        cfg.auth.clients = DEMO_MUNICIPALITIES
+            .iter()
+            .map(|(org, client)| crate::auth::config::ClientConfig {
+                id: client.to_string(),
+                municipality: org.to_string(),
+                scopes: vec![
+                    "system/Observation.rs".into(),
+                    "system/Communication.rs".into(),
+                ],
+                jwk: None,
+                jwk_file: Some(self.dir.join(format!("epj-{client}.jwk.json"))),
+                consumer: None,
+            })
+            .collect();
+        Ok(cfg)
+    }
+
+    fn vendor_tls(&self, vendor: &str) -> Result<tonic::transport::ClientTlsConfig, BoxError> {
+        let read =
+            |f: String| std::fs::read(self.dir.join(&f)).map_err(|e| format!("reading {f}: {e}"));
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                read(format!("vendor-{vendor}.pem"))?,
+                read(format!("vendor-{vendor}.key"))?,
+            )))
+    }
+
+    /// An access token for the EPJ client of `org`: client credentials with
+    /// a signed `private_key_jwt` assertion, as a real EPJ would get it.
+    async fn token(
+        &self,
+        web: &reqwest::Client,
+        base: &str,
+        org: &str,
+    ) -> Result<String, BoxError> {
+        let client = DEMO_MUNICIPALITIES
+            .iter()
+            .find(|(o, _)| *o == org)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| format!("no demo EPJ client for {org}"))?;
+        let key = std::fs::read(self.dir.join(format!("epj-{client}.key")))?;
+        let token_url = format!("{base}/oauth/token");
+        let now = Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "iss": client, "sub": client, "aud": token_url,
+            "iat": now, "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let assertion = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(&key)?,
+        )?;
+        let form = [
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ];
+        let body = form
+            .iter()
+            .fold(
+                form_urlencoded::Serializer::new(String::new()),
+                |mut s, (k, v)| {
+                    s.append_pair(k, v);
+                    s
+                },
+            )
+            .finish();
+        let resp: Value = web
+            .post(&token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("asking for an EPJ token: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("token answer is not JSON: {e}"))?;
+        resp["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!(
+                    "no access token for {client}: {}",
+                    resp["error_description"]
+                )
+                .into()
+            })
+    }
+}
+
 async fn wait_ready(web: &reqwest::Client, base: &str) -> Result<(), BoxError> {
     let until = Instant::now() + READY_TIMEOUT;
     let url = format!("{base}/readyz");
@@ -276,18 +445,25 @@ async fn wait_ready(web: &reqwest::Client, base: &str) -> Result<(), BoxError> {
 
 /// One simulated vendor: sends at a steady, human-paced rate until the
 /// deadline, one unary Submit at a time, and prints what came back.
+#[allow(clippy::too_many_arguments)]
 async fn vendor(
     name: &'static str,
     endpoint: String,
+    tls: tonic::transport::ClientTlsConfig,
     mut generator: Generator,
     rate: f64,
     deadline: Instant,
     stats: Arc<Stats>,
     show: bool,
 ) -> Result<(), BoxError> {
-    let mut client = VendorIngestClient::connect(endpoint)
+    let channel = tonic::transport::Channel::from_shared(endpoint)
+        .map_err(|e| format!("{name}: {e}"))?
+        .tls_config(tls)
+        .map_err(|e| format!("{name}: TLS: {e}"))?
+        .connect()
         .await
         .map_err(|e| format!("{name}: connecting to the hub: {e}"))?;
+    let mut client = VendorIngestClient::new(channel);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while Instant::now() < deadline {
@@ -369,6 +545,8 @@ struct Epj {
     watermark: HashMap<(String, &'static str), String>,
     seen: HashSet<String>,
     alarms: HashMap<String, SeenAlarm>,
+    /// orgnr → the access token of that municipality's EPJ client.
+    tokens: HashMap<String, String>,
 }
 
 impl Epj {
@@ -378,8 +556,10 @@ impl Epj {
         orgs: Vec<String>,
         population: Arc<Population>,
         stats: Arc<Stats>,
+        tokens: HashMap<String, String>,
     ) -> Self {
         Epj {
+            tokens,
             web,
             base,
             orgs,
@@ -407,7 +587,8 @@ impl Epj {
         if let Some(wm) = self.watermark.get(&key) {
             query.push(("_lastUpdated".into(), format!("gt{wm}")));
         }
-        let mut request = self.web.get(&first).query(&query);
+        let token = self.tokens.get(org).cloned().unwrap_or_default();
+        let mut request = self.web.get(&first).query(&query).bearer_auth(&token);
         for _ in 0..MAX_PAGES_PER_POLL {
             let resp = request
                 .send()
@@ -437,7 +618,7 @@ impl Epj {
             }
             match next_link(&bundle) {
                 Some(next) if !entries.is_empty() => {
-                    request = self.web.get(self.resolve(&next)?);
+                    request = self.web.get(self.resolve(&next)?).bearer_auth(&token);
                 }
                 _ => return Ok(()),
             }

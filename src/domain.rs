@@ -43,6 +43,11 @@ impl Orgnr {
         let d = digits::<9>(s).ok_or_else(|| {
             "must be exactly 9 digits (the municipality's organisation number)".to_string()
         })?;
+        if d[0] < 8 {
+            // Every Norwegian organisation number starts with 8 or 9 (and
+            // e.g. 000000000 would pass the control digit).
+            return Err("is not an organisation number (they start with 8 or 9)".into());
+        }
         let control = mod11(&d[..8], &[3, 2, 7, 6, 5, 4, 3, 2])
             .ok_or("is not a valid organisation number (no control digit is possible)")?;
         if control != d[8] {
@@ -369,10 +374,10 @@ pub mod synthetic {
         }
     }
 
-    /// Builds a valid orgnr from an 8-digit stem (returns `None` when the stem
-    /// has no valid control digit).
+    /// Builds a valid orgnr (starting with 9) from a stem (returns `None`
+    /// when the stem has no valid control digit).
     pub fn orgnr(stem: u32) -> Option<String> {
-        let s = format!("{:08}", stem % 100_000_000);
+        let s = format!("9{:07}", stem % 10_000_000);
         let d: Vec<u8> = s.bytes().map(|c| c - b'0').collect();
         let k = mod11(&d, &[3, 2, 7, 6, 5, 4, 3, 2])?;
         Some(format!("{s}{k}"))
@@ -390,6 +395,10 @@ mod tests {
         assert!(Orgnr::parse("958935421").is_err());
         assert!(Orgnr::parse("95893542").is_err());
         assert!(Orgnr::parse("95893542a").is_err());
+        assert!(
+            Orgnr::parse("000000000").is_err(),
+            "all-zero passes mod 11 but is no orgnr"
+        );
         assert_eq!(
             Orgnr::parse("958935420").map(|o| o.to_string()),
             Ok("958935420".into())

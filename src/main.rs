@@ -50,6 +50,30 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
+    /// A guided tour: starts the hub on a temporary store over real TLS,
+    /// runs simulated vendors (alarm centre, home monitoring) sending
+    /// alarms, readings and follow-up notes, and a simulated EPJ that reads
+    /// them over FHIR and prints what it sees. Ends with a summary.
+    #[command(
+        after_help = "Examples:\n  knutepunkt demo\n  knutepunkt demo --duration 60 --rate 5\n  knutepunkt demo --vendors 1 --quiet-vendors"
+    )]
+    Demo {
+        /// How long the vendors send, seconds.
+        #[arg(long, default_value_t = 15)]
+        duration: u64,
+        /// Events per second per vendor.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// 1: one vendor; 2: an alarm centre and a home-monitoring app.
+        #[arg(long, default_value_t = 2)]
+        vendors: u8,
+        /// Seed: the same seed tells the same story.
+        #[arg(long, default_value_t = 2024)]
+        seed: u64,
+        /// Print only what the EPJ sees, not each event sent.
+        #[arg(long)]
+        quiet_vendors: bool,
+    },
     /// Print the effective configuration (file + environment + flags) and exit.
     #[command(after_help = "Example:\n  knutepunkt check-config --config knutepunkt.example.toml")]
     CheckConfig {
@@ -101,10 +125,16 @@ enum Command {
     },
     /// Exit 0 when a URL answers 2xx, else 1: a health check for container
     /// images that have no curl.
-    #[command(after_help = "Example:\n  knutepunkt probe http://127.0.0.1:8080/readyz")]
+    #[command(
+        after_help = "Examples:\n  knutepunkt probe https://localhost:8080/readyz --ca /etc/knutepunkt/tls/ca.pem\n  knutepunkt probe http://127.0.0.1:8080/readyz     # an --insecure-dev hub"
+    )]
     Probe {
-        /// URL to GET, e.g. http://127.0.0.1:8080/readyz
+        /// URL to GET, e.g. https://localhost:8080/readyz
         url: String,
+        /// PEM file with the CA that signed the hub's certificate, when it is
+        /// not publicly trusted (e.g. from `knutepunkt dev-certs`).
+        #[arg(long, env = "KNUTEPUNKT_PROBE_CA")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -343,8 +373,42 @@ async fn main() -> anyhow::Result<()> {
                 out.display()
             );
         }
-        Command::Probe { url } => {
-            let r = reqwest::Client::new()
+        Command::Demo {
+            duration,
+            rate,
+            vendors,
+            seed,
+            quiet_vendors,
+        } => {
+            // The demo prints its own story; keep the hub's log to warnings.
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,knutepunkt::server=error")
+                });
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            knutepunkt::demo::run(knutepunkt::demo::DemoOptions {
+                duration: std::time::Duration::from_secs(duration),
+                rate,
+                vendors,
+                seed,
+                show_vendor_lines: !quiet_vendors,
+                ..knutepunkt::demo::DemoOptions::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
+        }
+        Command::Probe { url, ca } => {
+            let mut client = reqwest::Client::builder();
+            if let Some(ca) = ca {
+                let pem = std::fs::read(&ca)
+                    .with_context(|| format!("cannot read --ca {}", ca.display()))?;
+                client = client.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
+            }
+            let r = client
+                .build()?
                 .get(&url)
                 .timeout(std::time::Duration::from_secs(3))
                 .send()

@@ -233,14 +233,7 @@ impl Hub {
             https: tls.is_some(),
             auth: authority,
             audit: auditor.clone(),
-        })
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics.clone();
-                async move { m.map(|h| h.render()).unwrap_or_default() }
-            }),
-        );
+        });
         let http_server: futures::future::BoxFuture<'static, std::io::Result<()>> = match &tls {
             Some(c) => {
                 let rx = crate::tls::accept_loop(http, c.http.clone(), "https", token.clone());
@@ -268,6 +261,7 @@ impl Hub {
                 store: dyn_store.clone(),
                 registry: registry.clone(),
                 guard: admin_guard,
+                metrics,
             }),
         )
         .with_graceful_shutdown(token.clone().cancelled_owned());

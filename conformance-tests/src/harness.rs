@@ -124,6 +124,46 @@ pub fn certs() -> Result<PathBuf> {
     .map_err(|e| anyhow!(e))
 }
 
+/// Runs `knutepunkt dev-certs --out <out>` with `args`: a second, unrelated
+/// PKI (its own CA) for tests that need foreign certificates or keys.
+pub fn dev_certs(out: &Path, args: &[&str]) -> Result<()> {
+    let res = Command::new(binary("knutepunkt")?)
+        .arg("dev-certs")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()?;
+    if !res.status.success() {
+        bail!("dev-certs failed: {}", String::from_utf8_lossy(&res.stderr));
+    }
+    Ok(())
+}
+
+/// Sum of the Prometheus samples of `name` whose labels include every one
+/// of `labels` (0 when there is none).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, r)) => (n, r.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+            if !all {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// The admin token of every test hub.
 pub const ADMIN_TOKEN: &str = "test-admin-token-not-secret";
 
@@ -183,6 +223,9 @@ pub struct HubOptions {
     pub config_extra: String,
     /// Plain gRPC/HTTP with --insecure-dev instead of TLS.
     pub insecure: bool,
+    /// Certificates and keys to configure instead of the shared [`certs`]
+    /// (a per-test copy, e.g. to replace the server certificate at run time).
+    pub certs_dir: Option<PathBuf>,
 }
 
 /// A running hub process.
@@ -221,7 +264,11 @@ impl Hub {
         let base = if self.opts.insecure {
             String::new()
         } else {
-            base_config(&certs()?, self.http)
+            let dir = match &self.opts.certs_dir {
+                Some(d) => d.clone(),
+                None => certs()?,
+            };
+            base_config(&dir, self.http)
         };
         std::fs::write(&cfg_path, format!("{base}\n{}", self.opts.config_extra))?;
         let log = std::fs::OpenOptions::new()
@@ -328,6 +375,20 @@ impl Hub {
         Ok(VendorIngestClient::new(
             self.channel_with(stem.as_deref()).await?,
         ))
+    }
+
+    /// The Prometheus text of `GET /metrics` (admin listener, admin token).
+    pub async fn metrics(&self) -> Result<String> {
+        let r = http_client()?
+            .get(format!("http://{}/metrics", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("GET /metrics answered {}", r.status());
+        }
+        Ok(r.text().await?)
     }
 
     /// Everything the hub wrote to stdout and stderr so far.

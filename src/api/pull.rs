@@ -43,6 +43,14 @@ pub struct PullConsumer {
 
 const MAX_PENDING: usize = 500;
 
+const REFERENCE_FORM: &str = "resource must be Observation/<id> or Communication/<id>";
+
+/// `Observation/<uuid>` or `Communication/<uuid>`.
+fn parse_reference(r: &str) -> Option<(ResourceType, uuid::Uuid)> {
+    let (t, i) = r.split_once('/')?;
+    Some((ResourceType::parse(t)?, uuid::Uuid::parse_str(i).ok()?))
+}
+
 fn not_served() -> ApiError {
     ApiError::not_found(
         "no FHIR base at this path: use /fhir/r4/{orgnr} with the 9-digit organisation number of a municipality this hub serves",
@@ -209,14 +217,8 @@ pub async fn confirm(
                     "parameter[{n}]: part \"outcome\" (valueCode journaled|failed) is required"
                 ))
             })?;
-        let (rtype, id) = reference
-            .split_once('/')
-            .and_then(|(t, i)| Some((ResourceType::parse(t)?, uuid::Uuid::parse_str(i).ok()?)))
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "parameter[{n}]: resource must be Observation/<id> or Communication/<id>"
-                ))
-            })?;
+        let (rtype, id) = parse_reference(&reference)
+            .ok_or_else(|| ApiError::invalid(format!("parameter[{n}]: {REFERENCE_FORM}")))?;
         let settle = match outcome.as_str() {
             "journaled" => Settle::Delivered,
             "failed" => {
@@ -308,12 +310,8 @@ pub async fn status(
     let reference = reference.ok_or_else(|| {
         ApiError::invalid("resource=Observation/<id> or Communication/<id> is required")
     })?;
-    let (rtype, id) = reference
-        .split_once('/')
-        .and_then(|(t, i)| Some((ResourceType::parse(t)?, uuid::Uuid::parse_str(i).ok()?)))
-        .ok_or_else(|| {
-            ApiError::invalid("resource must be Observation/<id> or Communication/<id>")
-        })?;
+    let (rtype, id) =
+        parse_reference(&reference).ok_or_else(|| ApiError::invalid(REFERENCE_FORM))?;
     let Some(seq) = st
         .store
         .seq_of(org, rtype, id)

@@ -107,11 +107,14 @@ pub fn spawn(
     }
     for (_, d) in &dests {
         if d.kind == DestinationKind::Push {
-            let http = push::client(d)?;
+            let transport = Arc::new(push::HttpTransport {
+                http: push::client(d)?,
+                url: d.url.clone().unwrap_or_default(),
+            });
             handles.push(tokio::spawn(push::run(
                 d.clone(),
                 store.clone(),
-                http,
+                transport,
                 registry.clone(),
                 stop.clone(),
                 audit.clone(),

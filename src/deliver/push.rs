@@ -122,12 +122,31 @@ fn if_none_exist(json: &str) -> Option<String> {
     )
 }
 
+/// How a Bundle reaches a destination. The worker only needs the verdict;
+/// the seam lets tests drive the real worker loop with a fake destination
+/// on tokio's paused clock.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, bundle: String) -> futures::future::BoxFuture<'_, Verdict>;
+}
+
+/// HTTPS POST of the Bundle to the destination's FHIR base.
+pub struct HttpTransport {
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+impl Transport for HttpTransport {
+    fn send(&self, bundle: String) -> futures::future::BoxFuture<'_, Verdict> {
+        Box::pin(send(&self.http, &self.url, bundle))
+    }
+}
+
 /// Runs the worker until `stop` is cancelled; the request in flight is
 /// finished (or times out) first, so nothing is half-settled.
 pub async fn run(
     dest: Destination,
     store: Arc<dyn Store>,
-    http: reqwest::Client,
+    transport: Arc<dyn Transport>,
     registry: Registry,
     stop: CancellationToken,
     audit: crate::audit::Auditor,
@@ -205,7 +224,7 @@ pub async fn run(
         }
         tokio::time::sleep_until(next_send).await;
         let body = transaction_bundle(&items);
-        let verdict = send(&http, &url, body).await;
+        let verdict = transport.send(body).await;
         next_send = Instant::now() + min_gap_per_item * items.len() as u32;
         let seqs: Vec<u64> = items.iter().map(|i| i.resource.seq).collect();
         match verdict {
@@ -346,5 +365,104 @@ async fn send(http: &reqwest::Client, url: &str, body: String) -> Verdict {
             };
             classify(status, retry_after, body)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DestinationKind;
+    use crate::domain::{Orgnr, ResourceType, VendorId};
+    use crate::normalize::Normalized;
+    use crate::store::sled::{SledOptions, SledStore};
+    use crate::store::{Class, NewRecord};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A destination that is down: every request fails as a connection error.
+    struct Down(AtomicU32);
+
+    impl Transport for Down {
+        fn send(&self, _: String) -> futures::future::BoxFuture<'_, Verdict> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Verdict::Retry {
+                    reason: "cannot connect".into(),
+                    after: None,
+                }
+            })
+        }
+    }
+
+    /// The real worker loop against an EPJ that is down for an hour, on
+    /// tokio's paused clock: the breaker (5 failures, 30 s open, one probe)
+    /// and the capped backoff hold it to a few hundred requests.
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_long_outage_costs_a_few_hundred_requests() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let opts = SledOptions {
+            min_free_bytes: 0,
+            ..SledOptions::default()
+        };
+        let sled = SledStore::open(dir.path(), opts).unwrap_or_else(|e| panic!("{e}"));
+        let store: Arc<dyn Store> = Arc::new(sled);
+        let v = VendorId("v".into());
+        let id = crate::domain::resource_id(&v, "e1");
+        let put = store
+            .put(NewRecord {
+                vendor: v,
+                event_id: "e1".into(),
+                content_hash: [1; 32],
+                municipality: Orgnr::parse("958935420").unwrap_or_else(|e| panic!("{e}")),
+                patient_key: [2; 16],
+                resource: Normalized {
+                    resource_type: ResourceType::Observation,
+                    id,
+                    json: format!("{{\"resourceType\":\"Observation\",\"id\":\"{id}\"}}"),
+                    codes: vec![],
+                    category: "vital-signs",
+                    urgent: false,
+                },
+                answers_alarm: None,
+                is_alarm: false,
+                class: Class::Routine,
+                destinations: vec!["epj".into()],
+            })
+            .await;
+        assert!(put.is_ok(), "{put:?}");
+        let mut dest = toml_destination();
+        dest.name = "epj".into();
+        dest.kind = DestinationKind::Push;
+        let down = Arc::new(Down(AtomicU32::new(0)));
+        let stop = CancellationToken::new();
+        let audit = crate::audit::Auditor::new(store.clone(), vec![7; 32]);
+        let worker = tokio::spawn(run(
+            dest,
+            store.clone(),
+            down.clone(),
+            Registry::default(),
+            stop.clone(),
+            audit,
+        ));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        stop.cancel();
+        let _ = worker.await;
+        let n = down.0.load(Ordering::SeqCst);
+        eprintln!("requests during the outage: {n}");
+        assert!(
+            n >= 60,
+            "the worker gave up probing: {n} requests in an hour"
+        );
+        assert!(n <= 300, "{n} requests in a one-hour outage is a flood");
+        // Nothing was lost: the item is still queued.
+        assert_eq!(store.outbox_depth("epj").map(|d| d.0).ok(), Some(1));
+    }
+
+    /// A destination with the documented defaults (base 200 ms, cap 60 s,
+    /// breaker 5 failures / 30 s).
+    fn toml_destination() -> Destination {
+        serde_json::from_value(
+            serde_json::json!({"name": "epj", "kind": "push", "url": "https://epj.test/fhir"}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 }

@@ -1,0 +1,364 @@
+//! No national id, token or assertion in any telemetry: a full scenario
+//! with known synthetic ids (every payload kind, bad events, reads,
+//! searches, a push delivery, a pull) against the real binary at debug log
+//! level, then every line of the hub's log, the EPJ adapter's received.log
+//! and /metrics are searched for them.
+
+use std::time::Duration;
+
+use conformance_tests::harness::events::{self, BERGEN, OSLO};
+use conformance_tests::harness::{
+    ADMIN_TOKEN, EpjAdapter, Hub, HubOptions, ReceiptStatus, assertion, authed, get_json,
+    http_client, request_token, token,
+};
+use knutepunkt::domain::synthetic;
+use knutepunkt::proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
+const DNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.2";
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn hub_with(dir: &std::path::Path, epj: &EpjAdapter) -> Hub {
+    let certs = ok(conformance_tests::harness::certs())
+        .display()
+        .to_string();
+    let cfg = format!(
+        r#"
+[[municipalities]]
+orgnr = "{BERGEN}"
+name = "Bergen kommune"
+
+[[municipalities]]
+orgnr = "{OSLO}"
+name = "Oslo kommune"
+
+[[municipalities.destinations]]
+name = "oslo-epj"
+kind = "push"
+url = "{url}"
+ca_file = "{ca}"
+timeout_ms = 2000
+
+[[municipalities.destinations]]
+name = "oslo-vakt"
+kind = "pull"
+lease_secs = 60
+
+[[auth.clients]]
+id = "oslo-vakt"
+municipality = "{OSLO}"
+scopes = ["system/pending.rs"]
+jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
+consumer = "oslo-vakt"
+"#,
+        url = epj.fhir_url(),
+        ca = epj.cert.display()
+    );
+    ok(Hub::start(
+        &dir.join("data"),
+        HubOptions {
+            config_extra: cfg,
+            env: vec![("RUST_LOG".into(), "debug".into())],
+            ..HubOptions::default()
+        },
+    )
+    .await)
+}
+
+fn with_patient(mut ev: pb::Event, system: pb::IdSystem, value: &str) -> pb::Event {
+    ev.patient = Some(pb::PersonId {
+        system: system as i32,
+        value: value.to_string(),
+    });
+    ev
+}
+
+/// `n`'s fødselsnummer with a wrong last control digit.
+fn bad_fnr(n: u32) -> String {
+    let mut b = synthetic::fnr(n).into_bytes();
+    b[10] = if b[10] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(b).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_national_id_token_or_assertion_in_telemetry() {
+    let dir = ok(tempfile::tempdir());
+    let epj = ok(EpjAdapter::start("ok").await);
+    let hub = hub_with(dir.path(), &epj).await;
+    let origin = format!("https://{}", hub.http);
+    let fnrs: Vec<String> = (900..906).map(synthetic::fnr).collect();
+    let dnrs: Vec<String> = (900..903).map(synthetic::dnr).collect();
+    let bad = bad_fnr(950);
+    let mut secrets: Vec<(String, String)> = Vec::new();
+    for f in &fnrs {
+        secrets.push(("fnr".into(), f.clone()));
+    }
+    for d in &dnrs {
+        secrets.push(("dnr".into(), d.clone()));
+    }
+    secrets.push(("invalid fnr".into(), bad.clone()));
+
+    // Every payload kind, for fnr and dnr patients.
+    use pb::MeasurementKind as K;
+    let mut c = ok(hub.client().await);
+    let good = vec![
+        events::heart_rate("p-hr", OSLO, 900),
+        events::blood_pressure("p-bp", OSLO, 901, 150.0, 95.0),
+        events::quantity("p-spo2", OSLO, 902, K::OxygenSaturation, 94.0, "%"),
+        events::quantity("p-w", OSLO, 903, K::BodyWeight, 80.0, "kg"),
+        events::quantity("p-t", OSLO, 904, K::BodyTemperature, 38.1, "Cel"),
+        events::quantity("p-rr", OSLO, 905, K::RespiratoryRate, 18.0, "/min"),
+        with_patient(
+            events::quantity("p-g", OSLO, 0, K::BloodGlucose, 7.2, "mmol/L"),
+            pb::IdSystem::Dnr,
+            &dnrs[0],
+        ),
+        with_patient(
+            events::alarm("p-al", OSLO, 0, "4.1", pb::Severity::Red),
+            pb::IdSystem::Dnr,
+            &dnrs[1],
+        ),
+        with_patient(
+            events::note("p-note", OSLO, 0, "p-al"),
+            pb::IdSystem::Dnr,
+            &dnrs[1],
+        ),
+        with_patient(
+            events::heart_rate("p-b", BERGEN, 0),
+            pb::IdSystem::Dnr,
+            &dnrs[2],
+        ),
+    ];
+    let mut refs = Vec::new();
+    for ev in good {
+        let r = ok(c.submit(ev).await).into_inner();
+        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
+        refs.push(r.resource);
+    }
+    // Bad events, unary and on a stream, each naming a patient.
+    let bad_events = vec![
+        with_patient(
+            events::heart_rate("x-ctl", OSLO, 0),
+            pb::IdSystem::Fnr,
+            &bad,
+        ),
+        with_patient(
+            events::heart_rate("x-sys", OSLO, 0),
+            pb::IdSystem::Dnr,
+            &fnrs[0],
+        ),
+        events::quantity("x-spo2", OSLO, 900, K::OxygenSaturation, 104.0, "%"),
+        events::quantity("x-unit", OSLO, 901, K::BodyWeight, 80.0, "stone"),
+        events::blood_pressure("x-bp", OSLO, 902, 70.0, 90.0),
+        events::alarm("x-code", OSLO, 903, "9.99", pb::Severity::Red),
+        events::note("x-note", OSLO, 904, "no-such-alarm"),
+        events::heart_rate("p-hr", OSLO, 905), // conflicts with the first
+    ];
+    for ev in bad_events.clone() {
+        let id = ev.event_id.clone();
+        let res = c.submit(ev).await;
+        let s = res.err().unwrap_or_else(|| panic!("{id} was accepted"));
+        for (what, v) in &secrets {
+            assert!(!s.message().contains(v.as_str()), "{id}: {what} in {s:?}");
+        }
+    }
+    let receipts: Vec<pb::Receipt> = ok(ok(c.submit_stream(tokio_stream::iter(bad_events)).await)
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await);
+    assert_eq!(receipts.len(), 8);
+    for r in &receipts {
+        assert_eq!(r.status, ReceiptStatus::Rejected as i32, "{r:?}");
+        for (what, v) in &secrets {
+            assert!(!r.error.contains(v.as_str()), "{what} in {r:?}");
+        }
+    }
+    // Not permitted, and no agreement at all.
+    let mut other = ok(hub.client_as(Some("other-vendor")).await);
+    assert!(
+        other
+            .submit(events::heart_rate("o-1", OSLO, 900))
+            .await
+            .is_err()
+    );
+    let mut stranger = ok(hub.client_as(Some("stranger")).await);
+    assert!(
+        stranger
+            .submit(events::heart_rate("s-1", BERGEN, 901))
+            .await
+            .is_err()
+    );
+
+    // Reads and searches, good and bad, by fnr and dnr.
+    let base = hub.fhir_base(OSLO);
+    for r in &refs[..9] {
+        let (status, _) = ok(get_json(&format!("{base}/{r}")).await);
+        assert_eq!(status, 200, "{r}");
+    }
+    let searches = [
+        format!(
+            "{base}/Observation?subject:identifier={FNR_OID}|{}",
+            fnrs[0]
+        ),
+        format!(
+            "{base}/Observation?patient:identifier={DNR_OID}|{}",
+            dnrs[0]
+        ),
+        format!(
+            "{base}/Communication?subject:identifier={DNR_OID}|{}",
+            dnrs[1]
+        ),
+        format!("{base}/Observation?subject:identifier={FNR_OID}|{bad}"),
+        format!(
+            "{base}/Observation?subject:identifier=urn:oid:1.2.3|{}",
+            fnrs[1]
+        ),
+        format!("{base}/Observation?subject={}", fnrs[2]),
+        format!("{base}/Observation?identifier={}", fnrs[3]),
+        format!("{base}/Observation?subject:identifier={}&_count=x", fnrs[4]),
+        format!("{base}/AuditEvent?patient:identifier={FNR_OID}|{}", fnrs[0]),
+        format!("{base}/AuditEvent?patient:identifier={}", fnrs[5]),
+        format!(
+            "{}/Observation?subject:identifier={DNR_OID}|{}",
+            hub.fhir_base(BERGEN),
+            dnrs[2]
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for url in &searches {
+        let (status, body) = ok(get_json(url).await);
+        for (what, v) in &secrets {
+            assert!(
+                !body.to_string().contains(v.as_str()) || status == 200,
+                "{url}: an error answer echoes the {what}: {body}"
+            );
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&200));
+    assert!(statuses.contains(&400), "{statuses:?}");
+
+    // Push delivery and a pull.
+    ok(epj.wait_created(9, Duration::from_secs(20)).await);
+    let (status, b) = ok(get_json(&format!("{base}/$pending?consumer=oslo-vakt&_count=50")).await);
+    assert_eq!(status, 200, "{b}");
+    let parts: Vec<Value> = b["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let r = format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap_or(""),
+                e["resource"]["id"].as_str().unwrap_or("")
+            );
+            json!({"name": "confirmation", "part": [
+                {"name": "resource", "valueReference": {"reference": r}},
+                {"name": "outcome", "valueCode": "failed"},
+                {"name": "reason", "valueString": "patient not found in EPJ"},
+            ]})
+        })
+        .collect();
+    assert_eq!(parts.len(), 9);
+    let r = ok(ok(authed(
+        reqwest::Method::POST,
+        &format!("{base}/$confirm?consumer=oslo-vakt"),
+    )
+    .await)
+    .json(&json!({"resourceType": "Parameters", "parameter": parts}))
+    .send()
+    .await);
+    assert_eq!(r.status(), 200);
+    let (status, _) = ok(get_json(&format!(
+        "http://{}/admin/dlq?destination=oslo-vakt",
+        hub.admin
+    ))
+    .await);
+    assert_eq!(status, 200);
+
+    // The tokens and assertions this scenario used, and some refused ones.
+    for client in ["oslo-epj", "bergen-epj", "oslo-vakt"] {
+        let t = ok(token(&origin, client).await);
+        secrets.push((format!("{client}'s access token"), t));
+    }
+    let aud = format!("{origin}/oauth/token");
+    let used = ok(assertion("oslo-epj", &aud));
+    let (status, body) = ok(request_token(&origin, "oslo-epj", &used).await);
+    assert_eq!(status, 200);
+    let fresh = body["access_token"].as_str().unwrap_or("").to_string();
+    let status = ok(ok(http_client())
+        .get(format!("{base}/Observation"))
+        .bearer_auth(&fresh)
+        .send()
+        .await)
+    .status();
+    assert_eq!(status, 200);
+    let (status, _) = ok(request_token(&origin, "oslo-epj", &used).await); // replay
+    assert_eq!(status, 400);
+    let wrong_aud = ok(assertion(
+        "oslo-epj",
+        "https://elsewhere.example/oauth/token",
+    ));
+    let (status, _) = ok(request_token(&origin, "oslo-epj", &wrong_aud).await);
+    assert_eq!(status, 400);
+    let tampered = format!("{fresh}x");
+    let st = ok(ok(http_client())
+        .get(format!("{base}/Observation"))
+        .bearer_auth(&tampered)
+        .send()
+        .await)
+    .status();
+    assert_eq!(st, 401);
+    secrets.push(("fresh access token".into(), fresh.clone()));
+    secrets.push(("assertion".into(), used.clone()));
+    secrets.push(("wrong-aud assertion".into(), wrong_aud.clone()));
+    secrets.push(("admin token".into(), ADMIN_TOKEN.into()));
+    // A JWT's signature alone is as secret as the JWT.
+    let mut sigs = Vec::new();
+    for (what, v) in &secrets {
+        if v.matches('.').count() == 2
+            && let Some(sig) = v.rsplit('.').next()
+            && sig.len() > 20
+        {
+            sigs.push((format!("{what} (signature)"), sig.to_string()));
+        }
+    }
+    secrets.extend(sigs);
+
+    // Give the delivery and audit writers a moment to log what they log.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = hub.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("DEBUG")),
+        "the hub did not log at debug level; the grep would prove little"
+    );
+    assert!(lines.len() > 50, "only {} log lines", lines.len());
+    let received = ok(std::fs::read_to_string(epj.out.join("received.log")));
+    assert_eq!(received.lines().count(), 9, "{received}");
+    let metrics = ok(hub.metrics().await);
+    let sources: [(&str, Vec<&str>); 3] = [
+        ("hub log", lines),
+        ("epj-adapter received.log", received.lines().collect()),
+        ("/metrics", metrics.lines().collect()),
+    ];
+    for (source, lines) in &sources {
+        for (i, line) in lines.iter().enumerate() {
+            for (what, v) in &secrets {
+                assert!(
+                    !line.contains(v.as_str()),
+                    "{source} line {} holds a {what}: {line}",
+                    i + 1
+                );
+            }
+        }
+    }
+    // The checks above can fail: the ids are in what the hub stored.
+    let (_, obs) = ok(get_json(&format!("{base}/{}", refs[0])).await);
+    assert!(obs.to_string().contains(&fnrs[0]));
+}

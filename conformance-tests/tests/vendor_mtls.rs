@@ -1,0 +1,689 @@
+//! Vendors over mutual TLS against the real binary: who may submit for
+//! which municipality, what a bad certificate gets (no handshake), that
+//! idempotency keys belong to one vendor, the per-vendor limits (rate,
+//! streams, message size) and certificate reload without dropping
+//! connections.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use conformance_tests::harness::events::{self, BERGEN, OSLO};
+use conformance_tests::harness::{
+    self, Hub, HubOptions, ReceiptStatus, get_json, metric, search_all,
+};
+use knutepunkt::domain::synthetic;
+use knutepunkt::proto::v1 as pb;
+use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
+
+/// A client certificate and its key (files), or none.
+type ClientCert = Option<(PathBuf, PathBuf)>;
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn hub_with(extra: &str) -> (tempfile::TempDir, Hub) {
+    let dir = ok(tempfile::tempdir());
+    let opts = HubOptions {
+        config_extra: extra.to_string(),
+        ..HubOptions::default()
+    };
+    let hub = Hub::start(dir.path(), opts)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (dir, hub)
+}
+
+/// A channel to the hub's gRPC port trusting only `ca` and presenting
+/// `identity` (certificate and key files), or no client certificate.
+async fn channel(
+    hub: &Hub,
+    ca: &Path,
+    identity: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    Ok(Channel::from_shared(format!("https://{}", hub.grpc))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+fn ident(dir: &Path, stem: &str) -> Option<(PathBuf, PathBuf)> {
+    Some((
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    ))
+}
+
+/// Observations of `resident` that Oslo's EPJ client can find.
+async fn stored_for(hub: &Hub, org: &str, resident: u32) -> usize {
+    ok(search_all(&format!(
+        "{}/Observation?subject:identifier={FNR_OID}|{}",
+        hub.fhir_base(org),
+        synthetic::fnr(resident)
+    ))
+    .await)
+    .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_by_municipality_matrix() {
+    let (_d, hub) = hub_with("").await;
+    // (vendor, municipality, resident, expected) with None = allowed.
+    let matrix: [(&str, &str, u32, Option<Code>); 6] = [
+        ("demo-vendor", OSLO, 101, None),
+        ("demo-vendor", BERGEN, 102, None),
+        ("other-vendor", OSLO, 103, Some(Code::PermissionDenied)),
+        ("other-vendor", BERGEN, 104, None),
+        ("stranger", OSLO, 105, Some(Code::PermissionDenied)),
+        ("stranger", BERGEN, 106, Some(Code::PermissionDenied)),
+    ];
+    for (vendor, org, resident, want) in matrix {
+        let mut c = ok(hub.client_as(Some(vendor)).await);
+        let res = c
+            .submit(events::heart_rate(&format!("m-{resident}"), org, resident))
+            .await;
+        match (want, res) {
+            (None, Ok(r)) => {
+                let r = r.into_inner();
+                assert_eq!(
+                    r.status,
+                    ReceiptStatus::Accepted as i32,
+                    "{vendor} → {org}: {r:?}"
+                );
+                assert_eq!(stored_for(&hub, org, resident).await, 1, "{vendor} → {org}");
+            }
+            (Some(code), Err(s)) => {
+                assert_eq!(s.code(), code, "{vendor} → {org}: {s:?}");
+                assert!(
+                    !s.message().contains(&synthetic::fnr(resident)),
+                    "the error names the patient: {s:?}"
+                );
+                assert_eq!(stored_for(&hub, org, resident).await, 0, "{vendor} → {org}");
+            }
+            (want, got) => panic!("{vendor} → {org}: wanted {want:?}, got {got:?}"),
+        }
+    }
+
+    // On a stream, the same denial is a REJECTED receipt with a stable code;
+    // the stream goes on and the allowed event after it is stored.
+    let mut c = ok(hub.client_as(Some("other-vendor")).await);
+    let evs = vec![
+        events::heart_rate("s-oslo", OSLO, 107),
+        events::heart_rate("s-bergen", BERGEN, 108),
+    ];
+    let mut receipts: Vec<pb::Receipt> = ok(ok(c.submit_stream(tokio_stream::iter(evs)).await)
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await);
+    receipts.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    assert_eq!(receipts.len(), 2, "{receipts:?}");
+    assert_eq!(receipts[0].event_id, "s-bergen");
+    assert_eq!(receipts[0].status, ReceiptStatus::Accepted as i32);
+    assert_eq!(receipts[1].event_id, "s-oslo");
+    assert_eq!(receipts[1].status, ReceiptStatus::Rejected as i32);
+    assert_eq!(receipts[1].error_code, "not_permitted", "{:?}", receipts[1]);
+    assert!(!receipts[1].error.contains(&synthetic::fnr(107)));
+    assert_eq!(stored_for(&hub, OSLO, 107).await, 0);
+    assert_eq!(stored_for(&hub, BERGEN, 108).await, 1);
+
+    // A stranger's stream is refused before any event is read.
+    let mut c = ok(hub.client_as(Some("stranger")).await);
+    let res = c
+        .submit_stream(tokio_stream::iter(vec![events::heart_rate(
+            "s-x", OSLO, 109,
+        )]))
+        .await;
+    match res {
+        Err(s) => assert_eq!(s.code(), Code::PermissionDenied, "{s:?}"),
+        Ok(r) => {
+            let first = r.into_inner().next().await;
+            match first {
+                Some(Err(s)) => assert_eq!(s.code(), Code::PermissionDenied, "{s:?}"),
+                other => panic!("a stranger's stream was served: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(stored_for(&hub, OSLO, 109).await, 0);
+
+    // Logged with vendor and orgnr, never with the patient.
+    let logs = hub.logs();
+    let denials: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("outside the vendor's agreement"))
+        .collect();
+    assert_eq!(denials.len(), 2, "one log line per denied event:\n{logs}");
+    for l in &denials {
+        assert!(l.contains("other-vendor") && l.contains(OSLO), "{l}");
+    }
+    assert!(
+        logs.lines().any(|l| l.contains("stranger")),
+        "the stranger's attempt is not logged:\n{logs}"
+    );
+    for r in 101..=109 {
+        assert!(
+            !logs.contains(&synthetic::fnr(r)),
+            "patient {r}'s fnr is in the log"
+        );
+    }
+
+    // Counted.
+    let m = ok(hub.metrics().await);
+    assert_eq!(
+        metric(
+            &m,
+            "knutepunkt_vendor_denied_total",
+            &[("reason", "no_agreement")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "knutepunkt_vendor_denied_total",
+            &[("reason", "unknown_vendor")]
+        ) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "knutepunkt_events_total",
+            &[("status", "rejected"), ("reason", "not_permitted")]
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+/// Submits over a channel that should never complete a TLS handshake, and
+/// returns what the client saw. Panics if the hub answered at all.
+async fn refused(hub: &Hub, ca: &Path, id: Option<(PathBuf, PathBuf)>, ev: pb::Event) -> String {
+    match channel(hub, ca, id).await {
+        Err(e) => format!("connect: {e:?}"),
+        Ok(ch) => match VendorIngestClient::new(ch).submit(ev).await {
+            Ok(r) => panic!("the hub accepted an event over a bad certificate: {r:?}"),
+            Err(s) => {
+                // PERMISSION_DENIED or UNAUTHENTICATED would mean the request
+                // reached the service: the handshake must fail before that.
+                assert!(
+                    !matches!(
+                        s.code(),
+                        Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+                    ),
+                    "the request got past TLS: {s:?}"
+                );
+                format!("call: {s:?}")
+            }
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_certificates_fail_the_handshake() {
+    let (_d, hub) = hub_with("").await;
+    let certs = ok(harness::certs());
+    let foreign = ok(tempfile::tempdir());
+    ok(harness::dev_certs(
+        foreign.path(),
+        &["--vendor", "demo-vendor", "--epj-client", "oslo-epj"],
+    ));
+    let ca = certs.join("ca.pem");
+    let before = ok(hub.metrics().await);
+    let cases: [(&str, ClientCert, u32); 3] = [
+        ("no client certificate", None, 201),
+        (
+            "expired certificate",
+            ident(&certs, "vendor-demo-vendor-expired"),
+            202,
+        ),
+        (
+            "certificate of another CA",
+            ident(foreign.path(), "vendor-demo-vendor"),
+            203,
+        ),
+    ];
+    for (what, id, resident) in cases {
+        let seen = refused(
+            &hub,
+            &ca,
+            id,
+            events::heart_rate(&format!("tls-{resident}"), OSLO, resident),
+        )
+        .await;
+        eprintln!("{what}: {seen}");
+        assert_eq!(stored_for(&hub, OSLO, resident).await, 0, "{what}");
+    }
+    // The server saw three failed handshakes (tonic may retry a connect,
+    // so at least three).
+    let after = ok(hub.metrics().await);
+    let failed = |m: &str| {
+        metric(
+            m,
+            "knutepunkt_tls_handshake_failed_total",
+            &[("listener", "grpc")],
+        )
+    };
+    assert!(
+        failed(&after) - failed(&before) >= 3.0,
+        "handshake failures not counted:\n{after}"
+    );
+    // The control: the same CA and a valid certificate get through.
+    let mut c =
+        VendorIngestClient::new(ok(
+            channel(&hub, &ca, ident(&certs, "vendor-demo-vendor")).await
+        ));
+    let r = ok(c.submit(events::heart_rate("tls-ok", OSLO, 204)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_belong_to_one_vendor() {
+    let (_d, hub) = hub_with("").await;
+    let mut a = ok(hub.client_as(Some("demo-vendor")).await);
+    let mut b = ok(hub.client_as(Some("other-vendor")).await);
+    // Same event_id, different content: no collision, two resources.
+    let ra = ok(a.submit(events::heart_rate("shared-1", BERGEN, 301)).await).into_inner();
+    let rb = ok(b.submit(events::heart_rate("shared-1", BERGEN, 302)).await).into_inner();
+    assert_eq!(ra.status, ReceiptStatus::Accepted as i32, "{ra:?}");
+    assert_eq!(rb.status, ReceiptStatus::Accepted as i32, "{rb:?}");
+    assert_ne!(ra.resource, rb.resource);
+    // A resend finds the sender's own resource, never the other's.
+    let ra2 = ok(a.submit(events::heart_rate("shared-1", BERGEN, 301)).await).into_inner();
+    let rb2 = ok(b.submit(events::heart_rate("shared-1", BERGEN, 302)).await).into_inner();
+    assert_eq!(ra2.status, ReceiptStatus::Duplicate as i32, "{ra2:?}");
+    assert_eq!(ra2.resource, ra.resource);
+    assert_eq!(rb2.status, ReceiptStatus::Duplicate as i32, "{rb2:?}");
+    assert_eq!(rb2.resource, rb.resource);
+    // Changed content under one's own id is still a conflict for that vendor.
+    let c = a
+        .submit(events::heart_rate("shared-1", BERGEN, 303))
+        .await
+        .map(|r| r.into_inner());
+    assert_eq!(
+        c.as_ref().err().map(tonic::Status::code),
+        Some(Code::AlreadyExists),
+        "{c:?}"
+    );
+    // Same id, same content from both: still two resources.
+    let sa = ok(a.submit(events::heart_rate("shared-2", BERGEN, 304)).await).into_inner();
+    let sb = ok(b.submit(events::heart_rate("shared-2", BERGEN, 304)).await).into_inner();
+    assert_eq!(sa.status, ReceiptStatus::Accepted as i32);
+    assert_eq!(sb.status, ReceiptStatus::Accepted as i32, "{sb:?}");
+    assert_ne!(sa.resource, sb.resource);
+    // A note cannot answer another vendor's alarm by its event_id.
+    let al = ok(a
+        .submit(events::alarm(
+            "alarm-a",
+            BERGEN,
+            305,
+            "4.1",
+            pb::Severity::Red,
+        ))
+        .await)
+    .into_inner();
+    assert_eq!(al.status, ReceiptStatus::Accepted as i32);
+    let n = b
+        .submit(events::note("note-b", BERGEN, 305, "alarm-a"))
+        .await;
+    assert_eq!(
+        n.as_ref().err().map(tonic::Status::code),
+        Some(Code::InvalidArgument),
+        "vendor B answered vendor A's alarm: {n:?}"
+    );
+    let n = ok(a
+        .submit(events::note("note-a", BERGEN, 305, "alarm-a"))
+        .await)
+    .into_inner();
+    assert_eq!(n.status, ReceiptStatus::Accepted as i32, "{n:?}");
+    // Both stored and readable, each as its own resource.
+    for r in [&ra.resource, &rb.resource, &sa.resource, &sb.resource] {
+        let (status, _) = ok(get_json(&format!("{}/{r}", hub.fhir_base(BERGEN))).await);
+        assert_eq!(status, 200, "{r}");
+    }
+}
+
+fn stranger(limits: &str) -> String {
+    format!(
+        r#"
+[[vendors]]
+id = "stranger"
+municipalities = ["{OSLO}"]
+{limits}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_resource_exhausted_with_a_retry_hint() {
+    let (_d, hub) = hub_with(&stranger("rate_per_sec = 5\nburst = 5")).await;
+    let mut c = ok(hub.client_as(Some("stranger")).await);
+    let mut accepted = 0;
+    let mut hint = None;
+    for i in 0..30 {
+        match c
+            .submit(events::heart_rate(&format!("rl-{i}"), OSLO, 400 + i))
+            .await
+        {
+            Ok(r) => {
+                assert_eq!(r.into_inner().status, ReceiptStatus::Accepted as i32);
+                accepted += 1;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                let ms: u64 = s
+                    .metadata()
+                    .get("retry-after-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no retry-after-ms hint: {s:?}"));
+                hint = Some(ms);
+                break;
+            }
+        }
+    }
+    let ms = hint.unwrap_or_else(|| panic!("30 events at full speed were never limited"));
+    // The burst of 5 (plus at most what refilled meanwhile) goes through.
+    assert!(
+        (5..=7).contains(&accepted),
+        "accepted {accepted} before the limit"
+    );
+    assert!((1..=1000).contains(&ms), "retry-after-ms {ms}");
+    // Heeding the hint works.
+    tokio::time::sleep(Duration::from_millis(ms + 20)).await;
+    let r = ok(c.submit(events::heart_rate("rl-after", OSLO, 499)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+    // On a stream the excess is REJECTED with code rate_limited.
+    let evs: Vec<_> = (0..20)
+        .map(|i| events::heart_rate(&format!("rls-{i}"), OSLO, 450 + i))
+        .collect();
+    let receipts: Vec<pb::Receipt> = ok(ok(c.submit_stream(tokio_stream::iter(evs)).await)
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await);
+    let limited = receipts
+        .iter()
+        .filter(|r| r.status == ReceiptStatus::Rejected as i32 && r.error_code == "rate_limited")
+        .count();
+    assert_eq!(receipts.len(), 20);
+    assert!(
+        limited >= 13,
+        "only {limited} of 20 rate limited: {receipts:?}"
+    );
+    let m = ok(hub.metrics().await);
+    assert!(
+        metric(
+            &m,
+            "knutepunkt_events_total",
+            &[("status", "rejected"), ("reason", "rate_limited")]
+        ) >= 14.0,
+        "{m}"
+    );
+    // The limit is per vendor: demo-vendor is not slowed down.
+    let mut d = ok(hub.client().await);
+    for i in 0..10 {
+        let r = ok(d
+            .submit(events::heart_rate(&format!("d-{i}"), OSLO, 480 + i))
+            .await);
+        assert_eq!(r.into_inner().status, ReceiptStatus::Accepted as i32);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_streams_caps_concurrent_streams() {
+    let (_d, hub) = hub_with(&stranger("max_streams = 1")).await;
+    let mut c = ok(hub.client_as(Some("stranger")).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    ok(tx.send(events::heart_rate("ms-1", OSLO, 501)).await);
+    let mut first = ok(c
+        .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await)
+    .into_inner();
+    let r = ok(
+        ok(tokio::time::timeout(Duration::from_secs(10), first.next()).await)
+            .unwrap_or_else(|| panic!("first stream ended")),
+    );
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+    // The first stream is open: a second one is refused.
+    let mut c2 = ok(hub.client_as(Some("stranger")).await);
+    let second = c2
+        .submit_stream(tokio_stream::iter(vec![events::heart_rate(
+            "ms-2", OSLO, 502,
+        )]))
+        .await;
+    match second {
+        Err(s) => assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}"),
+        Ok(r) => {
+            let first_item = r.into_inner().next().await;
+            match first_item {
+                Some(Err(s)) => assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}"),
+                other => panic!("a second concurrent stream was served: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(stored_for(&hub, OSLO, 502).await, 0);
+    // Unary calls are not streams: still allowed.
+    let r = ok(c2.submit(events::heart_rate("ms-u", OSLO, 503)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+    // The first stream still works; once it is closed a new one gets in.
+    ok(tx.send(events::heart_rate("ms-3", OSLO, 504)).await);
+    let r = ok(
+        ok(tokio::time::timeout(Duration::from_secs(10), first.next()).await)
+            .unwrap_or_else(|| panic!("first stream ended")),
+    );
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+    drop(tx);
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(10), first.next()).await {}
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = c2
+            .submit_stream(tokio_stream::iter(vec![events::heart_rate(
+                "ms-4", OSLO, 505,
+            )]))
+            .await;
+        let got = match res {
+            Ok(r) => r.into_inner().next().await,
+            Err(s) => Some(Err(s)),
+        };
+        match got {
+            Some(Ok(r)) => {
+                assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
+                break;
+            }
+            Some(Err(s)) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("no stream after the first closed: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_message_size_is_per_vendor() {
+    let (_d, hub) = hub_with(&stranger("max_message_bytes = 400")).await;
+    let big = |id: &str, resident: u32| {
+        let mut ev = events::note(id, OSLO, resident, "");
+        if let Some(pb::event::Payload::Note(n)) = ev.payload.as_mut() {
+            n.text = "Tilsyn utført. ".repeat(40);
+        }
+        ev
+    };
+    let mut c = ok(hub.client_as(Some("stranger")).await);
+    let s = c
+        .submit(big("big-1", 601))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a too large event was accepted"));
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("400"), "{s:?}");
+    let r: Vec<pb::Receipt> = ok(ok(c
+        .submit_stream(tokio_stream::iter(vec![big("big-2", 602)]))
+        .await)
+    .into_inner()
+    .collect::<Result<Vec<_>, _>>()
+    .await);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, ReceiptStatus::Rejected as i32);
+    assert_eq!(r[0].error_code, "too_large");
+    // A small event of the same vendor passes; the same big event from a
+    // vendor with the default limit passes too.
+    let ok1 = ok(c.submit(events::heart_rate("small", OSLO, 603)).await).into_inner();
+    assert_eq!(ok1.status, ReceiptStatus::Accepted as i32);
+    let ok2 = ok(ok(hub.client().await).submit(big("big-3", 604)).await).into_inner();
+    assert_eq!(ok2.status, ReceiptStatus::Accepted as i32);
+}
+
+/// Replaces `dst` by the contents of `src` atomically (rename), keeping
+/// `dst`'s modification time when `keep_mtime`, so the hub's file watcher
+/// cannot notice and only a SIGHUP reloads.
+fn replace(src: &Path, dst: &Path, keep_mtime: bool) {
+    let tmp = dst.with_extension("new");
+    ok(std::fs::copy(src, &tmp));
+    if keep_mtime {
+        let mtime = ok(ok(std::fs::metadata(dst)).modified());
+        ok(ok(std::fs::OpenOptions::new().write(true).open(&tmp)).set_modified(mtime));
+    }
+    ok(std::fs::rename(&tmp, dst));
+}
+
+/// Waits until a new connection trusting only `ca` gets an event accepted.
+async fn wait_trusted(hub: &Hub, ca: &Path, vendor: Option<(PathBuf, PathBuf)>, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0;
+    loop {
+        n += 1;
+        if let Ok(ch) = channel(hub, ca, vendor.clone()).await
+            && let Ok(r) = VendorIngestClient::new(ch)
+                .submit(events::heart_rate(&format!("probe-{n}"), OSLO, 700))
+                .await
+        {
+            return r.into_inner().status != ReceiptStatus::Rejected as i32;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_reload_on_change_and_sighup_keeps_connections() {
+    // This hub's own copy of the certificates, so replacing them touches no
+    // other test.
+    let shared = ok(harness::certs());
+    let mine = ok(tempfile::tempdir());
+    for e in ok(std::fs::read_dir(&shared)) {
+        let e = ok(e);
+        ok(std::fs::copy(e.path(), mine.path().join(e.file_name())));
+    }
+    let data = ok(tempfile::tempdir());
+    let hub = ok(Hub::start(
+        data.path(),
+        HubOptions {
+            certs_dir: Some(mine.path().to_path_buf()),
+            ..HubOptions::default()
+        },
+    )
+    .await);
+    let vendor = ident(mine.path(), "vendor-demo-vendor");
+    let old_ca = shared.join("ca.pem");
+    let mut old = VendorIngestClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await));
+    let r = ok(old.submit(events::heart_rate("before", OSLO, 701)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+
+    // 1. A new server certificate from another CA, noticed by the watcher.
+    let second = ok(tempfile::tempdir());
+    ok(harness::dev_certs(second.path(), &["--vendor", "x"]));
+    replace(
+        &second.path().join("server.key"),
+        &mine.path().join("server.key"),
+        false,
+    );
+    replace(
+        &second.path().join("server.pem"),
+        &mine.path().join("server.pem"),
+        false,
+    );
+    assert!(
+        wait_trusted(&hub, &second.path().join("ca.pem"), vendor.clone(), 10).await,
+        "new connections do not get the new certificate; log:\n{}",
+        hub.logs()
+    );
+    assert!(
+        channel(&hub, &old_ca, vendor.clone()).await.is_err()
+            || VendorIngestClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await))
+                .submit(events::heart_rate("stale", OSLO, 702))
+                .await
+                .is_err(),
+        "a new connection still got the old certificate"
+    );
+    // The connection made before the reload is still up and serving.
+    let r = ok(old.submit(events::heart_rate("after-1", OSLO, 703)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+    // HTTPS got the new certificate too.
+    let https = ok(reqwest::Client::builder()
+        .tls_certs_only([ok(reqwest::Certificate::from_pem(&ok(std::fs::read(
+            second.path().join("ca.pem"),
+        ))))])
+        .build());
+    let st = ok(https.get(hub.url("/readyz")).send().await).status();
+    assert!(st.is_success(), "{st}");
+
+    // 2. A third certificate with unchanged modification times: only the
+    //    SIGHUP can make the hub load it.
+    let third = ok(tempfile::tempdir());
+    ok(harness::dev_certs(third.path(), &["--vendor", "x"]));
+    replace(
+        &third.path().join("server.key"),
+        &mine.path().join("server.key"),
+        true,
+    );
+    replace(
+        &third.path().join("server.pem"),
+        &mine.path().join("server.pem"),
+        true,
+    );
+    let third_ca = third.path().join("ca.pem");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !wait_trusted(&hub, &third_ca, vendor.clone(), 0).await,
+        "reloaded without a change or a signal"
+    );
+    let pid = hub.pid().unwrap_or_else(|| panic!("hub not running"));
+    let st = ok(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status());
+    assert!(st.success());
+    assert!(
+        wait_trusted(&hub, &third_ca, vendor.clone(), 10).await,
+        "SIGHUP did not reload; log:\n{}",
+        hub.logs()
+    );
+    assert!(
+        hub.logs()
+            .lines()
+            .any(|l| l.contains("TLS certificates reloaded") && l.contains("SIGHUP")),
+        "{}",
+        hub.logs()
+    );
+    // Still the same process, and the first connection still works.
+    assert_eq!(hub.pid(), Some(pid));
+    let r = ok(old.submit(events::heart_rate("after-2", OSLO, 704)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+}
