@@ -10,6 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::IntoFuture;
+
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use tokio_stream::StreamExt;
@@ -210,7 +212,11 @@ impl Hub {
                     )
                 }
                 None => Box::pin(grpc_router.serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc),
+                    TcpListenerStream::new(grpc).map(|c| {
+                        c.inspect(|s| {
+                            let _ = s.set_nodelay(true);
+                        })
+                    }),
                     token.clone().cancelled_owned(),
                 )),
             };
@@ -248,9 +254,14 @@ impl Hub {
                 )
             }
             None => Box::pin(
-                axum::serve(http, app)
-                    .with_graceful_shutdown(token.clone().cancelled_owned())
-                    .into_future(),
+                axum::serve(
+                    http.tap_io(|s| {
+                        let _ = s.set_nodelay(true);
+                    }),
+                    app,
+                )
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .into_future(),
             ),
         };
 

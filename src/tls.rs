@@ -202,6 +202,9 @@ pub fn accept_loop(
                     }
                 },
             };
+            // Our own accept loop, so TCP_NODELAY is ours to set: without it
+            // small gRPC frames wait on Nagle + delayed ACK (~10 ms per ack).
+            let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.load_full());
             let tx = tx.clone();
             tokio::spawn(async move {
