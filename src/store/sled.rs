@@ -197,7 +197,10 @@ impl SledStore {
             // memory does: the flusher thread also runs sled's segment GC,
             // and without it a writer that never idles keeps ~10 KB per
             // event alive (measured: 1.26 GB vs 0.24 GB at 120k events).
-            .flush_every_ms(Some(500))
+            // Every 2 s rather than sled's 500 ms: each run ends in a full
+            // `sync_all` that stalls our group commits (steady-rate ack p99
+            // 12.5 ms at 500 ms, 6.6 ms at 2 s; memory unchanged).
+            .flush_every_ms(Some(2000))
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|source| OpenError::Sled {
