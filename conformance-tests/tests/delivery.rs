@@ -418,7 +418,7 @@ async fn an_alarm_past_its_deadline_is_escalated_once() {
 async fn kill9_during_delivery_every_event_ends_delivered() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 30})).await);
+    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 300})).await);
     let mut hub = hub_with(dir.path(), Some(&epj), "").await;
     let n = 300;
     submit_all(
@@ -559,7 +559,7 @@ async fn retry_after_is_honoured() {
 async fn graceful_shutdown_during_delivery_loses_and_doubles_nothing() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 40})).await);
+    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 300})).await);
     let mut hub = hub_with(dir.path(), Some(&epj), "").await;
     let n = 200;
     submit_all(
