@@ -374,55 +374,10 @@ impl DemoPki {
             .map(|(_, c)| *c)
             .ok_or_else(|| format!("no demo EPJ client for {org}"))?;
         let key = std::fs::read(self.dir.join(format!("epj-{client}.key")))?;
-        let token_url = format!("{base}/oauth/token");
-        let now = Utc::now().timestamp();
-        let claims = serde_json::json!({
-            "iss": client, "sub": client, "aud": token_url,
-            "iat": now, "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
-        });
-        let assertion = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_ec_pem(&key)?,
-        )?;
-        let form = [
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion.as_str()),
-        ];
-        let body = form
-            .iter()
-            .fold(
-                form_urlencoded::Serializer::new(String::new()),
-                |mut s, (k, v)| {
-                    s.append_pair(k, v);
-                    s
-                },
-            )
-            .finish();
-        let resp: Value = web
-            .post(&token_url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("asking for an EPJ token: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("token answer is not JSON: {e}"))?;
-        resp["access_token"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| {
-                format!(
-                    "no access token for {client}: {}",
-                    resp["error_description"]
-                )
-                .into()
-            })
+        Ok(
+            crate::auth::client::request_token(web, &format!("{base}/oauth/token"), client, &key)
+                .await?,
+        )
     }
 }
 

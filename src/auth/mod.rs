@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod assertion;
 pub mod bearer;
+pub mod client;
 pub mod config;
 pub mod keys;
 pub mod token;
