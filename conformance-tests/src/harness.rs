@@ -577,6 +577,27 @@ impl Drop for EpjAdapter {
     }
 }
 
+/// Unwraps a test step's result, panicking with its error (tests only).
+pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `Type/id` of every entry of a Bundle, in order.
+pub fn entry_refs(bundle: &serde_json::Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap_or(""),
+                e["resource"]["id"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 /// Builders for valid events; tests change one field to break a rule.
 pub mod events {
     use super::pb;

@@ -3,6 +3,7 @@
 //! municipality as FHIR R4 `AuditEvent`s by patient identifier and time,
 //! never by another municipality, and valid FHIR.
 
+use conformance_tests::harness::ok;
 use std::time::{Duration, Instant};
 
 use conformance_tests::fhir_validator;
@@ -16,10 +17,6 @@ use serde_json::{Value, json};
 
 const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 const DNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.2";
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// Oslo pushes to the EPJ adapter and is pulled by `oslo-vakt`.
 async fn hub_with(dir: &std::path::Path, epj: &EpjAdapter) -> Hub {
@@ -189,18 +186,7 @@ async fn every_access_leaves_one_audit_record() {
     // Pull: $pending then $confirm, as the registered consumer.
     let (status, b) = ok(get_json(&format!("{base}/$pending?consumer=oslo-vakt&_count=10")).await);
     assert_eq!(status, 200, "{b}");
-    let offered: Vec<String> = b["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            format!(
-                "{}/{}",
-                e["resource"]["resourceType"].as_str().unwrap_or(""),
-                e["resource"]["id"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let offered: Vec<String> = conformance_tests::harness::entry_refs(&b);
     assert_eq!(offered.len(), 3, "{b}");
     let parts: Vec<Value> = offered
         .iter()

@@ -3,6 +3,7 @@
 //! overtaking a backlog, deadline escalation, kill -9 during delivery, and
 //! pull with leases and confirmation.
 
+use conformance_tests::harness::ok;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -10,10 +11,6 @@ use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{EpjAdapter, Hub, HubOptions, ReceiptStatus, get_json};
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// A hub whose Oslo has one push destination (the adapter, unless `None`)
 /// escalating to a pull destination "oslo-vakt" (the response centre).
@@ -383,18 +380,7 @@ async fn an_alarm_past_its_deadline_is_escalated_once() {
     ))
     .await);
     assert_eq!(status, 200, "{b}");
-    let pulled: Vec<String> = b["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            format!(
-                "{}/{}",
-                e["resource"]["resourceType"].as_str().unwrap_or(""),
-                e["resource"]["id"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let pulled: Vec<String> = conformance_tests::harness::entry_refs(&b);
     // Only the red one is time-critical; the green alarm is not escalated.
     assert_eq!(pulled, vec![refs[0].clone()]);
     assert!(
@@ -458,22 +444,8 @@ async fn pull_leases_expire_and_confirmations_settle() {
     )
     .await;
     let base = hub.fhir_base(OSLO);
-    let pending = |b: &Value| -> Vec<String> {
-        b["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                format!(
-                    "{}/{}",
-                    e["resource"]["resourceType"].as_str().unwrap_or(""),
-                    e["resource"]["id"].as_str().unwrap_or("")
-                )
-            })
-            .collect()
-    };
     let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
-    let first = pending(&b);
+    let first = conformance_tests::harness::entry_refs(&b);
     assert_eq!(
         first,
         vec![refs[2].clone(), refs[0].clone(), refs[1].clone()],
@@ -481,13 +453,13 @@ async fn pull_leases_expire_and_confirmations_settle() {
     );
     let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
     assert!(
-        pending(&b).is_empty(),
+        conformance_tests::harness::entry_refs(&b).is_empty(),
         "leased items were offered twice: {b}"
     );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
     assert_eq!(
-        pending(&b).len(),
+        conformance_tests::harness::entry_refs(&b).len(),
         3,
         "unconfirmed items were not offered again after the lease"
     );
@@ -513,7 +485,10 @@ async fn pull_leases_expire_and_confirmations_settle() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
-    assert!(pending(&b).is_empty(), "confirmed items came back: {b}");
+    assert!(
+        conformance_tests::harness::entry_refs(&b).is_empty(),
+        "confirmed items came back: {b}"
+    );
     for (r, want) in [(&refs[0], "delivered"), (&refs[1], "dead-lettered")] {
         let (_, st) = ok(get_json(&format!("{base}/$status?resource={r}")).await);
         assert_eq!(st["parameter"][0]["part"][1]["valueCode"], want, "{st}");

@@ -1,6 +1,7 @@
 //! Crash safety: `kill -9` while vendors stream events loses no event the
 //! hub acknowledged, and a full disk is refused cleanly and recovered from.
 
+use conformance_tests::harness::ok;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,10 +11,6 @@ use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{Hub, HubOptions, ReceiptStatus, get_json, search_all};
 use tokio::sync::Mutex;
 use tokio_stream::StreamExt;
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_load_loses_no_acknowledged_event() {

@@ -4,6 +4,7 @@
 //! bearer token is refused and counted by reason, a scope that does not
 //! cover the request is 403, and the admin API has its own credential.
 
+use conformance_tests::harness::ok;
 use std::path::Path;
 
 use base64::Engine;
@@ -16,10 +17,6 @@ use conformance_tests::harness::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn now() -> u64 {
     ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).as_secs()

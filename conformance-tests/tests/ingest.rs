@@ -2,6 +2,7 @@
 //! rejection rule, and idempotency across restarts, against the real binary.
 
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
+use conformance_tests::harness::ok;
 use conformance_tests::harness::{Hub, HubOptions, ReceiptStatus, get_json, search_all};
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -15,10 +16,6 @@ async fn hub() -> (tempfile::TempDir, Hub) {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     (dir, hub)
-}
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test]

@@ -1,16 +1,13 @@
 //! Keyset paging: following `next` links while vendors keep writing never
 //! skips or repeats a resource.
 
+use conformance_tests::harness::ok;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{Hub, HubOptions, ReceiptStatus, get_json};
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn next_link(b: &serde_json::Value) -> Option<String> {
     b["link"]

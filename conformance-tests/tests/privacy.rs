@@ -4,6 +4,7 @@
 //! level, then every line of the hub's log, the EPJ adapter's received.log
 //! and /metrics are searched for them.
 
+use conformance_tests::harness::ok;
 use std::time::Duration;
 
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
@@ -18,10 +19,6 @@ use tokio_stream::StreamExt;
 
 const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 const DNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.2";
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 async fn hub_with(dir: &std::path::Path, epj: &EpjAdapter) -> Hub {
     let certs = ok(conformance_tests::harness::certs())

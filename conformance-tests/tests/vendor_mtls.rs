@@ -4,6 +4,7 @@
 //! streams, message size) and certificate reload without dropping
 //! connections.
 
+use conformance_tests::harness::ok;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,10 +23,6 @@ const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 
 /// A client certificate and its key (files), or none.
 type ClientCert = Option<(PathBuf, PathBuf)>;
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 async fn hub_with(extra: &str) -> (tempfile::TempDir, Hub) {
     let dir = ok(tempfile::tempdir());
