@@ -1,10 +1,16 @@
-//! Durable storage behind one trait.
+//! Durable storage behind four traits, one per concern: the event log and
+//! its searches ([`EventLog`]), destinations as consumers of that log
+//! ([`Consumers`]), the audit trail ([`AuditLog`]) and the assertion replay
+//! guard ([`ReplayGuard`]). [`Store`] is all four; handlers hold an
+//! `Arc<dyn Store>` and never block: every method that touches disk is a
+//! future, and blocking work stays inside the implementation.
 //!
-//! The default backend is [`sled::SledStore`]: one atomic batch per group of
-//! events holds each event's resource, its search indexes, its idempotency
-//! key and its outbox entry; the batch is fdatasync'ed before any caller is
-//! answered (group commit). Another backend (e.g. on a distributed database)
-//! slots in by implementing [`Store`].
+//! The embedded backend is [`embedded::EmbeddedStore`] (fjall): a log in
+//! commit order with the few index keys searches need, each destination a
+//! cursor over its municipality's log (ack floor + pending set in memory),
+//! and one group commit (one fdatasync) shared by events, audit records and
+//! used assertion ids. [`memory::MemoryStore`] is the reference model the
+//! model-based test holds every backend against.
 //!
 //! Ordering and time: every stored resource gets a sequence number that is
 //! also its `meta.lastUpdated` in microseconds since the Unix epoch, strictly
@@ -13,7 +19,10 @@
 //! key ranges.
 
 pub mod audit;
-pub mod sled;
+pub mod embedded;
+pub mod memory;
+#[cfg(test)]
+mod model_test;
 
 use std::fmt;
 
@@ -56,9 +65,6 @@ pub struct NewRecord {
     pub is_alarm: bool,
     /// How urgently it must be delivered.
     pub class: Class,
-    /// The destinations it is queued for (their configured names), in the
-    /// same atomic write that stores it.
-    pub destinations: Vec<String>,
 }
 
 /// Delivery class. RED and YELLOW alarms go ahead of every routine item and
@@ -96,7 +102,7 @@ impl Class {
     }
 }
 
-/// One queued delivery: a resource waiting for one destination.
+/// One item handed to a consumer: a resource waiting for one destination.
 #[derive(Debug, Clone)]
 pub struct OutboxItem {
     pub destination: String,
@@ -107,70 +113,153 @@ pub struct OutboxItem {
 }
 
 /// How a delivery attempt ended for one item.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
-    /// The destination has it: remove it from the queue.
+    /// The destination has it.
     Delivered,
-    /// Final failure: move it to the dead letters, with what the destination said.
+    /// Final failure: a dead letter, with what the destination said. An
+    /// urgent item that becomes a dead letter is escalated at once when its
+    /// destination has a fallback.
     DeadLetter {
         attempts: u32,
         error: String,
         response: Option<String>,
     },
-    /// Leave it queued (pull: release the lease so it is offered again now).
+    /// Not settled: offer it again now (pull: release the lease).
     Release,
 }
 
 /// A delivery that ended in failure and waits for an operator.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub destination: String,
     pub seq: u64,
-    pub resource: String,
+    pub resource: ResourceRef,
     pub class: Class,
     pub attempts: u32,
     pub error: String,
     /// The destination's answer (e.g. its OperationOutcome), if any.
     pub response: Option<String>,
-    /// When it was dead-lettered, RFC 3339.
-    pub at: String,
+    /// When it was dead-lettered.
+    pub at: DateTime<Utc>,
     /// Codes of the resource (for replay by code).
     pub codes: Vec<String>,
-    #[serde(skip)]
-    pub patient: [u8; 16],
 }
 
-/// Which dead letters an operator means. Empty fields match everything.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+/// Which dead letters an operator means. `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {
     pub destination: Option<String>,
-    /// Received at or after (RFC 3339).
-    pub from: Option<String>,
-    /// Received before (RFC 3339).
-    pub to: Option<String>,
+    /// Received at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Received before.
+    pub to: Option<DateTime<Utc>>,
     pub code: Option<String>,
 }
 
 /// Where one resource stands with one destination (`$status`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryState {
     Pending,
-    /// Handed to a pull consumer; offered again after `until` (RFC 3339).
-    Leased {
-        until: String,
-    },
-    Delivered {
-        at: String,
-    },
-    DeadLettered {
-        at: String,
-        error: String,
-    },
-    Discarded {
-        at: String,
-        reason: String,
-    },
+    /// Handed to a pull consumer; offered again after `until`.
+    Leased { until: DateTime<Utc> },
+    /// Delivered. The time is known while the item is settled above its
+    /// consumer's ack floor; once the floor passes it only the fact remains.
+    Delivered { at: Option<DateTime<Utc>> },
+    DeadLettered { at: DateTime<Utc>, error: String },
+    Discarded { at: DateTime<Utc>, reason: String },
+}
+
+/// One destination as the store sees it: a consumer of its municipality's
+/// log, or (escalation-only) of the alarms escalated to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub name: String,
+    pub municipality: Orgnr,
+    /// Reads nothing from the log; gets only what is escalated to it.
+    pub escalation_only: bool,
+    /// Where its overdue or dead-lettered RED/YELLOW alarms go.
+    pub escalate_to: Option<String>,
+    /// RED and YELLOW deadlines, microseconds after the event was stored.
+    pub red_deadline_us: u64,
+    pub yellow_deadline_us: u64,
+}
+
+/// Queue figures of one consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Items not yet settled.
+    pub pending: u64,
+    /// `seq` of the oldest of them.
+    pub oldest: Option<u64>,
+    /// The durable ack floor: everything at or below it is settled.
+    pub floor: u64,
+}
+
+/// An alarm handed to a fallback destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escalation {
+    pub from: String,
+    pub to: String,
+    pub seq: u64,
+    pub resource: ResourceRef,
+    pub class: Class,
+    /// `true`: its destination refused it for good; `false`: overdue.
+    pub dead_lettered: bool,
+}
+
+/// What settling changed besides the items themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettleReport {
+    /// Items that were still unsettled and are now settled.
+    pub settled: usize,
+    /// Dead-lettered alarms handed to the fallback in the same write.
+    pub escalated: Vec<Escalation>,
+}
+
+/// The kinds of data retention is configured for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataClass {
+    Alarm = 0,
+    Note = 1,
+    Measurement = 2,
+}
+
+/// How long events are kept, per municipality and data class. An event past
+/// its retention leaves the log and every index, unless a consumer has not
+/// settled it (then it stays and is counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Microseconds; `None`: kept forever.
+    pub default: [Option<u64>; 3],
+    pub per_municipality: std::collections::HashMap<Orgnr, [Option<u64>; 3]>,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            default: [None; 3],
+            per_municipality: Default::default(),
+        }
+    }
+}
+
+impl RetentionPolicy {
+    pub fn keep_us(&self, org: Orgnr, class: DataClass) -> Option<u64> {
+        let i = class as usize;
+        self.per_municipality
+            .get(&org)
+            .map_or(self.default[i], |p| p[i])
+    }
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Events removed from the log and every index.
+    pub removed: u64,
+    /// Events past retention kept because a consumer has not settled them.
+    pub held: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,12 +292,16 @@ pub enum PutError {
 pub enum StoreError {
     #[error("store read failed: {0}")]
     Read(String),
+    #[error("store write failed: {0}")]
+    Write(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    #[error("no destination named {0:?} is configured")]
+    UnknownConsumer(String),
 }
 
 /// A resource as read back, with `meta.lastUpdated` filled in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResource {
     pub seq: u64,
     pub municipality: Orgnr,
@@ -256,10 +349,22 @@ pub struct SearchPage {
     pub next: Option<u64>,
 }
 
-/// Storage for the hub. `put` resolves only once the record is durable.
-pub trait Store: Send + Sync + 'static {
-    /// Writes one event atomically (resource, indexes, idempotency key,
-    /// outbox entry) and returns once it is on disk.
+/// Everything a future answers with in this module.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// The event log and its searches.
+///
+/// Ordering contract: every accepted event gets a sequence number (`seq`)
+/// that is its `meta.lastUpdated` in microseconds, strictly increasing in
+/// commit order across the whole store. A reader never sees `seq` N+1 while
+/// N could still commit or be lost: nothing is visible before it is durable,
+/// and nothing becomes visible below what is already visible. Keyset paging
+/// on `seq` therefore never skips or repeats a resource.
+pub trait EventLog: Send + Sync {
+    /// Writes one event atomically (record, indexes, idempotency key) and
+    /// resolves once it is durable. A resend with the same vendor and
+    /// `event_id` inside the idempotency window is `Duplicate` (same content)
+    /// or `Conflict` (other content); after the window it is a new event.
     fn put(&self, rec: NewRecord) -> BoxFuture<'_, Result<PutOutcome, PutError>>;
 
     /// Reads one resource of one municipality. Another municipality's
@@ -269,106 +374,105 @@ pub trait Store: Send + Sync + 'static {
         municipality: Orgnr,
         resource_type: ResourceType,
         id: uuid::Uuid,
-    ) -> Result<Option<StoredResource>, StoreError>;
+    ) -> StoreFuture<'_, Option<StoredResource>>;
 
-    fn search(&self, q: &SearchQuery) -> Result<SearchPage, StoreError>;
+    fn search(&self, q: SearchQuery) -> StoreFuture<'_, SearchPage>;
 
     /// Readiness: `Err` says why the store cannot take writes now.
     fn ready(&self) -> Result<(), String>;
-
-    /// The next items for `destination`, RED then YELLOW then routine, each
-    /// class oldest first, at most `max`, skipping items leased until after
-    /// `now`. When an urgent item is taken, the same patient's older routine
-    /// items are taken with it and put before it, so one patient's resources
-    /// still arrive in the order they were received. With `lease_until`, the
-    /// items are leased to the caller until then (pull).
-    fn outbox_take(
-        &self,
-        destination: &str,
-        max: usize,
-        now: u64,
-        lease_until: Option<u64>,
-    ) -> Result<Vec<OutboxItem>, StoreError>;
-
-    /// Records how deliveries ended: `seq` → outcome. Items no longer
-    /// queued (settled before) are skipped.
-    fn outbox_settle(
-        &self,
-        destination: &str,
-        outcomes: &[(u64, Settle)],
-    ) -> Result<(), StoreError>;
-
-    /// Items waiting for `destination` and the `seq` of the oldest one.
-    fn outbox_depth(&self, destination: &str) -> Result<(u64, Option<u64>), StoreError>;
-
-    /// Queues every RED/YELLOW item of `destination` older than its deadline
-    /// (microseconds) for `fallback`, once each, and returns them.
-    fn escalate_overdue(
-        &self,
-        destination: &str,
-        fallback: &str,
-        now: u64,
-        red_deadline: u64,
-        yellow_deadline: u64,
-    ) -> Result<Vec<ResourceRef>, StoreError>;
-
-    fn dead_letters(
-        &self,
-        filter: &DeadLetterFilter,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError>;
-
-    /// Puts a dead letter back in its destination's queue. `false`: no such dead letter.
-    fn dead_letter_replay(&self, destination: &str, seq: u64) -> Result<bool, StoreError>;
-
-    /// Drops a dead letter for good, keeping the reason in its status.
-    fn dead_letter_discard(
-        &self,
-        destination: &str,
-        seq: u64,
-        reason: &str,
-    ) -> Result<bool, StoreError>;
-
-    /// Where one resource stands with one destination; `None` if it was
-    /// never queued there.
-    fn delivery_state(
-        &self,
-        destination: &str,
-        seq: u64,
-    ) -> Result<Option<DeliveryState>, StoreError>;
-
-    /// The `seq` of a resource of one municipality, if visible.
-    fn seq_of(
-        &self,
-        municipality: Orgnr,
-        resource_type: ResourceType,
-        id: uuid::Uuid,
-    ) -> Result<Option<u64>, StoreError> {
-        Ok(self.get(municipality, resource_type, id)?.map(|r| r.seq))
-    }
 
     /// Changes whenever a group commit made new records visible; delivery
     /// workers wait on it instead of polling.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
 
-    /// Appends audit records and returns once they are on disk, with the
-    /// `seq` each got. An `Err` means nothing may be served.
-    fn audit_append(&self, records: Vec<audit::AuditRecord>) -> Result<Vec<u64>, StoreError>;
+    /// Removes events past their retention that every consumer has settled.
+    fn apply_retention(&self, policy: RetentionPolicy, now: u64)
+    -> StoreFuture<'_, RetentionReport>;
+}
+
+/// Destinations as consumers of the log (the JetStream model): a durable
+/// ack floor, the unsettled items above it, and small durable tables for
+/// the exceptions (settled above the floor, dead letters, escalations).
+///
+/// Ordering contract for [`Consumers::take`]: RED, then YELLOW alarms, then
+/// routine items; an alarm never waits behind routine data. Within one
+/// (destination, patient, class) items come oldest first. A note that
+/// answers an alarm is never handed out before that alarm is settled or
+/// earlier in the same batch. Never more than `max` items.
+pub trait Consumers: Send + Sync {
+    /// The next items for `consumer`, skipping items leased until after
+    /// `now` (µs). With `lease_until`, the items are leased until then
+    /// (pull); without, they count as in flight until settled or released.
+    fn take(
+        &self,
+        consumer: &str,
+        max: usize,
+        now: u64,
+        lease_until: Option<u64>,
+    ) -> StoreFuture<'_, Vec<OutboxItem>>;
+
+    /// Records how deliveries ended: `seq` → outcome, in one small write.
+    /// Items no longer unsettled are skipped.
+    fn settle(&self, consumer: &str, outcomes: Vec<(u64, Settle)>)
+    -> StoreFuture<'_, SettleReport>;
+
+    fn stats(&self, consumer: &str) -> StoreFuture<'_, ConsumerStats>;
+
+    /// Hands every RED/YELLOW item older than its deadline to the
+    /// consumer's fallback, once each.
+    fn escalate_overdue(&self, now: u64) -> StoreFuture<'_, Vec<Escalation>>;
+
+    fn dead_letters(
+        &self,
+        filter: DeadLetterFilter,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<DeadLetter>>;
+
+    /// Offers a dead letter to its destination again. `false`: no such dead letter.
+    fn dead_letter_replay(&self, consumer: &str, seq: u64) -> StoreFuture<'_, bool>;
+
+    /// Drops a dead letter for good, keeping the reason in its status.
+    fn dead_letter_discard(
+        &self,
+        consumer: &str,
+        seq: u64,
+        reason: String,
+    ) -> StoreFuture<'_, bool>;
+
+    /// Where one resource stands with one destination; `None` if it was
+    /// never meant for it.
+    fn delivery_state(&self, consumer: &str, seq: u64)
+    -> StoreFuture<'_, Option<DeliveryState>>;
+}
+
+/// The append-only audit trail.
+pub trait AuditLog: Send + Sync {
+    /// Appends audit records and resolves once they are durable (they share
+    /// the group commit of events), with the `seq` each got.
+    fn audit_append(&self, records: Vec<audit::AuditRecord>) -> StoreFuture<'_, Vec<u64>>;
 
     /// One municipality's audit trail, oldest first.
-    fn audit_search(&self, q: &audit::AuditQuery) -> Result<audit::AuditPage, StoreError>;
+    fn audit_search(&self, q: audit::AuditQuery) -> StoreFuture<'_, audit::AuditPage>;
 
     /// Deletes audit records with `seq < before` (retention); returns how many.
-    fn audit_prune(&self, before: u64) -> Result<usize, StoreError>;
+    fn audit_prune(&self, before: u64) -> StoreFuture<'_, usize>;
+}
 
-    /// Records that `client` used assertion id `jti`, valid until `exp`
-    /// (Unix seconds), on disk before it returns. `false`: already used and
-    /// not yet expired (a replay).
-    fn jti_claim(&self, client: &str, jti: &str, exp: u64, now: u64) -> Result<bool, StoreError>;
+/// Used assertion ids (`jti`), so a client assertion works once.
+pub trait ReplayGuard: Send + Sync {
+    /// Records that `client` used `jti`, valid until `exp` (Unix seconds),
+    /// durable before it resolves. `false`: already used and not yet
+    /// expired (a replay).
+    fn jti_claim(&self, client: &str, jti: &str, exp: u64, now: u64) -> StoreFuture<'_, bool>;
 
     /// Forgets assertion ids that expired before `now` (Unix seconds).
-    fn jti_prune(&self, now: u64) -> Result<usize, StoreError>;
+    fn jti_prune(&self, now: u64) -> StoreFuture<'_, usize>;
 }
+
+/// Storage for the hub: every concern behind one handle.
+pub trait Store: EventLog + Consumers + AuditLog + ReplayGuard + 'static {}
+
+impl<T: EventLog + Consumers + AuditLog + ReplayGuard + 'static> Store for T {}
 
 /// The patient's search key: a hash of identifier system and value, so index
 /// keys do not hold the national id in the clear.
