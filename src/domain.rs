@@ -258,6 +258,9 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
+    /// Every type the hub stores.
+    pub const ALL: [ResourceType; 2] = [ResourceType::Observation, ResourceType::Communication];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceType::Observation => "Observation",

@@ -1,0 +1,777 @@
+//! Destinations as consumers of the log, as NATS JetStream keeps them: a
+//! durable ack floor (everything at or below it is settled), and in memory
+//! what is unsettled above it, rebuilt from the floor at start.
+//!
+//! In memory per consumer:
+//! - `urgent`: unsettled RED/YELLOW items, all of them, found through the
+//!   `alarms` keyspace (never by scanning the routine backlog);
+//! - `routine`: a window of unsettled routine items, read from the type
+//!   index up to `scanned` as takes need them (so a backlog of millions
+//!   costs a window, not millions of entries);
+//! - `explicit`: items queued to it by name (escalated to it, replayed);
+//! - `leases`: pull leases (lost on restart: the item is offered again).
+//!
+//! On disk, only the exceptions: `F` (start, floor), `S` settled above the
+//! floor, `E` escalated, `Q` explicit queue, and dead letters. Settling a
+//! Bundle delivered in order moves the floor: one key written.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::keys::{self, DlqRecord, TypeEntry};
+use super::read::{raw_record, resource_at};
+use super::{Shared, Spaces, lock, now_micros, read};
+use crate::domain::ResourceType;
+use crate::store::{
+    Class, ConsumerSpec, ConsumerStats, DeadLetter, DeadLetterFilter, DeliveryState, Escalation,
+    OutboxItem, Settle, SettleReport, StoreError, seq_to_time, time_to_seq,
+};
+
+/// Routine items read ahead of what a take needs.
+const WINDOW: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Item {
+    class: Class,
+    patient: [u8; 16],
+    /// `seq` of the alarm a note answers; 0 for none.
+    answers: u64,
+}
+
+pub(crate) struct Cons {
+    pub spec: ConsumerSpec,
+    org: u32,
+    /// Events at or below `start` were stored before this consumer existed.
+    start: u64,
+    floor: u64,
+    /// Settled above the floor: seq → (kind, at).
+    above: BTreeMap<u64, (u8, u64)>,
+    escalated: BTreeSet<u64>,
+    /// The routine window covers the log up to here.
+    scanned: u64,
+    routine: BTreeMap<u64, Item>,
+    urgent: BTreeMap<u64, Item>,
+    alarm_scanned: u64,
+    explicit: BTreeMap<u64, Item>,
+    leases: HashMap<u64, u64>,
+    /// Routine events above `scanned` not yet in the window; the writer
+    /// adds each commit's arrivals.
+    pub unscanned: Arc<AtomicU64>,
+}
+
+fn f_key(name: &str) -> Vec<u8> {
+    keys::name_prefix(Some(b'F'), name)
+}
+
+impl Cons {
+    /// Rebuilds a consumer from its floor; a new one starts at `last_seq`.
+    pub(crate) fn load(
+        db: &fjall::Database,
+        ks: &Spaces,
+        spec: ConsumerSpec,
+        last_seq: u64,
+    ) -> Result<Cons, StoreError> {
+        let name = spec.name.clone();
+        let (start, floor) = match ks.cons.get(f_key(&name)).map_err(read)? {
+            Some(v) => keys::parse_floor(&v)?,
+            None => {
+                ks.cons
+                    .insert(f_key(&name), keys::floor_value(last_seq, last_seq))
+                    .map_err(super::write)?;
+                db.persist(fjall::PersistMode::SyncData)
+                    .map_err(super::write)?;
+                (last_seq, last_seq)
+            }
+        };
+        let mut above = BTreeMap::new();
+        for g in ks.cons.prefix(keys::name_prefix(Some(b'S'), &name)) {
+            let (k, v) = g.into_inner().map_err(read)?;
+            above.insert(keys::tail_seq(&k)?, keys::parse_settled(&v)?);
+        }
+        let mut escalated = BTreeSet::new();
+        for g in ks.cons.prefix(keys::name_prefix(Some(b'E'), &name)) {
+            escalated.insert(keys::tail_seq(&g.key().map_err(read)?)?);
+        }
+        let mut explicit = BTreeMap::new();
+        for g in ks.cons.prefix(keys::name_prefix(Some(b'Q'), &name)) {
+            let (k, v) = g.into_inner().map_err(read)?;
+            let (class, patient) = keys::parse_class_patient(&v)?;
+            explicit.insert(
+                keys::tail_seq(&k)?,
+                Item {
+                    class,
+                    patient,
+                    answers: 0,
+                },
+            );
+        }
+        let org = spec.municipality.as_u32();
+        let c = Cons {
+            org,
+            start,
+            floor,
+            above,
+            escalated,
+            scanned: floor,
+            routine: BTreeMap::new(),
+            urgent: BTreeMap::new(),
+            alarm_scanned: floor,
+            explicit,
+            leases: HashMap::new(),
+            unscanned: Arc::new(AtomicU64::new(0)),
+            spec,
+        };
+        if !c.spec.escalation_only {
+            let mut n = 0u64;
+            for rt in ResourceType::ALL {
+                let p = keys::index_prefix(b'T', org, rt.tag(), &[]);
+                let lo = keys::with_seq(p.clone(), floor.saturating_add(1));
+                let hi = keys::with_seq(p, last_seq);
+                for g in ks.idx.range(lo..=hi) {
+                    let (k, v) = g.into_inner().map_err(read)?;
+                    let e = TypeEntry::from_bytes(&v)?;
+                    if !e.class.is_urgent() && !c.above.contains_key(&keys::tail_seq(&k)?) {
+                        n += 1;
+                    }
+                }
+            }
+            c.unscanned.store(n, Ordering::Release);
+        }
+        Ok(c)
+    }
+
+    /// Reads alarms stored since the last look into `urgent`.
+    fn refresh_urgent(&mut self, s: &Shared) -> Result<(), StoreError> {
+        let visible = s.visible();
+        if self.spec.escalation_only || self.alarm_scanned >= visible {
+            return Ok(());
+        }
+        let lo = keys::alarm_key(self.org, self.alarm_scanned + 1);
+        let hi = keys::alarm_key(self.org, visible);
+        for g in s.ks.alarms.range(lo..=hi) {
+            let (k, v) = g.into_inner().map_err(read)?;
+            let seq = keys::tail_seq(&k)?;
+            if seq <= self.floor || self.above.contains_key(&seq) {
+                continue;
+            }
+            let (class, patient) = keys::parse_class_patient(&v)?;
+            self.urgent.insert(
+                seq,
+                Item {
+                    class,
+                    patient,
+                    answers: 0,
+                },
+            );
+        }
+        self.alarm_scanned = visible;
+        Ok(())
+    }
+
+    /// Extends the routine window until `want` items are free to take (or
+    /// the log is read to its visible end).
+    fn refill_routine(&mut self, s: &Shared, want: usize, now: u64) -> Result<(), StoreError> {
+        if self.spec.escalation_only {
+            return Ok(());
+        }
+        loop {
+            let visible = s.visible();
+            let free = self
+                .routine
+                .keys()
+                .filter(|q| !self.leased(**q, now))
+                .count();
+            if free >= want || self.scanned >= visible {
+                return Ok(());
+            }
+            let limit = WINDOW.max(want);
+            let mut lim = visible;
+            let mut entries = Vec::new();
+            for rt in ResourceType::ALL {
+                let p = keys::index_prefix(b'T', self.org, rt.tag(), &[]);
+                let lo = keys::with_seq(p.clone(), self.scanned + 1);
+                let hi = keys::with_seq(p, visible);
+                let mut n = 0;
+                for g in s.ks.idx.range(lo..=hi) {
+                    let (k, v) = g.into_inner().map_err(read)?;
+                    let seq = keys::tail_seq(&k)?;
+                    if seq > lim {
+                        break;
+                    }
+                    entries.push((seq, TypeEntry::from_bytes(&v)?));
+                    n += 1;
+                    if n >= limit {
+                        lim = seq;
+                        break;
+                    }
+                }
+            }
+            let mut added = 0u64;
+            for (seq, e) in entries {
+                if seq > lim || e.class.is_urgent() || self.above.contains_key(&seq) {
+                    continue;
+                }
+                added += 1;
+                self.routine.insert(
+                    seq,
+                    Item {
+                        class: e.class,
+                        patient: e.patient,
+                        answers: e.answers,
+                    },
+                );
+            }
+            self.scanned = lim;
+            let _ = self
+                .unscanned
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    Some(u.saturating_sub(added))
+                });
+        }
+    }
+
+    fn leased(&self, seq: u64, now: u64) -> bool {
+        self.leases.get(&seq).is_some_and(|u| *u > now)
+    }
+
+    fn pending_item(&self, seq: u64) -> Option<Item> {
+        self.urgent
+            .get(&seq)
+            .or_else(|| self.routine.get(&seq))
+            .or_else(|| self.explicit.get(&seq))
+            .copied()
+    }
+
+    /// Candidates of one class, oldest first, each seq once.
+    fn candidates(&self, class: Class) -> Vec<(u64, Item)> {
+        let log = if class.is_urgent() {
+            &self.urgent
+        } else {
+            &self.routine
+        };
+        let mut out: Vec<(u64, Item)> = log
+            .iter()
+            .chain(self.explicit.iter())
+            .filter(|(_, i)| i.class == class)
+            .map(|(s, i)| (*s, *i))
+            .collect();
+        out.sort_by_key(|(s, _)| *s);
+        out.dedup_by_key(|(s, _)| *s);
+        out
+    }
+
+    /// The highest seq at or below which nothing is unsettled.
+    fn settled_through(&self) -> u64 {
+        let mut f = self.scanned;
+        for first in [self.routine.keys().next(), self.urgent.keys().next()]
+            .into_iter()
+            .flatten()
+        {
+            f = f.min(first.saturating_sub(1));
+        }
+        f.max(self.floor)
+    }
+}
+
+pub(crate) fn take(
+    s: &Shared,
+    name: &str,
+    max: usize,
+    now: u64,
+    lease_until: Option<u64>,
+) -> Result<Vec<crate::store::OutboxItem>, StoreError> {
+    let mut c = lock(s.consumer(name)?);
+    c.refresh_urgent(s)?;
+    c.refill_routine(s, max, now)?;
+    let mut picked: Vec<(u64, Item)> = Vec::new();
+    let mut taken: HashSet<u64> = HashSet::new();
+    for class in [Class::Red, Class::Yellow, Class::Routine] {
+        if picked.len() >= max {
+            break;
+        }
+        // Patients whose next routine item waits for its alarm: their later
+        // routine items wait too (FIFO per patient and class).
+        let mut blocked: HashSet<[u8; 16]> = HashSet::new();
+        for (seq, item) in c.candidates(class) {
+            if picked.len() >= max {
+                break;
+            }
+            if c.leased(seq, now) || blocked.contains(&item.patient) {
+                continue;
+            }
+            let gated = item.answers != 0
+                && !taken.contains(&item.answers)
+                && c.pending_item(item.answers).is_some();
+            if gated {
+                blocked.insert(item.patient);
+                continue;
+            }
+            taken.insert(seq);
+            picked.push((seq, item));
+        }
+    }
+    if let Some(until) = lease_until {
+        for (seq, _) in &picked {
+            c.leases.insert(*seq, until);
+        }
+    }
+    drop(c);
+    picked
+        .into_iter()
+        .map(|(seq, item)| {
+            Ok(OutboxItem {
+                destination: name.to_string(),
+                class: item.class,
+                patient: item.patient,
+                resource: resource_at(s, seq)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn settle(
+    s: &Shared,
+    name: &str,
+    outcomes: Vec<(u64, Settle)>,
+) -> Result<SettleReport, StoreError> {
+    let mut c = lock(s.consumer(name)?);
+    let mut batch = s.db.batch();
+    let now = now_micros();
+    let mut report = SettleReport::default();
+    let mut handed: Vec<(String, u64, Item)> = Vec::new();
+    let mut newly_above: Vec<(u64, u8)> = Vec::new();
+    for (seq, outcome) in outcomes {
+        let Some(item) = c.pending_item(seq) else {
+            continue; // settled before (e.g. confirmed twice)
+        };
+        let kind = match outcome {
+            Settle::Release => {
+                c.leases.remove(&seq);
+                continue;
+            }
+            Settle::Delivered => keys::SETTLED_DELIVERED,
+            Settle::DeadLetter {
+                attempts,
+                error,
+                response,
+            } => {
+                let rec = DlqRecord {
+                    class: item.class as u8,
+                    attempts,
+                    error: error.clone(),
+                    response,
+                    at: now,
+                    discarded: None,
+                };
+                batch.insert(
+                    &s.ks.dlq,
+                    keys::name_seq(None, name, seq),
+                    keys::encode(&rec)?,
+                );
+                tracing::warn!(destination = name, seq, attempts, error = %error, "delivery dead-lettered");
+                metrics::counter!("knutepunkt_delivery_dead_lettered_total", "destination" => name.to_string()).increment(1);
+                if item.class.is_urgent()
+                    && let Some(fb) = c.spec.escalate_to.clone()
+                    && !c.escalated.contains(&seq)
+                {
+                    escalate(s, &mut batch, name, &fb, seq, item)?;
+                    c.escalated.insert(seq);
+                    report
+                        .escalated
+                        .push(escalation(s, name, &fb, seq, item, true)?);
+                    handed.push((fb, seq, item));
+                }
+                keys::SETTLED_DEAD
+            }
+        };
+        c.leases.remove(&seq);
+        if c.explicit.remove(&seq).is_some() {
+            batch.remove(&s.ks.cons, keys::name_seq(Some(b'Q'), name, seq));
+            if c.spec.escalation_only {
+                // No floor to fold into: keep the final state for `$status`
+                // until retention removes the event.
+                batch.insert(
+                    &s.ks.cons,
+                    keys::name_seq(Some(b'S'), name, seq),
+                    keys::settled_value(kind, now),
+                );
+            }
+        }
+        let from_log = c.urgent.remove(&seq).is_some() | c.routine.remove(&seq).is_some();
+        if from_log {
+            newly_above.push((seq, kind));
+        }
+        report.settled += 1;
+    }
+    let floor = c.settled_through();
+    for (seq, kind) in newly_above {
+        if seq > floor {
+            c.above.insert(seq, (kind, now));
+            batch.insert(
+                &s.ks.cons,
+                keys::name_seq(Some(b'S'), name, seq),
+                keys::settled_value(kind, now),
+            );
+        }
+    }
+    if floor > c.floor {
+        let folded: Vec<u64> = c.above.range(..=floor).map(|(k, _)| *k).collect();
+        for seq in folded {
+            c.above.remove(&seq);
+            batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
+        }
+        let esc: Vec<u64> = c.escalated.range(..=floor).copied().collect();
+        for seq in esc {
+            c.escalated.remove(&seq);
+            batch.remove(&s.ks.cons, keys::name_seq(Some(b'E'), name, seq));
+        }
+        c.floor = floor;
+        batch.insert(&s.ks.cons, f_key(name), keys::floor_value(c.start, floor));
+    }
+    s.commit(batch)?;
+    drop(c);
+    hand_over(s, handed);
+    Ok(report)
+}
+
+/// Adds the fallback's queue entry and this consumer's "escalated" marker
+/// to `batch`.
+fn escalate(
+    s: &Shared,
+    batch: &mut fjall::OwnedWriteBatch,
+    from: &str,
+    to: &str,
+    seq: u64,
+    item: Item,
+) -> Result<(), StoreError> {
+    s.consumer(to)?;
+    batch.insert(
+        &s.ks.cons,
+        keys::name_seq(Some(b'Q'), to, seq),
+        keys::class_patient(item.class, &item.patient),
+    );
+    batch.insert(&s.ks.cons, keys::name_seq(Some(b'E'), from, seq), []);
+    Ok(())
+}
+
+fn escalation(
+    s: &Shared,
+    from: &str,
+    to: &str,
+    seq: u64,
+    item: Item,
+    dead_lettered: bool,
+) -> Result<Escalation, StoreError> {
+    Ok(Escalation {
+        from: from.to_string(),
+        to: to.to_string(),
+        seq,
+        resource: resource_at(s, seq)?.resource,
+        class: item.class,
+        dead_lettered,
+    })
+}
+
+/// After the batch is committed: the fallbacks learn of their new items
+/// and their workers wake up.
+fn hand_over(s: &Shared, handed: Vec<(String, u64, Item)>) {
+    if handed.is_empty() {
+        return;
+    }
+    for (to, seq, item) in handed {
+        if let Ok(fb) = s.consumer(&to) {
+            lock(fb).explicit.insert(seq, item);
+        }
+    }
+    s.committed.send_replace(s.visible());
+}
+
+pub(crate) fn escalate_overdue(s: &Shared, now: u64) -> Result<Vec<Escalation>, StoreError> {
+    let mut out = Vec::new();
+    for (name, cref) in &s.consumers {
+        let mut c = lock(cref);
+        let Some(fb) = c.spec.escalate_to.clone() else {
+            continue;
+        };
+        c.refresh_urgent(s)?;
+        let due: Vec<(u64, Item)> = c
+            .urgent
+            .iter()
+            .chain(c.explicit.iter().filter(|(_, i)| i.class.is_urgent()))
+            .filter(|(seq, i)| {
+                let deadline = if i.class == Class::Red {
+                    c.spec.red_deadline_us
+                } else {
+                    c.spec.yellow_deadline_us
+                };
+                !c.escalated.contains(seq) && seq.saturating_add(deadline) <= now
+            })
+            .map(|(s, i)| (*s, *i))
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let mut batch = s.db.batch();
+        let mut handed = Vec::new();
+        for (seq, item) in &due {
+            escalate(s, &mut batch, name, &fb, *seq, *item)?;
+            handed.push((fb.clone(), *seq, *item));
+        }
+        s.commit(batch)?;
+        for (seq, item) in due {
+            c.escalated.insert(seq);
+            out.push(escalation(s, name, &fb, seq, item, false)?);
+        }
+        drop(c);
+        hand_over(s, handed);
+    }
+    Ok(out)
+}
+
+pub(crate) fn stats(s: &Shared, name: &str) -> Result<ConsumerStats, StoreError> {
+    let mut c = lock(s.consumer(name)?);
+    c.refresh_urgent(s)?;
+    let unscanned = c.unscanned.load(Ordering::Acquire);
+    let pending = (c.routine.len() + c.urgent.len() + c.explicit.len()) as u64 + unscanned;
+    let mut oldest = [
+        c.routine.keys().next(),
+        c.urgent.keys().next(),
+        c.explicit.keys().next(),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .copied();
+    if oldest.is_none() && unscanned > 0 {
+        oldest = next_routine_after(s, c.org, c.scanned)?;
+    }
+    Ok(ConsumerStats {
+        pending,
+        oldest,
+        floor: c.floor,
+    })
+}
+
+/// The first routine event of `org` after `seq`, from the type index.
+fn next_routine_after(s: &Shared, org: u32, seq: u64) -> Result<Option<u64>, StoreError> {
+    let mut best: Option<u64> = None;
+    for rt in ResourceType::ALL {
+        let p = keys::index_prefix(b'T', org, rt.tag(), &[]);
+        let lo = keys::with_seq(p.clone(), seq + 1);
+        let hi = keys::with_seq(p, s.visible());
+        for g in s.ks.idx.range(lo..=hi) {
+            let (k, v) = g.into_inner().map_err(read)?;
+            if !TypeEntry::from_bytes(&v)?.class.is_urgent() {
+                let q = keys::tail_seq(&k)?;
+                best = Some(best.map_or(q, |b| b.min(q)));
+                break;
+            }
+        }
+    }
+    Ok(best)
+}
+
+pub(crate) fn dead_letters(
+    s: &Shared,
+    filter: &DeadLetterFilter,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let from = filter.from.map(time_to_seq).unwrap_or(0);
+    let to = filter.to.map(time_to_seq).unwrap_or(u64::MAX);
+    let prefix = match &filter.destination {
+        Some(d) => keys::name_prefix(None, d),
+        None => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for g in s.ks.dlq.prefix(prefix) {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = g.into_inner().map_err(read)?;
+        let seq = keys::tail_seq(&k)?;
+        if seq < from || seq >= to {
+            continue;
+        }
+        let rec: DlqRecord = keys::decode(&v)?;
+        if rec.discarded.is_some() {
+            continue;
+        }
+        let Some(raw) = raw_record(s, seq)? else {
+            continue;
+        };
+        let r: keys::Record = keys::decode(&raw)?;
+        let codes: Vec<String> = r.codes.iter().map(|(_, c)| c.to_string()).collect();
+        if let Some(c) = &filter.code
+            && !codes.iter().any(|x| x == c)
+        {
+            continue;
+        }
+        out.push(DeadLetter {
+            destination: keys::dlq_name(&k)?,
+            seq,
+            resource: super::read::materialize(seq, &raw)?.resource,
+            class: Class::from_tag(rec.class).unwrap_or(Class::Routine),
+            attempts: rec.attempts,
+            error: rec.error,
+            response: rec.response,
+            at: seq_to_time(rec.at),
+            codes,
+        });
+    }
+    Ok(out)
+}
+
+fn dead_letter(s: &Shared, name: &str, seq: u64) -> Result<Option<DlqRecord>, StoreError> {
+    match s
+        .ks
+        .dlq
+        .get(keys::name_seq(None, name, seq))
+        .map_err(read)?
+    {
+        Some(v) => keys::decode(&v).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn replay(s: &Shared, name: &str, seq: u64) -> Result<bool, StoreError> {
+    let mut c = lock(s.consumer(name)?);
+    let Some(rec) = dead_letter(s, name, seq)?.filter(|r| r.discarded.is_none()) else {
+        return Ok(false);
+    };
+    let raw = raw_record(s, seq)?
+        .ok_or_else(|| StoreError::Corrupt(format!("dead letter {seq} has no record")))?;
+    let r: keys::Record = keys::decode(&raw)?;
+    let item = Item {
+        class: Class::from_tag(rec.class).unwrap_or(Class::Routine),
+        patient: r.patient,
+        answers: 0,
+    };
+    let mut batch = s.db.batch();
+    batch.remove(&s.ks.dlq, keys::name_seq(None, name, seq));
+    batch.insert(
+        &s.ks.cons,
+        keys::name_seq(Some(b'Q'), name, seq),
+        keys::class_patient(item.class, &item.patient),
+    );
+    batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
+    s.commit(batch)?;
+    c.explicit.insert(seq, item);
+    drop(c);
+    s.committed.send_replace(s.visible());
+    tracing::info!(destination = name, seq, "dead letter replayed");
+    Ok(true)
+}
+
+pub(crate) fn discard(s: &Shared, name: &str, seq: u64, reason: &str) -> Result<bool, StoreError> {
+    let _c = lock(s.consumer(name)?);
+    let Some(mut rec) = dead_letter(s, name, seq)?.filter(|r| r.discarded.is_none()) else {
+        return Ok(false);
+    };
+    rec.discarded = Some((now_micros(), reason.to_string()));
+    let mut batch = s.db.batch();
+    batch.insert(
+        &s.ks.dlq,
+        keys::name_seq(None, name, seq),
+        keys::encode(&rec)?,
+    );
+    s.commit(batch)?;
+    tracing::info!(destination = name, seq, reason, "dead letter discarded");
+    Ok(true)
+}
+
+pub(crate) fn delivery_state(
+    s: &Shared,
+    name: &str,
+    seq: u64,
+) -> Result<Option<DeliveryState>, StoreError> {
+    let c = lock(s.consumer(name)?);
+    if c.pending_item(seq).is_some() {
+        return Ok(Some(match c.leases.get(&seq) {
+            Some(until) if *until > now_micros() => DeliveryState::Leased {
+                until: seq_to_time(*until),
+            },
+            _ => DeliveryState::Pending,
+        }));
+    }
+    if let Some(rec) = dead_letter(s, name, seq)? {
+        return Ok(Some(match rec.discarded {
+            Some((at, reason)) => DeliveryState::Discarded {
+                at: seq_to_time(at),
+                reason,
+            },
+            None => DeliveryState::DeadLettered {
+                at: seq_to_time(rec.at),
+                error: rec.error,
+            },
+        }));
+    }
+    if let Some((_, at)) = c.above.get(&seq) {
+        return Ok(Some(DeliveryState::Delivered {
+            at: Some(seq_to_time(*at)),
+        }));
+    }
+    if c.spec.escalation_only {
+        let settled =
+            s.ks.cons
+                .get(keys::name_seq(Some(b'S'), name, seq))
+                .map_err(read)?;
+        return Ok(match settled {
+            Some(v) => Some(DeliveryState::Delivered {
+                at: Some(seq_to_time(keys::parse_settled(&v)?.1)),
+            }),
+            None => None,
+        });
+    }
+    let Some(raw) = raw_record(s, seq)? else {
+        return Ok(None);
+    };
+    let r: keys::Record = keys::decode(&raw)?;
+    if r.org != c.org || seq <= c.start || seq > s.visible() {
+        return Ok(None);
+    }
+    Ok(Some(if seq <= c.floor {
+        DeliveryState::Delivered { at: None }
+    } else {
+        DeliveryState::Pending
+    }))
+}
+
+/// Whether any consumer still needs `seq` (retention keeps it then).
+pub(crate) fn needed(s: &Shared, org: u32, seq: u64) -> Result<bool, StoreError> {
+    for (name, cref) in &s.consumers {
+        let c = lock(cref);
+        if c.explicit.contains_key(&seq) {
+            return Ok(true);
+        }
+        if c.org == org
+            && !c.spec.escalation_only
+            && seq > c.start
+            && seq > c.floor
+            && !c.above.contains_key(&seq)
+        {
+            return Ok(true);
+        }
+        if let Some(rec) = dead_letter(s, name, seq)?
+            && rec.discarded.is_none()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Forgets every consumer's remnants of a removed event (settled marks,
+/// escalation marks, discarded dead letters) in `batch`.
+pub(crate) fn forget(s: &Shared, batch: &mut fjall::OwnedWriteBatch, seq: u64) {
+    for (name, cref) in &s.consumers {
+        let mut c = lock(cref);
+        c.above.remove(&seq);
+        c.escalated.remove(&seq);
+        batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
+        batch.remove(&s.ks.cons, keys::name_seq(Some(b'E'), name, seq));
+        batch.remove(&s.ks.dlq, keys::name_seq(None, name, seq));
+    }
+}
