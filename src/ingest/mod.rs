@@ -5,6 +5,7 @@
 //! ([`convert`]), has it normalized, hands it to the store, and answers only
 //! once the store says it is durable. It never touches FHIR types.
 
+pub mod content_hash;
 pub mod convert;
 
 use std::collections::{BTreeSet, HashMap};
@@ -12,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{Invalid, Orgnr, Payload, Severity, VendorId};
@@ -135,8 +135,6 @@ struct Inner {
     served: Option<BTreeSet<Orgnr>>,
     identify: Identify,
     max_future: chrono::Duration,
-    /// Destination names per municipality: where each event is queued.
-    routes: HashMap<Orgnr, Vec<String>>,
 }
 
 impl IngestService {
@@ -145,7 +143,6 @@ impl IngestService {
         served: Option<BTreeSet<Orgnr>>,
         identify: Identify,
         max_future_skew_secs: u64,
-        routes: HashMap<Orgnr, Vec<String>>,
     ) -> Self {
         IngestService {
             inner: Arc::new(Inner {
@@ -153,7 +150,6 @@ impl IngestService {
                 served,
                 identify,
                 max_future: chrono::Duration::seconds(max_future_skew_secs as i64),
-                routes,
             }),
         }
     }
@@ -230,11 +226,7 @@ impl Inner {
             return Err(Rejection::NotPermitted(ev.municipality));
         }
         let resource = normalize::normalize(&ev)?;
-        let content_hash: [u8; 32] = Sha256::digest(
-            postcard::to_allocvec(&ev)
-                .map_err(|e| PutError::Unavailable(format!("cannot encode event: {e}")))?,
-        )
-        .into();
+        let content_hash = content_hash::content_hash(&ev);
         let (answers_alarm, is_alarm) = match &ev.payload {
             Payload::Note(n) => (n.in_response_to.clone(), false),
             Payload::Alarm(_) => (None, true),
@@ -245,11 +237,6 @@ impl Inner {
             Payload::Alarm(a) if a.severity == Severity::Yellow => Class::Yellow,
             _ => Class::Routine,
         };
-        let destinations = self
-            .routes
-            .get(&ev.municipality)
-            .cloned()
-            .unwrap_or_default();
         let rec = NewRecord {
             vendor: ev.vendor,
             event_id: ev.event_id,
@@ -260,7 +247,6 @@ impl Inner {
             answers_alarm,
             is_alarm,
             class,
-            destinations,
         };
         let (status, r) = match self.store.put(rec).await? {
             PutOutcome::Accepted(r) => (pb::ReceiptStatus::Accepted, r),
