@@ -41,6 +41,10 @@ pub struct Config {
     /// before an event is rejected. Example: 300.
     pub max_future_skew_secs: u64,
     pub store: StoreConfig,
+    /// How long events are kept, per data class (hub-wide; a municipality
+    /// may override it). Default: kept forever.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     pub delivery: DeliveryConfig,
     /// TLS for the gRPC and HTTP listeners. Required unless `insecure_dev`.
     #[serde(default)]
@@ -80,10 +84,52 @@ pub struct Municipality {
     /// Name for logs and the admin view. Example: "Oslo kommune".
     #[serde(default)]
     pub name: String,
-    /// Where this municipality's events go. Every event is queued for every
-    /// destination of its municipality in the same write that stores it.
+    /// Where this municipality's events go. Each destination reads every
+    /// event of its municipality stored after it was first configured.
     #[serde(default)]
     pub destinations: Vec<Destination>,
+    /// This municipality's retention; a field given here replaces the
+    /// hub-wide `[retention]` one for its data. Example: { notes_days = 365 }.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// Days an event is kept after it was received, per data class. Left out:
+/// kept forever. An event past its retention leaves the log, every search
+/// and the idempotency keys, unless a destination has not yet settled it
+/// (delivered, dead-lettered and discarded): then it is kept and counted in
+/// `knutepunkt_retention_held`. Must be at least
+/// `store.idempotency_window_days`, so that a resend inside the window is
+/// still recognised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Alarms (Communication with category alert). Example: 365.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarms_days: Option<u64>,
+    /// Notes (other Communications). Example: 365.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes_days: Option<u64>,
+    /// Measurements (Observations). Example: 90.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurements_days: Option<u64>,
+}
+
+impl RetentionConfig {
+    /// `[alarms, notes, measurements]` in days, in the order of
+    /// [`crate::store::DataClass`].
+    fn days(&self) -> [Option<u64>; 3] {
+        [self.alarms_days, self.notes_days, self.measurements_days]
+    }
+
+    /// Each field of `self`, or `base`'s where `self` has none.
+    fn over(&self, base: &RetentionConfig) -> RetentionConfig {
+        RetentionConfig {
+            alarms_days: self.alarms_days.or(base.alarms_days),
+            notes_days: self.notes_days.or(base.notes_days),
+            measurements_days: self.measurements_days.or(base.measurements_days),
+        }
+    }
 }
 
 /// Certificates and keys for TLS (rustls, TLS 1.2 and 1.3 only). The files
@@ -243,6 +289,9 @@ mod defaults {
     pub fn lease_secs() -> u64 {
         60
     }
+    pub fn idempotency_window_days() -> u64 {
+        30
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -251,10 +300,16 @@ pub struct StoreConfig {
     /// Free disk kept in reserve; below it events are refused with
     /// RESOURCE_EXHAUSTED until space is freed. Example: 268435456.
     pub min_free_bytes: u64,
-    /// sled page cache in bytes. Example: 67108864.
+    /// Block cache of the storage engine (fjall), bytes. Bounds most of the
+    /// hub's memory beyond its fixed working set. Example: 67108864.
     pub cache_bytes: u64,
     /// Most events written and synced together (group commit). Example: 256.
     pub max_batch: usize,
+    /// Days a vendor's `event_id` is remembered: a resend within them is a
+    /// DUPLICATE (or ALREADY_EXISTS with other content); after them it is
+    /// stored as a new event. Example: 30.
+    #[serde(default = "defaults::idempotency_window_days")]
+    pub idempotency_window_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -278,7 +333,9 @@ impl Default for Config {
                 min_free_bytes: 128 * 1024 * 1024,
                 cache_bytes: 64 * 1024 * 1024,
                 max_batch: 256,
+                idempotency_window_days: defaults::idempotency_window_days(),
             },
+            retention: RetentionConfig::default(),
             delivery: DeliveryConfig {
                 deadline_red_secs: 30,
                 deadline_yellow_secs: 300,
@@ -385,7 +442,89 @@ impl Config {
                 "store.max_batch must be at least 1".into(),
             ));
         }
+        self.validate_retention()
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let window = self.store.idempotency_window_days;
+        if window == 0 || window > 36_500 {
+            return Err(ConfigError::Invalid(format!(
+                "store.idempotency_window_days = {window}: use 1-36500"
+            )));
+        }
+        let names = ["alarms_days", "notes_days", "measurements_days"];
+        let check = |section: String, r: &RetentionConfig| {
+            for (name, days) in names.iter().zip(r.days()) {
+                match days {
+                    Some(d) if d > 36_500 => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{section}.{name} = {d}: use at most 36500 days, or leave it out to keep events forever"
+                        )));
+                    }
+                    Some(d) if d < window => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{section}.{name} = {d} is shorter than store.idempotency_window_days = {window}: a resend after {d} days would be stored and delivered again; raise it or shorten the window"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        check("retention".into(), &self.retention)?;
+        for m in &self.municipalities {
+            check(
+                format!("municipalities.{}.retention", m.orgnr),
+                &m.retention,
+            )?;
+        }
         Ok(())
+    }
+
+    /// The retention policy the store applies, in microseconds.
+    pub fn retention_policy(&self) -> crate::store::RetentionPolicy {
+        let us = |days: [Option<u64>; 3]| days.map(|d| d.map(|d| d.saturating_mul(86_400_000_000)));
+        crate::store::RetentionPolicy {
+            default: us(self.retention.days()),
+            per_municipality: self
+                .municipalities
+                .iter()
+                .filter_map(|m| {
+                    let org = Orgnr::parse(&m.orgnr).ok()?;
+                    Some((org, us(m.retention.over(&self.retention).days())))
+                })
+                .collect(),
+        }
+    }
+
+    /// The store's options from `[store]`.
+    pub fn store_options(&self) -> crate::store::embedded::EmbeddedOptions {
+        crate::store::embedded::EmbeddedOptions {
+            max_batch: self.store.max_batch,
+            min_free_bytes: self.store.min_free_bytes,
+            cache_bytes: self.store.cache_bytes,
+            idempotency_window_us: self
+                .store
+                .idempotency_window_days
+                .saturating_mul(86_400_000_000),
+            ..crate::store::embedded::EmbeddedOptions::default()
+        }
+    }
+
+    /// One consumer per configured destination, for the store.
+    pub fn consumer_specs(&self) -> Vec<crate::store::ConsumerSpec> {
+        let us = |secs: u64| secs.saturating_mul(1_000_000);
+        self.destinations()
+            .into_iter()
+            .map(|(org, d)| crate::store::ConsumerSpec {
+                name: d.name,
+                municipality: org,
+                escalation_only: d.escalation_only,
+                escalate_to: d.escalate_to,
+                red_deadline_us: us(self.delivery.deadline_red_secs),
+                yellow_deadline_us: us(self.delivery.deadline_yellow_secs),
+            })
+            .collect()
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {
@@ -495,19 +634,6 @@ impl Config {
         Ok(())
     }
 
-    /// Destination names per municipality that every event is queued for
-    /// (all but the escalation-only ones).
-    pub fn routes(&self) -> std::collections::HashMap<Orgnr, Vec<String>> {
-        let mut out: std::collections::HashMap<Orgnr, Vec<String>> =
-            std::collections::HashMap::new();
-        for (org, d) in self.destinations() {
-            if !d.escalation_only {
-                out.entry(org).or_default().push(d.name);
-            }
-        }
-        out
-    }
-
     /// Every configured destination with the orgnr it belongs to.
     pub fn destinations(&self) -> Vec<(Orgnr, Destination)> {
         self.municipalities
@@ -555,6 +681,41 @@ mod tests {
         std::fs::write(&f, "[[municipalities]]\norgnr = \"123456789\"\n")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn retention_per_municipality_overrides_the_hub_wide_one() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let f = dir.path().join("c.toml");
+        let toml = "insecure_dev = true\n\
+            [retention]\nmeasurements_days = 90\nnotes_days = 365\n\
+            [[municipalities]]\norgnr = \"958935420\"\n\
+            [municipalities.retention]\nmeasurements_days = 30\n\
+            [[municipalities]]\norgnr = \"964338531\"\n";
+        std::fs::write(&f, toml).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = Config::load(Some(&f), &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        let p = cfg.retention_policy();
+        let day = 86_400_000_000u64;
+        let oslo = Orgnr::parse("958935420").unwrap_or_else(|e| panic!("{e}"));
+        let bergen = Orgnr::parse("964338531").unwrap_or_else(|e| panic!("{e}"));
+        let other = Orgnr::parse("974760673").unwrap_or_else(|e| panic!("{e}"));
+        use crate::store::DataClass::{Alarm, Measurement, Note};
+        assert_eq!(p.keep_us(oslo, Measurement), Some(30 * day));
+        assert_eq!(p.keep_us(oslo, Note), Some(365 * day), "inherited");
+        assert_eq!(p.keep_us(oslo, Alarm), None, "kept forever");
+        assert_eq!(p.keep_us(bergen, Measurement), Some(90 * day));
+        assert_eq!(p.keep_us(other, Note), Some(365 * day));
+        assert_eq!(cfg.store.idempotency_window_days, 30, "default");
+
+        // Shorter than the idempotency window: refused, saying why.
+        std::fs::write(&f, "insecure_dev = true\n[retention]\nalarms_days = 7\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = format!("{:?}", Config::load(Some(&f), &Overrides::default()));
+        assert!(err.contains("idempotency_window_days"), "{err}");
+        std::fs::write(&f, "insecure_dev = true\n[retention]\nalarm_days = 70\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = format!("{:?}", Config::load(Some(&f), &Overrides::default()));
+        assert!(err.contains("alarm_days"), "unknown key refused: {err}");
     }
 
     #[test]

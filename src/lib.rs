@@ -13,7 +13,9 @@
 //! - [`domain`]: the hub's own event types and national identifiers.
 //! - [`ingest`]: the gRPC edge; the only module that knows proto types.
 //! - [`normalize`]: event → FHIR JSON, pure, with the code tables.
-//! - [`store`]: the `Store` trait and its sled implementation (group commit).
+//! - [`store`]: the store traits (event log, consumers, audit, replay guard)
+//!   and the embedded fjall backend (group commit).
+//! - [`deliver`]: push workers, escalation; [`retention`]: removes old events.
 //! - [`api`]: FHIR R4 REST for EPJ systems (axum).
 //! - [`config`]: the config file, environment and flags.
 //! - [`server`]: wires it together; `run(config, shutdown)`.
@@ -31,6 +33,7 @@ pub mod devcerts;
 pub mod domain;
 pub mod ingest;
 pub mod normalize;
+pub mod retention;
 pub mod server;
 pub mod sim;
 pub mod store;

@@ -25,7 +25,7 @@ use crate::ingest::IngestService;
 use crate::proto;
 use crate::proto::v1::vendor_ingest_server::VendorIngestServer;
 use crate::store::Store;
-use crate::store::sled::{OpenError, SledOptions, SledStore};
+use crate::store::embedded::{EmbeddedStore, OpenError};
 
 /// Largest gRPC message a vendor may send. An event is well under 16 KiB.
 const MAX_GRPC_MESSAGE: usize = 256 * 1024;
@@ -75,7 +75,7 @@ pub enum ServeError {
 /// A started hub: store open, ports bound, nothing served yet.
 pub struct Hub {
     cfg: Config,
-    store: SledStore,
+    store: EmbeddedStore,
     grpc: TcpListener,
     http: TcpListener,
     admin: TcpListener,
@@ -91,13 +91,13 @@ impl Hub {
             path: cfg.data_dir.clone(),
             source,
         })?;
-        let opts = SledOptions {
-            max_batch: cfg.store.max_batch,
-            min_free_bytes: cfg.store.min_free_bytes,
-            cache_bytes: cfg.store.cache_bytes,
-            ..SledOptions::default()
-        };
-        let store = SledStore::open(&cfg.data_dir.join("store"), opts)?;
+        // One consumer per destination; a destination seen for the first
+        // time starts at the current end of the log.
+        let store = EmbeddedStore::open(
+            &cfg.data_dir.join("store"),
+            cfg.store_options(),
+            cfg.consumer_specs(),
+        )?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -168,7 +168,6 @@ impl Hub {
             served.clone(),
             identify(&cfg),
             cfg.max_future_skew_secs,
-            cfg.routes(),
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -289,6 +288,12 @@ impl Hub {
         delivery.push(crate::audit::spawn_pruner(
             &cfg,
             dyn_store.clone(),
+            delivery_stop.clone(),
+        ));
+        delivery.push(crate::retention::spawn(
+            cfg.retention_policy(),
+            dyn_store.clone(),
+            crate::retention::EVERY,
             delivery_stop.clone(),
         ));
 
