@@ -13,11 +13,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::deliver::Registry;
-use crate::store::{DeadLetterFilter, Store};
+use crate::store::{DeadLetter, DeadLetterFilter, Store};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -71,6 +72,80 @@ async fn destinations(State(s): State<AdminState>) -> Response {
     Json(s.registry.snapshot()).into_response()
 }
 
+/// A dead letter as the admin API shows it (the store's type is not a
+/// wire format).
+#[derive(Debug, Serialize)]
+struct DeadLetterView {
+    destination: String,
+    seq: u64,
+    /// `Observation/<id>`.
+    resource: String,
+    /// "Red", "Yellow" or "Routine".
+    class: crate::store::Class,
+    attempts: u32,
+    error: String,
+    response: Option<String>,
+    /// When it was dead-lettered, RFC 3339.
+    at: String,
+    codes: Vec<String>,
+}
+
+impl From<DeadLetter> for DeadLetterView {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterView {
+            destination: d.destination,
+            seq: d.seq,
+            resource: d.resource.to_string(),
+            class: d.class,
+            attempts: d.attempts,
+            error: d.error,
+            response: d.response,
+            at: rfc3339(d.at),
+            codes: d.codes,
+        }
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, as everywhere in the hub's output.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Which dead letters an operator means, as sent (query or JSON body):
+/// times are RFC 3339.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterParams {
+    destination: Option<String>,
+    /// Received at or after (RFC 3339).
+    from: Option<String>,
+    /// Received before (RFC 3339).
+    to: Option<String>,
+    code: Option<String>,
+}
+
+impl FilterParams {
+    /// The typed filter, or a message for a 400 saying what to send.
+    fn parse(self) -> Result<DeadLetterFilter, String> {
+        let time = |name: &str, v: Option<String>| -> Result<Option<DateTime<Utc>>, String> {
+            v.map(|t| {
+                DateTime::parse_from_rfc3339(&t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| {
+                        format!("{name}: {t:?} is not an RFC 3339 time ({e}); send e.g. 2026-01-31T12:00:00Z")
+                    })
+            })
+            .transpose()
+        };
+        Ok(DeadLetterFilter {
+            destination: self.destination,
+            from: time("from", self.from)?,
+            to: time("to", self.to)?,
+            code: self.code,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
@@ -82,20 +157,19 @@ struct ListParams {
 }
 
 async fn list(State(s): State<AdminState>, Query(p): Query<ListParams>) -> Response {
-    let filter = DeadLetterFilter {
+    let filter = FilterParams {
         destination: p.destination,
         from: p.from,
         to: p.to,
         code: p.code,
     };
+    let filter = match filter.parse() {
+        Ok(f) => f,
+        Err(m) => return err(StatusCode::BAD_REQUEST, m),
+    };
     let limit = p.limit.unwrap_or(100).min(10_000);
-    let store = s.store.clone();
-    match tokio::task::spawn_blocking(move || store.dead_letters(&filter, limit)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(crate::store::StoreError::Read(m))) if m.contains("RFC 3339") => {
-            err(StatusCode::BAD_REQUEST, m)
-        }
-        Ok(Err(e)) => internal(e),
+    match s.store.dead_letters(filter, limit).await {
+        Ok(v) => Json(v.into_iter().map(DeadLetterView::from).collect::<Vec<_>>()).into_response(),
         Err(e) => internal(e),
     }
 }
@@ -108,17 +182,14 @@ async fn show(
         destination: Some(destination.clone()),
         ..DeadLetterFilter::default()
     };
-    let store = s.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.dead_letters(&filter, usize::MAX)).await;
-    match found {
-        Ok(Ok(v)) => match v.into_iter().find(|d| d.seq == seq) {
-            Some(d) => Json(d).into_response(),
+    match s.store.dead_letters(filter, usize::MAX).await {
+        Ok(v) => match v.into_iter().find(|d| d.seq == seq) {
+            Some(d) => Json(DeadLetterView::from(d)).into_response(),
             None => err(
                 StatusCode::NOT_FOUND,
                 format!("no dead letter {seq} for destination {destination:?}"),
             ),
         },
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
@@ -127,40 +198,33 @@ async fn replay_one(
     State(s): State<AdminState>,
     Path((destination, seq)): Path<(String, u64)>,
 ) -> Response {
-    let store = s.store.clone();
-    let d = destination.clone();
-    match tokio::task::spawn_blocking(move || store.dead_letter_replay(&d, seq)).await {
-        Ok(Ok(true)) => Json(json!({ "replayed": 1 })).into_response(),
-        Ok(Ok(false)) => err(
+    match s.store.dead_letter_replay(&destination, seq).await {
+        Ok(true) => Json(json!({ "replayed": 1 })).into_response(),
+        Ok(false) => err(
             StatusCode::NOT_FOUND,
             format!("no dead letter {seq} for destination {destination:?}"),
         ),
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
 
-async fn replay_filter(
-    State(s): State<AdminState>,
-    Json(filter): Json<DeadLetterFilter>,
-) -> Response {
-    let store = s.store.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<usize, crate::store::StoreError> {
+async fn replay_filter(State(s): State<AdminState>, Json(filter): Json<FilterParams>) -> Response {
+    let filter = match filter.parse() {
+        Ok(f) => f,
+        Err(m) => return err(StatusCode::BAD_REQUEST, m),
+    };
+    let res = async {
         let mut n = 0;
-        for d in store.dead_letters(&filter, usize::MAX)? {
-            if store.dead_letter_replay(&d.destination, d.seq)? {
+        for d in s.store.dead_letters(filter, usize::MAX).await? {
+            if s.store.dead_letter_replay(&d.destination, d.seq).await? {
                 n += 1;
             }
         }
-        Ok(n)
-    })
+        Ok::<_, crate::store::StoreError>(n)
+    }
     .await;
     match res {
-        Ok(Ok(n)) => Json(json!({ "replayed": n })).into_response(),
-        Ok(Err(crate::store::StoreError::Read(m))) if m.contains("RFC 3339") => {
-            err(StatusCode::BAD_REQUEST, m)
-        }
-        Ok(Err(e)) => internal(e),
+        Ok(n) => Json(json!({ "replayed": n })).into_response(),
         Err(e) => internal(e),
     }
 }
@@ -182,17 +246,16 @@ async fn discard(
             "reason is required: say why the dead letter is discarded",
         );
     }
-    let store = s.store.clone();
-    let d = destination.clone();
-    match tokio::task::spawn_blocking(move || store.dead_letter_discard(&d, seq, &body.reason))
+    match s
+        .store
+        .dead_letter_discard(&destination, seq, body.reason)
         .await
     {
-        Ok(Ok(true)) => Json(json!({ "discarded": 1 })).into_response(),
-        Ok(Ok(false)) => err(
+        Ok(true) => Json(json!({ "discarded": 1 })).into_response(),
+        Ok(false) => err(
             StatusCode::NOT_FOUND,
             format!("no dead letter {seq} for destination {destination:?}"),
         ),
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }

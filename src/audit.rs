@@ -136,12 +136,8 @@ impl Auditor {
 
     /// Writes records and waits until they are on disk.
     pub async fn write(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
-        let store = self.store.clone();
         let n = records.len();
-        let res = tokio::task::spawn_blocking(move || store.audit_append(records))
-            .await
-            .map_err(|e| StoreError::Read(format!("audit task failed: {e}")))
-            .and_then(|r| r);
+        let res = self.store.audit_append(records).await;
         match &res {
             Ok(_) => metrics::counter!("knutepunkt_audit_records_total").increment(n as u64),
             Err(e) => {
@@ -236,15 +232,17 @@ pub fn spawn_pruner(
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let s = store.clone();
             let before = crate::store::time_to_seq(chrono::Utc::now() - keep);
             let now = crate::auth::now_secs();
-            let res = tokio::task::spawn_blocking(move || {
-                Ok::<_, StoreError>((s.audit_prune(before)?, s.jti_prune(now)?))
-            })
+            let res = async {
+                Ok::<_, StoreError>((
+                    store.audit_prune(before).await?,
+                    store.jti_prune(now).await?,
+                ))
+            }
             .await;
             match res {
-                Ok(Ok((audit, jti))) => {
+                Ok((audit, jti)) => {
                     if audit > 0 {
                         tracing::info!(
                             records = audit,
@@ -253,10 +251,9 @@ pub fn spawn_pruner(
                     }
                     tracing::debug!(jti, "pruned expired assertion ids");
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::error!(error = %e, "audit pruning failed; trying again later")
                 }
-                Err(e) => tracing::error!(error = %e, "audit pruning task failed"),
             }
         }
     })

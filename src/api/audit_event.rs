@@ -117,9 +117,7 @@ async fn search_inner(
             next: None,
         }
     } else {
-        let store = st.store.clone();
-        let query = q.clone();
-        super::blocking(move || store.audit_search(&query)).await?
+        super::from_store(st.store.audit_search(q.clone())).await?
     };
     if page.items.iter().any(|a| a.record.municipality != org) {
         tracing::error!("audit search returned another municipality's record; not served");

@@ -352,8 +352,7 @@ async fn read_inner(
         resource_type: rt,
         id,
     });
-    let store = Arc::clone(&st.store);
-    let found = blocking(move || store.get(orgnr, rt, id)).await?;
+    let found = from_store(st.store.get(orgnr, rt, id)).await?;
     let stored = match found {
         Some(s)
             if s.municipality == orgnr && s.resource.resource_type == rt && s.resource.id == id =>
@@ -391,21 +390,15 @@ fn http_date(s: &StoredResource) -> String {
         .to_string()
 }
 
-/// Runs a store call off the async workers (sled reads may touch the disk).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+/// Awaits a store call; a failure is logged and answered 500 (its message
+/// may name internals, so the caller gets none of it).
+async fn from_store<T>(
+    f: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "store read failed");
-            Err(ApiError::internal())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "store read task failed");
-            Err(ApiError::internal())
-        }
-    }
+    f.await.map_err(|e| {
+        tracing::error!(error = %e, "store call failed");
+        ApiError::internal()
+    })
 }
 
 async fn search(
@@ -447,9 +440,7 @@ async fn search_inner(
             next: None,
         }
     } else {
-        let store = Arc::clone(&st.store);
-        let q = params.to_query(orgnr, rt);
-        blocking(move || store.search(&q)).await?
+        from_store(st.store.search(params.to_query(orgnr, rt))).await?
     };
     if let Some(stray) = page
         .items

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 use super::outcome::{ApiError, fhir_response};
 use super::{ApiState, audit_record, decode_query};
+use crate::admin::rfc3339;
 use crate::auth::{Caller, Scope};
 use crate::domain::{Orgnr, ResourceType};
 use crate::store::audit::AuditAction;
@@ -105,18 +106,12 @@ pub async fn pending(
     }
     let asked = caller.pull_consumer(asked.as_deref())?;
     let c = consumer(&st, org, asked.as_deref())?.clone();
-    let store = st.store.clone();
     let now = time_to_seq(chrono::Utc::now());
     let until = now + c.lease_secs * 1_000_000;
-    let name = c.name.clone();
-    let items =
-        tokio::task::spawn_blocking(move || store.outbox_take(&name, count, now, Some(until)))
-            .await
-            .map_err(|_| ApiError::internal())?
-            .map_err(|e| {
-                tracing::error!(error = %e, "$pending: store error");
-                ApiError::internal()
-            })?;
+    let mut items = super::from_store(st.store.take(&c.name, count, now, Some(until))).await?;
+    // At most `_count`, as asked. The rest of a longer answer stays leased
+    // and is offered again when the lease ends.
+    items.truncate(count);
     let mut entries = Vec::with_capacity(items.len());
     for i in &items {
         if i.resource.municipality != org {
@@ -242,7 +237,7 @@ pub async fn confirm(
                 )));
             }
         };
-        match st.store.get(org, rtype, id) {
+        match st.store.get(org, rtype, id).await {
             Ok(Some(found)) => {
                 rec.add_resource(found.resource);
                 if let Some(p) = st.audit.patient_of(&found.json)
@@ -261,15 +256,10 @@ pub async fn confirm(
     }
     let confirmed = outcomes.len();
     st.audit(rec).await?;
-    let store = st.store.clone();
-    let name = c.name.clone();
-    tokio::task::spawn_blocking(move || store.outbox_settle(&name, &outcomes))
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|e| {
-            tracing::error!(error = %e, "$confirm: store error");
-            ApiError::internal()
-        })?;
+    let report = super::from_store(st.store.settle(&c.name, outcomes)).await?;
+    for e in &report.escalated {
+        crate::deliver::record_escalation(e, None);
+    }
     let mut issues = vec![json!({
         "severity": "information",
         "code": "informational",
@@ -312,10 +302,9 @@ pub async fn status(
     })?;
     let (rtype, id) =
         parse_reference(&reference).ok_or_else(|| ApiError::invalid(REFERENCE_FORM))?;
-    let Some(seq) = st
-        .store
-        .seq_of(org, rtype, id)
-        .map_err(|_| ApiError::internal())?
+    let Some(seq) = super::from_store(st.store.get(org, rtype, id))
+        .await?
+        .map(|r| r.seq)
     else {
         return Err(ApiError::not_found("no such resource in this municipality"));
     };
@@ -334,20 +323,19 @@ pub async fn status(
         .collect();
     let mut params = Vec::new();
     for d in dests {
-        let state = st
-            .store
-            .delivery_state(d, seq)
-            .map_err(|_| ApiError::internal())?;
+        let state = super::from_store(st.store.delivery_state(d, seq)).await?;
         let (code, detail) = match state {
             None => ("not-queued", None),
             Some(DeliveryState::Pending) => ("pending", None),
-            Some(DeliveryState::Leased { until }) => ("leased", Some(until)),
-            Some(DeliveryState::Delivered { at }) => ("delivered", Some(at)),
+            Some(DeliveryState::Leased { until }) => ("leased", Some(rfc3339(until))),
+            // The time is known only while the item sits above its
+            // consumer's ack floor.
+            Some(DeliveryState::Delivered { at }) => ("delivered", at.map(rfc3339)),
             Some(DeliveryState::DeadLettered { at, error }) => {
-                ("dead-lettered", Some(format!("{at}: {error}")))
+                ("dead-lettered", Some(format!("{}: {error}", rfc3339(at))))
             }
             Some(DeliveryState::Discarded { at, reason }) => {
-                ("discarded", Some(format!("{at}: {reason}")))
+                ("discarded", Some(format!("{}: {reason}", rfc3339(at))))
             }
         };
         let mut parts = vec![

@@ -1,5 +1,5 @@
 //! Router tests: real HTTP requests through [`router`] against a real
-//! `SledStore` in a temp dir, records written with `Store::put`.
+//! `EmbeddedStore` in a temp dir, records written with `EventLog::put`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,9 +14,10 @@ use super::search_params::encode_cursor;
 use super::*;
 use crate::domain::{VendorId, resource_id, synthetic};
 use crate::normalize::Normalized;
-use crate::store::sled::{SledOptions, SledStore};
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::{
-    NewRecord, PutError, PutOutcome, SearchQuery, StoreError, patient_key, seq_to_time,
+    AuditLog, Consumers, EventLog, NewRecord, PutError, PutOutcome, ReplayGuard, SearchQuery,
+    StoreError, StoreFuture, patient_key, seq_to_time,
 };
 
 const OSLO: &str = "958935420";
@@ -29,7 +30,7 @@ const NONE: Vec<uuid::Uuid> = Vec::new();
 
 struct Hub {
     _dir: tempfile::TempDir,
-    store: SledStore,
+    store: EmbeddedStore,
     app: Router,
 }
 
@@ -39,12 +40,12 @@ fn orgnr(s: &str) -> Orgnr {
 
 fn hub_with(municipalities: Option<BTreeSet<Orgnr>>, public_url: Option<&str>) -> Hub {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let opts = SledOptions {
+    let opts = EmbeddedOptions {
         min_free_bytes: 0,
         cache_bytes: 4 * 1024 * 1024,
-        ..SledOptions::default()
+        ..EmbeddedOptions::default()
     };
-    let store = SledStore::open(dir.path(), opts).unwrap_or_else(|e| panic!("{e}"));
+    let store = EmbeddedStore::open(dir.path(), opts, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
     let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
     let app = router(ApiState {
         store: dyn_store.clone(),
@@ -100,7 +101,7 @@ fn alarm(org: &'static str, event: impl Into<String>, patient: u32, code: &'stat
 }
 
 /// Stores one event and returns its id and sequence number.
-async fn put(store: &SledStore, ev: Ev) -> (uuid::Uuid, u64) {
+async fn put(store: &EmbeddedStore, ev: Ev) -> (uuid::Uuid, u64) {
     let vendor = VendorId("test-vendor".into());
     let id = resource_id(&vendor, &ev.event);
     let json = format!(
@@ -126,12 +127,12 @@ async fn put(store: &SledStore, ev: Ev) -> (uuid::Uuid, u64) {
         answers_alarm: None,
         is_alarm: ev.rt == ResourceType::Communication,
         class: crate::store::Class::Routine,
-        destinations: vec![],
     };
     let out = store.put(rec).await;
     assert!(matches!(out, Ok(PutOutcome::Accepted(_))), "{out:?}");
     let got = store
         .get(orgnr(ev.org), ev.rt, id)
+        .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("stored record not readable"));
     (id, got.seq)
@@ -787,7 +788,11 @@ fn insecure_authority(store: Arc<dyn Store>) -> Arc<crate::auth::Authority> {
 /// A store whose reads fail, to check that 500s reveal nothing.
 struct FailingStore;
 
-impl Store for FailingStore {
+fn boom<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+    Box::pin(async { Err(StoreError::Read("boom".into())) })
+}
+
+impl EventLog for FailingStore {
     fn put(&self, _: NewRecord) -> BoxFuture<'_, Result<PutOutcome, PutError>> {
         Box::pin(async { Err(PutError::Unavailable("test".into())) })
     }
@@ -796,83 +801,93 @@ impl Store for FailingStore {
         _: Orgnr,
         _: ResourceType,
         _: uuid::Uuid,
-    ) -> Result<Option<StoredResource>, StoreError> {
-        Err(StoreError::Read("/var/lib/knutepunkt/db: I/O error".into()))
+    ) -> StoreFuture<'_, Option<StoredResource>> {
+        Box::pin(async { Err(StoreError::Read("/var/lib/knutepunkt/db: I/O error".into())) })
     }
-    fn search(&self, _: &SearchQuery) -> Result<SearchPage, StoreError> {
-        Err(StoreError::Corrupt("record 17: bad bytes".into()))
+    fn search(&self, _: SearchQuery) -> StoreFuture<'_, SearchPage> {
+        Box::pin(async { Err(StoreError::Corrupt("record 17: bad bytes".into())) })
     }
     fn ready(&self) -> Result<(), String> {
         Err("disk full".into())
     }
-    fn outbox_take(
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
+    fn apply_retention(
+        &self,
+        _: crate::store::RetentionPolicy,
+        _: u64,
+    ) -> StoreFuture<'_, crate::store::RetentionReport> {
+        boom()
+    }
+}
+
+impl Consumers for FailingStore {
+    fn take(
         &self,
         _: &str,
         _: usize,
         _: u64,
         _: Option<u64>,
-    ) -> Result<Vec<crate::store::OutboxItem>, StoreError> {
-        Err(StoreError::Read("boom".into()))
+    ) -> StoreFuture<'_, Vec<crate::store::OutboxItem>> {
+        boom()
     }
-    fn outbox_settle(&self, _: &str, _: &[(u64, crate::store::Settle)]) -> Result<(), StoreError> {
-        Err(StoreError::Read("boom".into()))
-    }
-    fn outbox_depth(&self, _: &str) -> Result<(u64, Option<u64>), StoreError> {
-        Err(StoreError::Read("boom".into()))
-    }
-    fn escalate_overdue(
+    fn settle(
         &self,
         _: &str,
-        _: &str,
-        _: u64,
-        _: u64,
-        _: u64,
-    ) -> Result<Vec<crate::store::ResourceRef>, StoreError> {
-        Err(StoreError::Read("boom".into()))
+        _: Vec<(u64, crate::store::Settle)>,
+    ) -> StoreFuture<'_, crate::store::SettleReport> {
+        boom()
+    }
+    fn stats(&self, _: &str) -> StoreFuture<'_, crate::store::ConsumerStats> {
+        boom()
+    }
+    fn escalate_overdue(&self, _: u64) -> StoreFuture<'_, Vec<crate::store::Escalation>> {
+        boom()
     }
     fn dead_letters(
         &self,
-        _: &crate::store::DeadLetterFilter,
+        _: crate::store::DeadLetterFilter,
         _: usize,
-    ) -> Result<Vec<crate::store::DeadLetter>, StoreError> {
-        Err(StoreError::Read("boom".into()))
+    ) -> StoreFuture<'_, Vec<crate::store::DeadLetter>> {
+        boom()
     }
-    fn dead_letter_replay(&self, _: &str, _: u64) -> Result<bool, StoreError> {
-        Err(StoreError::Read("boom".into()))
+    fn dead_letter_replay(&self, _: &str, _: u64) -> StoreFuture<'_, bool> {
+        boom()
     }
-    fn dead_letter_discard(&self, _: &str, _: u64, _: &str) -> Result<bool, StoreError> {
-        Err(StoreError::Read("boom".into()))
+    fn dead_letter_discard(&self, _: &str, _: u64, _: String) -> StoreFuture<'_, bool> {
+        boom()
     }
     fn delivery_state(
         &self,
         _: &str,
         _: u64,
-    ) -> Result<Option<crate::store::DeliveryState>, StoreError> {
-        Err(StoreError::Read("boom".into()))
+    ) -> StoreFuture<'_, Option<crate::store::DeliveryState>> {
+        boom()
     }
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        tokio::sync::watch::channel(0).1
-    }
-    fn audit_append(
-        &self,
-        _: Vec<crate::store::audit::AuditRecord>,
-    ) -> Result<Vec<u64>, StoreError> {
-        Err(StoreError::Read("boom".into()))
+}
+
+impl AuditLog for FailingStore {
+    fn audit_append(&self, _: Vec<crate::store::audit::AuditRecord>) -> StoreFuture<'_, Vec<u64>> {
+        boom()
     }
     fn audit_search(
         &self,
-        _: &crate::store::audit::AuditQuery,
-    ) -> Result<crate::store::audit::AuditPage, StoreError> {
-        Err(StoreError::Read("boom".into()))
+        _: crate::store::audit::AuditQuery,
+    ) -> StoreFuture<'_, crate::store::audit::AuditPage> {
+        boom()
     }
-    fn audit_prune(&self, _: u64) -> Result<usize, StoreError> {
-        Err(StoreError::Read("boom".into()))
+    fn audit_prune(&self, _: u64) -> StoreFuture<'_, usize> {
+        boom()
     }
-    fn jti_claim(&self, _: &str, _: &str, _: u64, _: u64) -> Result<bool, StoreError> {
-        Err(StoreError::Read("boom".into()))
+}
+
+impl ReplayGuard for FailingStore {
+    fn jti_claim(&self, _: &str, _: &str, _: u64, _: u64) -> StoreFuture<'_, bool> {
+        boom()
     }
-    fn jti_prune(&self, _: u64) -> Result<usize, StoreError> {
-        Err(StoreError::Read("boom".into()))
+    fn jti_prune(&self, _: u64) -> StoreFuture<'_, usize> {
+        boom()
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::token::{JWT_BEARER, issue};
 use super::*;
 use crate::auth::config::ClientConfig;
-use crate::store::sled::{SledOptions, SledStore};
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 
 const OSLO: &str = "958935420";
 const BERGEN: &str = "964338531";
@@ -63,6 +63,8 @@ fn rsa_key() -> TestKey {
 }
 
 struct Fixture {
+    /// The store's futures run here; tests stay synchronous.
+    rt: tokio::runtime::Runtime,
     auth: Authority,
     oslo: TestKey,
     bergen: TestKey,
@@ -86,16 +88,33 @@ fn client(
     }
 }
 
+/// A runtime and a store in `dir`, opened inside the runtime.
+fn open_store(dir: &std::path::Path) -> (tokio::runtime::Runtime, EmbeddedStore) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let opts = EmbeddedOptions {
+        min_free_bytes: 0,
+        ..EmbeddedOptions::default()
+    };
+    let store = {
+        let _in = rt.enter();
+        EmbeddedStore::open(&dir.join("store"), opts, Vec::new()).unwrap_or_else(|e| panic!("{e}"))
+    };
+    (rt, store)
+}
+
+impl Fixture {
+    fn issue(&self, body: &[u8]) -> Result<Value, super::token::OAuthError> {
+        self.rt.block_on(issue(&self.auth, body, now()))
+    }
+}
+
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let store = SledStore::open(
-        &dir.path().join("store"),
-        SledOptions {
-            min_free_bytes: 0,
-            ..SledOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (rt, store) = open_store(dir.path());
     let oslo = ec_key();
     let bergen = rsa_key();
     let mut cfg = Config::default();
@@ -118,6 +137,7 @@ fn fixture() -> Fixture {
     ];
     let auth = Authority::from_config(&cfg, Arc::new(store)).unwrap_or_else(|e| panic!("{e}"));
     Fixture {
+        rt,
         auth,
         oslo,
         bergen,
@@ -155,7 +175,7 @@ fn form(assertion: &str, scope: Option<&str>) -> Vec<u8> {
 
 /// The OAuth error and reason of a token request, or "ok".
 fn outcome(f: &Fixture, body: &[u8]) -> (&'static str, &'static str) {
-    match issue(&f.auth, body, now()) {
+    match f.issue(body) {
         Ok(_) => ("ok", "ok"),
         Err(e) => (e.error, e.reason.as_str()),
     }
@@ -377,11 +397,14 @@ fn form_rules_and_scopes() {
         outcome(&f, &form(&a(), Some("system/Patient.rs"))),
         ("invalid_scope", "invalid_scope")
     );
-    let ok = issue(&f.auth, &form(&a(), Some("system/Observation.rs")), now())
+    let ok = f
+        .issue(&form(&a(), Some("system/Observation.rs")))
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(ok["scope"], "system/Observation.rs");
     assert_eq!(ok["token_type"], "Bearer");
-    let all = issue(&f.auth, &form(&a(), None), now()).unwrap_or_else(|e| panic!("{e:?}"));
+    let all = f
+        .issue(&form(&a(), None))
+        .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(all["scope"], "system/Observation.rs system/pending.rs");
 }
 
@@ -391,7 +414,7 @@ fn errors_never_echo_the_assertion() {
     let mut c = claims("oslo-epj");
     c["aud"] = json!("wrong");
     let a = sign(&f.oslo, &c);
-    let Err(e) = issue(&f.auth, &form(&a, None), now()) else {
+    let Err(e) = f.issue(&form(&a, None)) else {
         panic!("accepted");
     };
     let resp = axum::response::IntoResponse::into_response(e);
@@ -401,7 +424,8 @@ fn errors_never_echo_the_assertion() {
 }
 
 fn token(f: &Fixture, key: &TestKey, id: &str, scope: Option<&str>) -> String {
-    let v = issue(&f.auth, &form(&sign(key, &claims(id)), scope), now())
+    let v = f
+        .issue(&form(&sign(key, &claims(id)), scope))
         .unwrap_or_else(|e| panic!("{e:?}"));
     v["access_token"].as_str().unwrap_or_default().to_string()
 }
@@ -587,14 +611,7 @@ fn pull_consumer_comes_from_the_registration() {
 #[test]
 fn external_issuer_tokens() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let store = SledStore::open(
-        &dir.path().join("store"),
-        SledOptions {
-            min_free_bytes: 0,
-            ..SledOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (_rt, store) = open_store(dir.path());
     let issuer_key = ec_key();
     let stranger_key = ec_key();
     let mut jwk = issuer_key.jwk.clone();
