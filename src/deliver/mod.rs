@@ -1,16 +1,19 @@
 //! Delivery: gets every stored event to each destination of its
 //! municipality, at least once, alarms first.
 //!
-//! The queue lives in the store (an outbox entry per destination, written in
-//! the same atomic write as the event), so nothing is lost across restarts
-//! or `kill -9`. This module runs:
+//! Each destination is a consumer of its municipality's log in the store
+//! (a durable ack floor and the unsettled items above it, see
+//! [`crate::store::Consumers`]), so nothing is lost across restarts or
+//! `kill -9`. This module runs:
 //! - a [`push`] worker per push destination (retry, backoff, breaker, dead letters);
 //! - an escalation loop: RED/YELLOW alarms not delivered by their deadline
-//!   are queued for the destination's `escalate_to` fallback, once;
-//! - a gauge loop: queue depth and age of the oldest item per destination.
+//!   are handed to the destination's `escalate_to` fallback, once (a
+//!   dead-lettered alarm is handed over at once, by the store, when it is
+//!   settled);
+//! - a gauge loop: unsettled items and age of the oldest per destination.
 //!
-//! Pull destinations need no worker: the EPJ takes from the queue through
-//! `$pending`/`$confirm` in `api`.
+//! Pull destinations need no worker: the EPJ takes from its consumer
+//! through `$pending`/`$confirm` in `api`.
 
 pub mod push;
 pub mod retry;
@@ -121,17 +124,8 @@ pub fn spawn(
             )));
         }
     }
-    let escalations: Vec<(String, String)> = dests
-        .iter()
-        .filter_map(|(_, d)| d.escalate_to.clone().map(|f| (d.name.clone(), f)))
-        .collect();
-    if !escalations.is_empty() {
-        let red = Duration::from_secs(cfg.delivery.deadline_red_secs);
-        let yellow = Duration::from_secs(cfg.delivery.deadline_yellow_secs);
+    if dests.iter().any(|(_, d)| d.escalate_to.is_some()) {
         handles.push(tokio::spawn(escalate_loop(
-            escalations,
-            red,
-            yellow,
             store.clone(),
             registry.clone(),
             stop.clone(),
@@ -143,44 +137,39 @@ pub fn spawn(
     Ok(handles)
 }
 
-async fn escalate_loop(
-    pairs: Vec<(String, String)>,
-    red: Duration,
-    yellow: Duration,
-    store: Arc<dyn Store>,
-    registry: Registry,
-    stop: CancellationToken,
-) {
+/// Logs one escalation and counts it for its source destination (in the
+/// admin view too, when `registry` is given).
+pub fn record_escalation(e: &crate::store::Escalation, registry: Option<&Registry>) {
+    if e.dead_lettered {
+        tracing::warn!(destination = %e.from, fallback = %e.to, resource = %e.resource, class = e.class.as_str(), "alarm refused for good by its destination: escalated to the fallback destination");
+    } else {
+        tracing::warn!(destination = %e.from, fallback = %e.to, resource = %e.resource, class = e.class.as_str(), "alarm not delivered by its deadline: escalated to the fallback destination");
+    }
+    metrics::counter!("knutepunkt_delivery_escalated_total", "destination" => e.from.clone())
+        .increment(1);
+    if let Some(r) = registry {
+        r.update(&e.from, |s| s.escalated += 1);
+    }
+}
+
+/// Every 500 ms: hands overdue alarms of every consumer to its fallback.
+async fn escalate_loop(store: Arc<dyn Store>, registry: Registry, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        for (dest, fallback) in &pairs {
-            let (s, d, f) = (store.clone(), dest.clone(), fallback.clone());
-            let now = time_to_seq(chrono::Utc::now());
-            let (r, y) = (red.as_micros() as u64, yellow.as_micros() as u64);
-            let res =
-                tokio::task::spawn_blocking(move || s.escalate_overdue(&d, &f, now, r, y)).await;
-            match res {
-                Ok(Ok(escalated)) => {
-                    for r in &escalated {
-                        tracing::warn!(destination = %dest, fallback = %fallback, resource = %r, "alarm not delivered by its deadline: escalated to the fallback destination");
-                    }
-                    if !escalated.is_empty() {
-                        metrics::counter!("knutepunkt_delivery_escalated_total", "destination" => dest.clone())
-                            .increment(escalated.len() as u64);
-                        registry.update(dest, |s| s.escalated += escalated.len() as u64);
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(destination = %dest, error = %e, "escalation check failed")
-                }
-                Err(e) => {
-                    tracing::error!(destination = %dest, error = %e, "escalation task failed")
+        match store
+            .escalate_overdue(time_to_seq(chrono::Utc::now()))
+            .await
+        {
+            Ok(escalated) => {
+                for e in &escalated {
+                    record_escalation(e, Some(&registry));
                 }
             }
+            Err(e) => tracing::error!(error = %e, "escalation check failed"),
         }
     }
 }
@@ -193,8 +182,12 @@ async fn gauge_loop(store: Arc<dyn Store>, registry: Registry, stop: Cancellatio
             () = stop.cancelled() => return,
         }
         for s in registry.snapshot() {
-            let Ok((pending, oldest)) = store.outbox_depth(&s.name) else {
-                continue;
+            let (pending, oldest) = match store.stats(&s.name).await {
+                Ok(st) => (st.pending, st.oldest),
+                Err(e) => {
+                    tracing::debug!(destination = %s.name, error = %e, "no queue figures");
+                    continue;
+                }
             };
             let labels = [("destination", s.name.clone())];
             metrics::gauge!("knutepunkt_delivery_pending", &labels).set(pending as f64);

@@ -1,11 +1,16 @@
-//! One worker per push destination: takes the next items from the store's
-//! queue (alarms first), POSTs them as a FHIR `transaction` Bundle of
+//! One worker per push destination: takes the next items from its consumer
+//! in the store (alarms first), POSTs them as a FHIR `transaction` Bundle of
 //! conditional creates, and settles them by the answer.
 //!
 //! One request is in flight per destination at a time, so one patient's
-//! resources arrive in the order the queue gives them. A backlog drains in
-//! Bundles of up to `max_batch` at no more than `max_rate` events/s; with no
-//! backlog each event goes alone, at once.
+//! resources arrive in the order the store gives them. A backlog drains in
+//! Bundles of up to `max_batch` (never more) at no more than `max_rate`
+//! events/s; with no backlog each event goes alone, at once.
+//!
+//! A transaction is all or nothing, so when the destination refuses a
+//! Bundle for good (a final 4xx), its items go one at a time until each has
+//! been delivered or refused: only the refused item becomes a dead letter.
+//! That isolation counts down one settled item per request and ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{Backoff, Breaker, BreakerState, Verdict, classify, parse_retry_after};
-use super::{DestinationStatus, Registry};
+use super::{DestinationStatus, Registry, record_escalation};
 use crate::config::Destination;
 use crate::store::{OutboxItem, Settle, Store, seq_to_time, time_to_seq};
 
@@ -192,27 +197,24 @@ pub async fn run(
         } else {
             dest.max_batch
         };
-        let items = {
-            let store = store.clone();
-            let dest_name = name.clone();
-            let wall = time_to_seq(chrono::Utc::now());
-            match tokio::task::spawn_blocking(move || {
-                store.outbox_take(&dest_name, max, wall, None)
-            })
-            .await
-            {
-                Ok(Ok(items)) => items,
-                Ok(Err(e)) => {
-                    tracing::error!(destination = %name, error = %e, "cannot read the delivery queue; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+        let wall = time_to_seq(chrono::Utc::now());
+        let mut items = match store.take(&name, max, wall, None).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(destination = %name, error = %e, "cannot read the delivery queue; retrying in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => break,
                 }
-                Err(e) => {
-                    tracing::error!(destination = %name, error = %e, "queue read task failed");
-                    continue;
-                }
+                continue;
             }
         };
+        if items.len() > max {
+            // The store promises at most `max`; a Bundle must never hold
+            // more, and isolation depends on it.
+            tracing::error!(destination = %name, got = items.len(), max, "store returned more items than asked for; sending only the first");
+            items.truncate(max);
+        }
         if items.is_empty() {
             committed.borrow_and_update();
             tokio::select! {
@@ -233,6 +235,7 @@ pub async fn run(
                 settle(
                     &store,
                     &name,
+                    &registry,
                     seqs.iter().map(|s| (*s, Settle::Delivered)).collect(),
                 )
                 .await;
@@ -279,6 +282,8 @@ pub async fn run(
                 backoff.reset();
                 breaker.on_success(Instant::now());
                 if items.len() > 1 {
+                    // Only reachable with isolate == 0 (isolation takes one
+                    // item at a time), so this cannot restart itself.
                     tracing::info!(destination = %name, %reason, items = items.len(), "Bundle rejected; sending its items one by one to find the rejected one");
                     isolate = items.len();
                     continue;
@@ -286,9 +291,11 @@ pub async fn run(
                 isolate = isolate.saturating_sub(1);
                 let seq = seqs[0];
                 let n = attempts.remove(&seq).unwrap_or(0) + 1;
+                tracing::warn!(destination = %name, resource = %items[0].resource.resource, %reason, "destination refused the item for good: dead letter");
                 settle(
                     &store,
                     &name,
+                    &registry,
                     vec![(
                         seq,
                         Settle::DeadLetter {
@@ -309,19 +316,24 @@ pub async fn run(
     tracing::info!(destination = %name, "push delivery stopped");
 }
 
-async fn settle(store: &Arc<dyn Store>, name: &str, outcomes: Vec<(u64, Settle)>) {
-    let store = store.clone();
-    let name2 = name.to_string();
-    let r = tokio::task::spawn_blocking(move || store.outbox_settle(&name2, &outcomes)).await;
-    match r {
-        Ok(Ok(())) => {}
-        // Not settled: the items stay queued and are offered again, which
-        // the destination's conditional create makes harmless.
-        Ok(Err(e)) => {
-            tracing::error!(destination = name, error = %e, "cannot record delivery; items will be sent again")
+/// Records how the items ended, and logs the alarms the store escalated
+/// because they were dead-lettered.
+async fn settle(
+    store: &Arc<dyn Store>,
+    name: &str,
+    registry: &Registry,
+    outcomes: Vec<(u64, Settle)>,
+) {
+    match store.settle(name, outcomes).await {
+        Ok(report) => {
+            for e in &report.escalated {
+                record_escalation(e, Some(registry));
+            }
         }
+        // Not settled: the items stay pending and are offered again, which
+        // the destination's conditional create makes harmless.
         Err(e) => {
-            tracing::error!(destination = name, error = %e, "settle task failed; items will be sent again")
+            tracing::error!(destination = name, error = %e, "cannot record delivery; items will be sent again")
         }
     }
 }
@@ -374,9 +386,67 @@ mod tests {
     use crate::config::DestinationKind;
     use crate::domain::{Orgnr, ResourceType, VendorId};
     use crate::normalize::Normalized;
-    use crate::store::sled::{SledOptions, SledStore};
-    use crate::store::{Class, NewRecord};
+    use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    use crate::store::{Class, ConsumerSpec, DeadLetterFilter, NewRecord};
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn oslo() -> Orgnr {
+        Orgnr::parse("958935420").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A store in `dir` with one push consumer "epj" for Oslo.
+    fn open(dir: &std::path::Path) -> EmbeddedStore {
+        let opts = EmbeddedOptions {
+            min_free_bytes: 0,
+            ..EmbeddedOptions::default()
+        };
+        let epj = ConsumerSpec {
+            name: "epj".into(),
+            municipality: oslo(),
+            escalation_only: false,
+            escalate_to: None,
+            red_deadline_us: 30_000_000,
+            yellow_deadline_us: 300_000_000,
+        };
+        EmbeddedStore::open(dir, opts, vec![epj]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Stores one event of patient `patient`; `event_id` also ends up in the
+    /// resource JSON so a fake destination can recognise it.
+    async fn put(store: &Arc<dyn Store>, event_id: &str, patient: u8, class: Class) {
+        let v = VendorId("v".into());
+        let id = crate::domain::resource_id(&v, event_id);
+        let (rt, category) = if class == Class::Routine {
+            (ResourceType::Observation, "vital-signs")
+        } else {
+            (ResourceType::Communication, "alert")
+        };
+        let put = store
+            .put(NewRecord {
+                vendor: v,
+                event_id: event_id.into(),
+                content_hash: [1; 32],
+                municipality: oslo(),
+                patient_key: [patient; 16],
+                resource: Normalized {
+                    resource_type: rt,
+                    id,
+                    json: format!(
+                        "{{\"resourceType\":\"{}\",\"id\":\"{id}\",\"identifier\":[{{\"system\":\"urn:test\",\"value\":\"{event_id}\"}}]}}",
+                        rt.as_str()
+                    ),
+                    codes: vec![],
+                    category,
+                    urgent: class.is_urgent(),
+                },
+                answers_alarm: None,
+                is_alarm: class != Class::Routine,
+                class,
+            })
+            .await;
+        assert!(put.is_ok(), "{put:?}");
+    }
 
     /// A destination that is down: every request fails as a connection error.
     struct Down(AtomicU32);
@@ -399,44 +469,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_hour_long_outage_costs_a_few_hundred_requests() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let opts = SledOptions {
-            min_free_bytes: 0,
-            ..SledOptions::default()
-        };
-        let sled = SledStore::open(dir.path(), opts).unwrap_or_else(|e| panic!("{e}"));
-        let store: Arc<dyn Store> = Arc::new(sled);
-        let v = VendorId("v".into());
-        let id = crate::domain::resource_id(&v, "e1");
-        let put = store
-            .put(NewRecord {
-                vendor: v,
-                event_id: "e1".into(),
-                content_hash: [1; 32],
-                municipality: Orgnr::parse("958935420").unwrap_or_else(|e| panic!("{e}")),
-                patient_key: [2; 16],
-                resource: Normalized {
-                    resource_type: ResourceType::Observation,
-                    id,
-                    json: format!("{{\"resourceType\":\"Observation\",\"id\":\"{id}\"}}"),
-                    codes: vec![],
-                    category: "vital-signs",
-                    urgent: false,
-                },
-                answers_alarm: None,
-                is_alarm: false,
-                class: Class::Routine,
-                destinations: vec!["epj".into()],
-            })
-            .await;
-        assert!(put.is_ok(), "{put:?}");
-        let mut dest = toml_destination();
-        dest.name = "epj".into();
-        dest.kind = DestinationKind::Push;
+        let embedded = open(dir.path());
+        let store: Arc<dyn Store> = Arc::new(embedded.clone());
+        put(&store, "e1", 2, Class::Routine).await;
         let down = Arc::new(Down(AtomicU32::new(0)));
         let stop = CancellationToken::new();
         let audit = crate::audit::Auditor::new(store.clone(), vec![7; 32]);
         let worker = tokio::spawn(run(
-            dest,
+            toml_destination(),
             store.clone(),
             down.clone(),
             Registry::default(),
@@ -453,16 +493,142 @@ mod tests {
             "the worker gave up probing: {n} requests in an hour"
         );
         assert!(n <= 300, "{n} requests in a one-hour outage is a flood");
-        // Nothing was lost: the item is still queued.
-        assert_eq!(store.outbox_depth("epj").map(|d| d.0).ok(), Some(1));
+        // Nothing was lost: the item is still pending.
+        let pending = store.stats("epj").await.map(|s| s.pending).ok();
+        assert_eq!(pending, Some(1));
+        drop(store);
+        embedded.close().await;
+    }
+
+    /// An EPJ that refuses (final 4xx) every Bundle holding `refused`, and
+    /// takes everything else; it remembers every request.
+    struct Refuses {
+        refused: String,
+        requests: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Transport for Refuses {
+        fn send(&self, bundle: String) -> futures::future::BoxFuture<'_, Verdict> {
+            let v: serde_json::Value = serde_json::from_str(&bundle).unwrap_or_default();
+            let ids: Vec<String> = v["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["resource"]["identifier"][0]["value"].as_str())
+                .map(str::to_string)
+                .collect();
+            let refuse = ids.contains(&self.refused);
+            self.requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(ids);
+            Box::pin(async move {
+                if refuse {
+                    Verdict::Reject {
+                        reason: "destination answered 422".into(),
+                        response: None,
+                    }
+                } else {
+                    Verdict::Delivered
+                }
+            })
+        }
+    }
+
+    /// The livelock of issue 8 on the real loop: one patient with a routine
+    /// backlog, an alarm, and one item the EPJ refuses. Every Bundle holds
+    /// at most `max_batch`; everything else is delivered, only the refused
+    /// item becomes a dead letter, and the requests stay few.
+    #[tokio::test]
+    async fn a_refused_item_is_isolated_and_the_rest_delivered() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let embedded = open(dir.path());
+        let store: Arc<dyn Store> = Arc::new(embedded.clone());
+        for i in 0..6 {
+            put(&store, &format!("r{i}"), 3, Class::Routine).await;
+        }
+        put(&store, "bad", 3, Class::Routine).await;
+        for i in 6..9 {
+            put(&store, &format!("r{i}"), 3, Class::Routine).await;
+        }
+        put(&store, "alarm", 3, Class::Red).await;
+        let epj = Arc::new(Refuses {
+            refused: "bad".into(),
+            requests: Mutex::new(Vec::new()),
+        });
+        let mut dest = toml_destination();
+        dest.max_batch = 4;
+        let stop = CancellationToken::new();
+        let audit = crate::audit::Auditor::new(store.clone(), vec![7; 32]);
+        let worker = tokio::spawn(run(
+            dest,
+            store.clone(),
+            epj.clone(),
+            Registry::default(),
+            stop.clone(),
+            audit,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pending = store.stats("epj").await.map(|s| s.pending).unwrap_or(99);
+            if pending == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Give a looping worker the chance to show itself.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        let _ = worker.await;
+        let requests = epj
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert!(
+            requests.iter().all(|r| r.len() <= 4),
+            "a Bundle held more than max_batch: {requests:?}"
+        );
+        assert_eq!(
+            requests.first().and_then(|r| r.first()).map(String::as_str),
+            Some("alarm"),
+            "the alarm goes first: {requests:?}"
+        );
+        assert!(
+            requests.len() <= 12,
+            "{} requests: {requests:?}",
+            requests.len()
+        );
+        let stats = store.stats("epj").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stats.pending, 0, "{requests:?}");
+        let dead = store
+            .dead_letters(DeadLetterFilter::default(), 100)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let bad = crate::domain::resource_id(&VendorId("v".into()), "bad");
+        assert_eq!(dead[0].resource.id, bad);
+        // Every other item went through in an accepted request.
+        let mut delivered: Vec<&String> = requests
+            .iter()
+            .filter(|r| !r.contains(&"bad".to_string()))
+            .flatten()
+            .collect();
+        delivered.sort();
+        delivered.dedup();
+        assert_eq!(delivered.len(), 10, "{requests:?}");
+        drop(store);
+        embedded.close().await;
     }
 
     /// A destination with the documented defaults (base 200 ms, cap 60 s,
     /// breaker 5 failures / 30 s).
     fn toml_destination() -> Destination {
-        serde_json::from_value(
+        let mut d: Destination = serde_json::from_value(
             serde_json::json!({"name": "epj", "kind": "push", "url": "https://epj.test/fhir"}),
         )
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+        d.kind = DestinationKind::Push;
+        d
     }
 }
