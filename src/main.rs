@@ -285,7 +285,9 @@ async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow::Res
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sled=warn,h2=warn,tower=warn,hyper=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
