@@ -12,7 +12,9 @@
 //! - `leases`: pull leases (lost on restart: the item is offered again).
 //!
 //! On disk, only the exceptions: `F` (start, floor), `S` settled above the
-//! floor, `E` escalated, `Q` explicit queue, and dead letters. Settling a
+//! floor, `E` escalated (kept until retention removes the event, so an alarm
+//! escalates once even when an operator replays it), `Q` explicit queue, and
+//! dead letters. Settling a
 //! Bundle delivered in order moves the floor: one key written.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -420,11 +422,6 @@ pub(crate) fn settle(
         for seq in folded {
             c.above.remove(&seq);
             batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
-        }
-        let esc: Vec<u64> = c.escalated.range(..=floor).copied().collect();
-        for seq in esc {
-            c.escalated.remove(&seq);
-            batch.remove(&s.ks.cons, keys::name_seq(Some(b'E'), name, seq));
         }
         c.floor = floor;
         batch.insert(&s.ks.cons, f_key(name), keys::floor_value(c.start, floor));

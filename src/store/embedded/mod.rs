@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     /// Per municipality: the unscanned-routine counters of its log
     /// consumers, which the writer bumps at each commit.
     pub arrivals: HashMap<u32, Vec<Arc<AtomicU64>>>,
+    /// Group commits made durable since open.
+    pub commits: AtomicU64,
 }
 
 /// The fjall-backed [`super::Store`].
@@ -231,6 +233,7 @@ impl EmbeddedStore {
             committed: tokio::sync::watch::channel(last_seq).0,
             consumers,
             arrivals,
+            commits: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
@@ -262,6 +265,11 @@ impl EmbeddedStore {
             }
         })
         .await;
+    }
+
+    /// Group commits (one fdatasync each) made durable since open.
+    pub fn group_commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Acquire)
     }
 
     /// Disk space the store uses, bytes (for benchmarks and the admin view).

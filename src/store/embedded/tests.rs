@@ -1,2 +1,364 @@
-//! Unit tests of the embedded backend's own rules; the model-based test
-//! (`store/model_test.rs`) covers the traits' contract.
+//! Unit tests of the embedded backend's own rules (group commit, floors
+//! across a restart, escalation of a refused alarm, retention); the
+//! model-based test (`store/model_test.rs`) covers the traits' contract.
+
+use std::path::Path;
+
+use super::*;
+use crate::domain::{VendorId, synthetic};
+use crate::normalize::Normalized;
+use crate::store::{Class, patient_key};
+
+const OSLO: &str = "958935420";
+
+fn org(s: &str) -> Orgnr {
+    Orgnr::parse(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rec(event: &str, patient: u32, class: Class) -> NewRecord {
+    let v = VendorId("v1".into());
+    let id = crate::domain::resource_id(&v, event);
+    let alarm = class != Class::Routine;
+    NewRecord {
+        vendor: v,
+        event_id: event.into(),
+        content_hash: [patient as u8; 32],
+        municipality: org(OSLO),
+        patient_key: patient_key("urn:oid:2.16.578.1.12.4.1.4.1", &synthetic::fnr(patient)),
+        resource: Normalized {
+            resource_type: if alarm {
+                ResourceType::Communication
+            } else {
+                ResourceType::Observation
+            },
+            id,
+            json: format!("{{\"resourceType\":\"Observation\",\"id\":\"{id}\"}}"),
+            codes: vec![("http://loinc.org".into(), "8867-4".into())],
+            category: if alarm { "alert" } else { "vital-signs" },
+            urgent: alarm,
+        },
+        answers_alarm: None,
+        is_alarm: alarm,
+        class,
+    }
+}
+
+fn spec(name: &str, escalate_to: Option<&str>, escalation_only: bool) -> ConsumerSpec {
+    ConsumerSpec {
+        name: name.into(),
+        municipality: org(OSLO),
+        escalation_only,
+        escalate_to: escalate_to.map(str::to_string),
+        red_deadline_us: 30_000_000,
+        yellow_deadline_us: 300_000_000,
+    }
+}
+
+fn open(dir: &Path) -> EmbeddedStore {
+    let opts = EmbeddedOptions {
+        min_free_bytes: 0,
+        ..EmbeddedOptions::default()
+    };
+    let specs = vec![
+        spec("epj", Some("centre"), false),
+        spec("centre", None, true),
+    ];
+    EmbeddedStore::open(dir, opts, specs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn put(s: &EmbeddedStore, r: NewRecord) -> u64 {
+    let (o, rt, id) = (r.municipality, r.resource.resource_type, r.resource.id);
+    let out = s.put(r).await;
+    assert!(matches!(out, Ok(PutOutcome::Accepted(_))), "{out:?}");
+    s.get(o, rt, id)
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.seq)
+        .unwrap_or_else(|| panic!("stored record not readable"))
+}
+
+async fn take(s: &EmbeddedStore, c: &str, max: usize) -> Vec<u64> {
+    s.take(c, max, now_micros(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|i| i.resource.seq)
+        .collect()
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn duplicates_conflicts_and_an_old_store_directory() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let r = rec("e1", 1, Class::Routine);
+    put(&s, r.clone()).await;
+    assert!(matches!(
+        s.put(r.clone()).await,
+        Ok(PutOutcome::Duplicate(_))
+    ));
+    let mut other = r.clone();
+    other.content_hash = [9; 32];
+    assert!(matches!(s.put(other).await, Err(PutError::Conflict(_))));
+    s.close().await;
+    let s = open(dir.path());
+    assert!(matches!(s.put(r).await, Ok(PutOutcome::Duplicate(_))));
+    s.close().await;
+
+    let old = tmp();
+    std::fs::write(old.path().join("conf"), b"segment_size: 8388608")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(old.path().join("db"), b"").unwrap_or_else(|e| panic!("{e}"));
+    let err = EmbeddedStore::open(old.path(), EmbeddedOptions::default(), vec![])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("knutepunkt migrate"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_group_commits_and_page_without_gaps() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let before = s.group_commits();
+    let mut tasks = Vec::new();
+    for i in 0..500u32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.put(rec(&format!("e{i}"), i % 7, Class::Routine)).await
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await, Ok(Ok(PutOutcome::Accepted(_)))));
+    }
+    let commits = s.group_commits() - before;
+    assert!(
+        commits < 500,
+        "500 concurrent writes took {commits} syncs: no group was shared"
+    );
+    let mut q = SearchQuery {
+        municipality: org(OSLO),
+        resource_type: ResourceType::Observation,
+        patient: None,
+        codes: vec![],
+        category: None,
+        min_seq: 0,
+        max_seq: u64::MAX,
+        after: None,
+        count: 37,
+        descending: false,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = s.search(q.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        seen.extend(page.items.iter().map(|r| r.seq));
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 500);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test]
+async fn alarms_jump_the_backlog_and_a_take_never_exceeds_max() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let mut routine = Vec::new();
+    for i in 0..300 {
+        routine.push(put(&s, rec(&format!("m{i}"), 1, Class::Routine)).await);
+    }
+    let red = put(&s, rec("a1", 1, Class::Red)).await;
+    let got = take(&s, "epj", 1).await;
+    assert_eq!(got, vec![red], "the alarm goes first, alone when max is 1");
+    let got = take(&s, "epj", 100).await;
+    assert_eq!(got.len(), 100);
+    assert_eq!(got[0], red);
+    assert_eq!(&got[1..], &routine[..99], "routine items in order");
+}
+
+#[tokio::test]
+async fn a_note_never_goes_before_the_alarm_it_answers() {
+    let dir = tmp();
+    let s = open(dir.path());
+    // Patient 1: a reading, then a note answering a RED alarm, then another
+    // reading. While the alarm is unsettled the note waits, and so does the
+    // later reading (FIFO per patient and class).
+    let alarm = put(&s, rec("a1", 1, Class::Routine)).await;
+    let mut note = rec("n1", 1, Class::Routine);
+    note.answers_alarm = Some("a2".into());
+    let mut a2 = rec("a2", 2, Class::Red);
+    a2.is_alarm = true;
+    let red = put(&s, a2).await;
+    let note_seq = put(&s, note).await;
+    let later = put(&s, rec("m1", 1, Class::Routine)).await;
+    // Leased alarm: pending, so the note and the patient's later reading wait.
+    let now = now_micros();
+    let first = s
+        .take("epj", 1, now, Some(now + 60_000_000))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        first.iter().map(|i| i.resource.seq).collect::<Vec<_>>(),
+        vec![red]
+    );
+    let next: Vec<u64> = s
+        .take("epj", 10, now, Some(now + 60_000_000))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|i| i.resource.seq)
+        .collect();
+    assert_eq!(
+        next,
+        vec![alarm],
+        "note {note_seq} and reading {later} wait"
+    );
+    let report = s
+        .settle("epj", vec![(red, Settle::Delivered)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.settled, 1);
+    // The reading `alarm` is still leased from the second take.
+    assert_eq!(take(&s, "epj", 10).await, vec![note_seq, later]);
+}
+
+#[tokio::test]
+async fn a_refused_red_alarm_escalates_at_once_and_only_once() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let red = put(&s, rec("a1", 1, Class::Red)).await;
+    assert_eq!(take(&s, "epj", 10).await, vec![red]);
+    let refuse = Settle::DeadLetter {
+        attempts: 1,
+        error: "422".into(),
+        response: None,
+    };
+    let report = s
+        .settle("epj", vec![(red, refuse.clone())])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.escalated.len(), 1);
+    assert!(report.escalated[0].dead_lettered);
+    assert_eq!(take(&s, "centre", 10).await, vec![red]);
+    // Replayed and refused again: not escalated a second time.
+    assert!(matches!(s.dead_letter_replay("epj", red).await, Ok(true)));
+    let again = s
+        .settle("epj", vec![(red, refuse)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.escalated.is_empty(), "{again:?}");
+    let overdue = s
+        .escalate_overdue(now_micros() + 3_600_000_000)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(overdue.is_empty(), "{overdue:?}");
+}
+
+#[tokio::test]
+async fn a_restart_rebuilds_every_consumer_from_its_floor() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let mut seqs = Vec::new();
+    for i in 0..50 {
+        seqs.push(put(&s, rec(&format!("m{i}"), i % 3, Class::Routine)).await);
+    }
+    let red = put(&s, rec("a1", 1, Class::Red)).await;
+    // Settle the alarm (above the floor) and the first 20 in order.
+    let mut done: Vec<(u64, Settle)> = vec![(red, Settle::Delivered)];
+    done.extend(seqs[..20].iter().map(|q| (*q, Settle::Delivered)));
+    assert_eq!(take(&s, "epj", 30).await.len(), 30);
+    let r = s
+        .settle("epj", done)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.settled, 21);
+    let before = s.stats("epj").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(before.pending, 30);
+    s.close().await;
+    let s = open(dir.path());
+    let after = s.stats("epj").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(after.pending, 30, "{after:?}");
+    assert!(
+        after.floor >= seqs[19] && after.floor < seqs[20],
+        "{after:?}"
+    );
+    assert_eq!(take(&s, "epj", 100).await, seqs[20..].to_vec());
+}
+
+#[tokio::test]
+async fn retention_never_drops_what_a_consumer_has_not_settled() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let a = put(&s, rec("m1", 1, Class::Routine)).await;
+    let b = put(&s, rec("m2", 1, Class::Routine)).await;
+    take(&s, "epj", 1).await;
+    s.settle("epj", vec![(a, Settle::Delivered)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let policy = RetentionPolicy {
+        default: [Some(0); 3],
+        ..RetentionPolicy::default()
+    };
+    let r = s
+        .apply_retention(policy.clone(), now_micros() + 1_000_000)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((r.removed, r.held), (1, 1));
+    let o = org(OSLO);
+    let id = |e: &str| crate::domain::resource_id(&VendorId("v1".into()), e);
+    let gone = s.get(o, ResourceType::Observation, id("m1")).await;
+    assert!(matches!(gone, Ok(None)), "{gone:?}");
+    let kept = s.get(o, ResourceType::Observation, id("m2")).await;
+    assert!(matches!(kept, Ok(Some(_))));
+    // After the idempotency key left with the event, a resend is new.
+    assert!(matches!(
+        s.put(rec("m1", 1, Class::Routine)).await,
+        Ok(PutOutcome::Accepted(_))
+    ));
+    assert_eq!(take(&s, "epj", 10).await.first(), Some(&b));
+}
+
+#[tokio::test]
+async fn audit_and_jti_share_the_group_commit_and_survive_a_restart() {
+    use crate::store::audit::{AuditAction, AuditAgent, AuditOutcome, AuditQuery};
+    let dir = tmp();
+    let s = open(dir.path());
+    let record = crate::store::audit::AuditRecord {
+        municipality: org(OSLO),
+        agent: AuditAgent::Client("oslo-epj".into()),
+        action: AuditAction::Read,
+        query: None,
+        resources: vec![],
+        patients: vec![],
+        outcome: AuditOutcome::Success,
+    };
+    let seqs = s
+        .audit_append(vec![record.clone(), record])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(seqs[0] < seqs[1]);
+    assert!(matches!(s.jti_claim("c", "j1", 100, 50).await, Ok(true)));
+    assert!(matches!(s.jti_claim("c", "j1", 100, 60).await, Ok(false)));
+    s.close().await;
+    let s = open(dir.path());
+    assert!(matches!(s.jti_claim("c", "j1", 100, 70).await, Ok(false)));
+    assert!(matches!(s.jti_claim("c", "j1", 200, 101).await, Ok(true)));
+    let page = s
+        .audit_search(AuditQuery {
+            municipality: org(OSLO),
+            patient: None,
+            min_seq: 0,
+            max_seq: u64::MAX,
+            after: None,
+            count: 10,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.items.len(), 2);
+}

@@ -157,9 +157,9 @@ impl Writer {
                 c.fetch_add(*n, Ordering::AcqRel);
             }
         }
+        shared.commits.fetch_add(1, Ordering::AcqRel);
         shared.visible.store(self.last_seq, Ordering::Release);
         shared.committed.send_replace(self.last_seq);
-        answers.shrink_to_fit();
         answers
     }
 
