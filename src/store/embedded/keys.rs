@@ -131,6 +131,14 @@ pub fn with_seq(mut prefix: Vec<u8>, seq: u64) -> Vec<u8> {
     prefix
 }
 
+/// The distinct codes of a record, as its `C` index keys carry them.
+pub fn distinct_codes<'a>(codes: &[(&'a str, &'a str)]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = codes.iter().map(|(_, c)| *c).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 pub fn short_hash(s: &str) -> [u8; 8] {
     let d = Sha256::digest(s.as_bytes());
     let mut out = [0u8; 8];

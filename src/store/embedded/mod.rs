@@ -21,6 +21,7 @@
 mod audit;
 mod consumer;
 pub mod keys;
+pub mod migrate;
 mod read;
 mod retention;
 mod writer;
@@ -171,32 +172,7 @@ impl EmbeddedStore {
                 path: dir.to_path_buf(),
             });
         }
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let db = Database::builder(dir)
-            .cache_size(opts.cache_bytes)
-            .open()
-            .map_err(engine(dir))?;
-        let space = |name: &str, memtable: u64| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable)
-            })
-            .map_err(engine(dir))
-        };
-        const MIB: u64 = 1024 * 1024;
-        let ks = Spaces {
-            log: space("log", 16 * MIB)?,
-            ids: space("ids", 8 * MIB)?,
-            idx: space("idx", 8 * MIB)?,
-            alarms: space("alarms", 2 * MIB)?,
-            cons: space("cons", 2 * MIB)?,
-            dlq: space("dlq", 2 * MIB)?,
-            audit: space("audit", 4 * MIB)?,
-            jti: space("jti", 2 * MIB)?,
-            meta: space("meta", MIB)?,
-        };
+        let (db, ks) = open_spaces(dir, opts.cache_bytes)?;
         check_layout(dir, &db, &ks)?;
         let corrupt = |msg: String| OpenError::Corrupt {
             path: dir.to_path_buf(),
@@ -310,8 +286,41 @@ impl EmbeddedStore {
     }
 }
 
+/// Creates `dir` if needed and opens the database with every keyspace.
+pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spaces), OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let db = Database::builder(dir)
+        .cache_size(cache_bytes)
+        .open()
+        .map_err(engine(dir))?;
+    // Small memtables: nine keyspaces each flush on their own, and their
+    // sum bounds the memory writes hold before they reach tables.
+    let space = |name: &str, memtable: u64| {
+        db.keyspace(name, || {
+            KeyspaceCreateOptions::default().max_memtable_size(memtable)
+        })
+        .map_err(engine(dir))
+    };
+    const MIB: u64 = 1024 * 1024;
+    let ks = Spaces {
+        log: space("log", 16 * MIB)?,
+        ids: space("ids", 8 * MIB)?,
+        idx: space("idx", 8 * MIB)?,
+        alarms: space("alarms", 2 * MIB)?,
+        cons: space("cons", 2 * MIB)?,
+        dlq: space("dlq", 2 * MIB)?,
+        audit: space("audit", 4 * MIB)?,
+        jti: space("jti", 2 * MIB)?,
+        meta: space("meta", MIB)?,
+    };
+    Ok((db, ks))
+}
+
 /// Refuses a directory of another layout version; stamps a new one.
-fn check_layout(dir: &Path, db: &Database, ks: &Spaces) -> Result<(), OpenError> {
+pub(crate) fn check_layout(dir: &Path, db: &Database, ks: &Spaces) -> Result<(), OpenError> {
     match ks.meta.get("format").map_err(engine(dir))? {
         Some(v) if v.first() == Some(&keys::LAYOUT_VERSION) => Ok(()),
         Some(v) => Err(OpenError::Layout {

@@ -8,7 +8,6 @@
 
 use super::consumer;
 use super::keys::{self, IdEntry, Record};
-use super::writer::index_codes;
 use super::{Shared, read};
 use crate::domain::Orgnr;
 use crate::store::{Class, DataClass, RetentionPolicy, RetentionReport, StoreError};
@@ -100,12 +99,7 @@ fn remove(
         &s.ks.idx,
         keys::with_seq(keys::index_prefix(b'P', org, rt, &rec.patient), seq),
     );
-    let codes: Vec<(String, String)> = rec
-        .codes
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    for c in index_codes(&codes) {
+    for c in keys::distinct_codes(&rec.codes) {
         batch.remove(
             &s.ks.idx,
             keys::with_seq(keys::index_prefix(b'C', org, rt, &keys::short_hash(c)), seq),

@@ -123,7 +123,7 @@ impl Writer {
         let mut batch = shared.db.batch();
         let mut group = Group::default();
         let (first_seq, first_audit) = (self.last_seq, self.last_audit);
-        let mut answers: Vec<Answer> = reqs
+        let answers: Vec<Answer> = reqs
             .iter()
             .map(|r| self.stage(r, &mut batch, &mut group))
             .collect();
@@ -305,37 +305,8 @@ impl Writer {
         };
         let ebytes = keys::encode(&entry).map_err(|e| PutError::Unavailable(e.to_string()))?;
         self.last_seq = seq;
-        batch.insert(&ks.log, keys::seq_key(seq), bytes);
-        batch.insert(&ks.ids, *n.id.as_bytes(), ebytes);
-        let t = TypeEntry {
-            class: rec.class,
-            patient: rec.patient_key,
-            answers,
-        };
-        batch.insert(
-            &ks.idx,
-            keys::with_seq(keys::index_prefix(b'T', org, rt, &[]), seq),
-            t.to_bytes(),
-        );
-        batch.insert(
-            &ks.idx,
-            keys::with_seq(keys::index_prefix(b'P', org, rt, &rec.patient_key), seq),
-            [],
-        );
-        for c in index_codes(&n.codes) {
-            batch.insert(
-                &ks.idx,
-                keys::with_seq(keys::index_prefix(b'C', org, rt, &keys::short_hash(c)), seq),
-                [],
-            );
-        }
-        if rec.class.is_urgent() {
-            batch.insert(
-                &ks.alarms,
-                keys::alarm_key(org, seq),
-                keys::class_patient(rec.class, &rec.patient_key),
-            );
-        } else {
+        stage_keys(ks, batch, seq, &record, bytes, ebytes);
+        if !rec.class.is_urgent() {
             *group.arrivals.entry(org).or_default() += 1;
         }
         group.ids.insert(*n.id.as_bytes(), entry);
@@ -375,12 +346,49 @@ impl Writer {
     }
 }
 
-/// The distinct codes of a resource, as its `C` index keys carry them.
-pub(crate) fn index_codes(codes: &[(String, String)]) -> Vec<&str> {
-    let mut out: Vec<&str> = codes.iter().map(|(_, c)| c.as_str()).collect();
-    out.sort_unstable();
-    out.dedup();
-    out
+/// Adds one event's keys to `batch`: its record, id entry and index keys.
+/// The writer and `knutepunkt migrate` both write events through it.
+pub(crate) fn stage_keys(
+    ks: &super::Spaces,
+    batch: &mut fjall::OwnedWriteBatch,
+    seq: u64,
+    record: &Record,
+    record_bytes: Vec<u8>,
+    id_entry_bytes: Vec<u8>,
+) {
+    let (org, rt) = (record.org, record.rtype);
+    let class = crate::store::Class::from_tag(record.class).unwrap_or(crate::store::Class::Routine);
+    batch.insert(&ks.log, keys::seq_key(seq), record_bytes);
+    batch.insert(&ks.ids, record.id, id_entry_bytes);
+    let t = TypeEntry {
+        class,
+        patient: record.patient,
+        answers: record.answers,
+    };
+    batch.insert(
+        &ks.idx,
+        keys::with_seq(keys::index_prefix(b'T', org, rt, &[]), seq),
+        t.to_bytes(),
+    );
+    batch.insert(
+        &ks.idx,
+        keys::with_seq(keys::index_prefix(b'P', org, rt, &record.patient), seq),
+        [],
+    );
+    for c in keys::distinct_codes(&record.codes) {
+        batch.insert(
+            &ks.idx,
+            keys::with_seq(keys::index_prefix(b'C', org, rt, &keys::short_hash(c)), seq),
+            [],
+        );
+    }
+    if class.is_urgent() {
+        batch.insert(
+            &ks.alarms,
+            keys::alarm_key(org, seq),
+            keys::class_patient(class, &record.patient),
+        );
+    }
 }
 
 fn refuse(req: &Req, e: &PutError) -> Answer {

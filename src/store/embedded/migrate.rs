@@ -1,0 +1,531 @@
+//! `knutepunkt migrate`: moves a store of the sled era (one sled tree, see
+//! git history for `src/store/sled.rs`) into this layout, offline.
+//!
+//! What moves: every event (same `seq`, so `_lastUpdated`, cursors and
+//! resource ids stay), its idempotency key, the audit trail, used assertion
+//! ids, dead letters (and discarded ones), escalation marks, and each
+//! destination's queue: the old outbox entries become the consumer's floor
+//! and the items settled above it. Leases are not moved (they only delay a
+//! re-offer). The old formats are read here and nowhere else; this module
+//! is why sled is still a dependency.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::keys::{self, DlqRecord, IdEntry, Record};
+use super::{OpenError, Spaces, check_layout, now_micros, open_spaces, writer};
+use crate::store::audit::AuditRecord;
+use crate::store::{Class, ConsumerSpec, StoreError, time_to_seq};
+
+/// What was moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub events: u64,
+    pub audit_records: u64,
+    pub used_jtis: u64,
+    pub dead_letters: u64,
+    pub consumers: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot read the old store at {path}: {msg}")]
+    Old { path: String, msg: String },
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cannot write the new store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the new store at {0} is not empty; migrate into a fresh directory")]
+    NotEmpty(String),
+}
+
+/// The old `R` value.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct OldRecord<'a> {
+    org: u32,
+    rtype: u8,
+    id: [u8; 16],
+    patient: [u8; 16],
+    #[serde(borrow)]
+    category: &'a str,
+    #[serde(borrow)]
+    codes: Vec<(&'a str, &'a str)>,
+    #[serde(borrow)]
+    json: &'a str,
+}
+
+/// The old `D` value.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct OldIdem {
+    hash: [u8; 32],
+    #[allow(dead_code)]
+    org: u32,
+    #[allow(dead_code)]
+    rtype: u8,
+    id: [u8; 16],
+    is_alarm: bool,
+}
+
+/// The old `Q` value.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct OldDlq {
+    class: u8,
+    attempts: u32,
+    error: String,
+    response: Option<String>,
+    at: String,
+    #[allow(dead_code)]
+    patient: [u8; 16],
+}
+
+/// The old `S` value (only `Discarded` is moved: the rest folds into floors).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[allow(dead_code)]
+enum OldState {
+    Pending,
+    Leased { until: String },
+    Delivered { at: String },
+    DeadLettered { at: String, error: String },
+    Discarded { at: String, reason: String },
+}
+
+/// What the JSON of an old record says that the new record keeps as fields.
+#[derive(Deserialize)]
+struct Facts {
+    priority: Option<String>,
+    #[serde(default, rename = "inResponseTo")]
+    in_response_to: Vec<Reference>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    reference: Option<String>,
+}
+
+fn micros(rfc3339: &str) -> u64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|d| time_to_seq(d.with_timezone(&chrono::Utc)))
+        .unwrap_or_else(|_| now_micros())
+}
+
+/// `table` + length-prefixed name + seq, as the old keys were laid out.
+fn old_name_seq(key: &[u8]) -> Option<(String, u64)> {
+    let n = *key.get(1)? as usize;
+    let name = std::str::from_utf8(key.get(2..2 + n)?).ok()?.to_string();
+    Some((name, keys::be_u64(key.get(2 + n..)?)?))
+}
+
+/// Moves the sled store at `old` into a new store at `new`. `progress` is
+/// called with the number of events moved so far.
+pub fn from_sled(
+    old: &Path,
+    new: &Path,
+    specs: &[ConsumerSpec],
+    progress: &mut dyn FnMut(u64),
+) -> Result<MigrateReport, MigrateError> {
+    let oerr = |e: sled::Error| MigrateError::Old {
+        path: old.display().to_string(),
+        msg: e.to_string(),
+    };
+    let sdb = sled::Config::new().path(old).open().map_err(oerr)?;
+    let (db, ks) = open_spaces(new, 64 * 1024 * 1024)?;
+    if ks.log.first_key_value().is_some() {
+        return Err(MigrateError::NotEmpty(new.display().to_string()));
+    }
+    check_layout(new, &db, &ks)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("old store: {what}"));
+    let mut report = MigrateReport::default();
+
+    // Idempotency entries by resource id (the new key of both).
+    let mut idem: HashMap<[u8; 16], ([u8; 32], bool)> = HashMap::new();
+    for kv in sdb.scan_prefix([b'D']) {
+        let (_, v) = kv.map_err(oerr)?;
+        let e: OldIdem = postcard::from_bytes(&v).map_err(|_| corrupt("idempotency entry"))?;
+        idem.insert(e.id, (e.hash, e.is_alarm));
+    }
+    let seq_of = |id: &[u8; 16]| -> Result<u64, MigrateError> {
+        let mut k = vec![b'I'];
+        k.extend_from_slice(id);
+        Ok(sdb
+            .get(k)
+            .map_err(oerr)?
+            .and_then(|v| keys::be_u64(&v))
+            .unwrap_or(0))
+    };
+
+    let mut batch = db.batch();
+    let mut last_seq = 0;
+    let mut by_org: HashMap<u32, Vec<u64>> = HashMap::new();
+    for kv in sdb.scan_prefix([b'R']) {
+        let (k, v) = kv.map_err(oerr)?;
+        let seq = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("record key"))?;
+        let old: OldRecord = postcard::from_bytes(&v).map_err(|_| corrupt("record"))?;
+        let facts: Facts = serde_json::from_str(old.json).map_err(|_| corrupt("record JSON"))?;
+        let class = match (old.category, facts.priority.as_deref()) {
+            ("alert", Some("stat")) => Class::Red,
+            ("alert", Some("asap")) => Class::Yellow,
+            _ => Class::Routine,
+        };
+        let answers = match facts
+            .in_response_to
+            .first()
+            .and_then(|r| r.reference.as_deref())
+            .and_then(|r| r.strip_prefix("Communication/"))
+            .and_then(|u| uuid::Uuid::parse_str(u).ok())
+        {
+            Some(alarm) => seq_of(alarm.as_bytes())?,
+            None => 0,
+        };
+        let (hash, is_alarm) = idem.get(&old.id).copied().unwrap_or(([0; 32], false));
+        let record = Record {
+            org: old.org,
+            rtype: old.rtype,
+            id: old.id,
+            patient: old.patient,
+            class: class as u8,
+            answers,
+            category: old.category,
+            codes: old.codes,
+            json: old.json,
+        };
+        let entry = IdEntry {
+            seq,
+            hash,
+            org: old.org,
+            rtype: old.rtype,
+            is_alarm,
+        };
+        writer::stage_keys(
+            &ks,
+            &mut batch,
+            seq,
+            &record,
+            keys::encode(&record)?,
+            keys::encode(&entry)?,
+        );
+        by_org.entry(old.org).or_default().push(seq);
+        last_seq = seq;
+        report.events += 1;
+        if report.events % 2_000 == 0 {
+            batch.commit().map_err(super::write)?;
+            batch = db.batch();
+            progress(report.events);
+        }
+    }
+    batch.commit().map_err(super::write)?;
+    progress(report.events);
+
+    let mut batch = db.batch();
+    move_audit_and_jti(&sdb, &ks, &mut batch, &mut report, oerr)?;
+    move_consumers(
+        &sdb,
+        &ks,
+        &mut batch,
+        specs,
+        &by_org,
+        last_seq,
+        &mut report,
+        oerr,
+    )?;
+    batch.commit().map_err(super::write)?;
+    db.persist(fjall::PersistMode::SyncAll)
+        .map_err(super::write)?;
+    Ok(report)
+}
+
+fn move_audit_and_jti(
+    sdb: &sled::Db,
+    ks: &Spaces,
+    batch: &mut fjall::OwnedWriteBatch,
+    report: &mut MigrateReport,
+    oerr: impl Fn(sled::Error) -> MigrateError,
+) -> Result<(), MigrateError> {
+    for kv in sdb.scan_prefix([b'A']) {
+        let (k, v) = kv.map_err(&oerr)?;
+        let rec: AuditRecord = postcard::from_bytes(&v)
+            .map_err(|_| StoreError::Corrupt("old store: audit record".into()))?;
+        batch.insert(&ks.audit, k.to_vec(), keys::encode(&rec)?);
+        report.audit_records += 1;
+    }
+    // Index keys and used jtis keep their bytes (the jti keyspace drops the
+    // old table byte).
+    for table in [b'B', b'b'] {
+        for kv in sdb.scan_prefix([table]) {
+            let (k, _) = kv.map_err(&oerr)?;
+            batch.insert(&ks.audit, k.to_vec(), []);
+        }
+    }
+    for kv in sdb.scan_prefix([b'J']) {
+        let (k, v) = kv.map_err(&oerr)?;
+        batch.insert(&ks.jti, k[1..].to_vec(), v.to_vec());
+        report.used_jtis += 1;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn move_consumers(
+    sdb: &sled::Db,
+    ks: &Spaces,
+    batch: &mut fjall::OwnedWriteBatch,
+    specs: &[ConsumerSpec],
+    by_org: &HashMap<u32, Vec<u64>>,
+    last_seq: u64,
+    report: &mut MigrateReport,
+    oerr: impl Fn(sled::Error) -> MigrateError,
+) -> Result<(), MigrateError> {
+    let now = now_micros();
+    for spec in specs {
+        let name = spec.name.as_str();
+        let mut pending: BTreeSet<u64> = BTreeSet::new();
+        let mut classes: HashMap<u64, (Class, [u8; 16])> = HashMap::new();
+        for kv in sdb.scan_prefix(keys::name_prefix(Some(b'O'), name)) {
+            let (k, v) = kv.map_err(&oerr)?;
+            // `O` name class seq.
+            let Ok(seq) = keys::tail_seq(&k) else {
+                continue;
+            };
+            let class = k
+                .len()
+                .checked_sub(9)
+                .and_then(|i| Class::from_tag(k[i]))
+                .unwrap_or(Class::Routine);
+            let patient: [u8; 16] = v.as_ref().try_into().unwrap_or([0; 16]);
+            pending.insert(seq);
+            classes.insert(seq, (class, patient));
+        }
+        if spec.escalation_only {
+            // No log cursor: its queue is explicit.
+            for (seq, (class, patient)) in &classes {
+                batch.insert(
+                    &ks.cons,
+                    keys::name_seq(Some(b'Q'), name, *seq),
+                    keys::class_patient(*class, patient),
+                );
+            }
+            batch.insert(
+                &ks.cons,
+                keys::name_prefix(Some(b'F'), name),
+                keys::floor_value(last_seq, last_seq),
+            );
+        } else {
+            let floor = pending
+                .first()
+                .map_or(last_seq, |first| first.saturating_sub(1));
+            for seq in by_org
+                .get(&spec.municipality.as_u32())
+                .into_iter()
+                .flatten()
+                .filter(|s| **s > floor && !pending.contains(s))
+            {
+                batch.insert(
+                    &ks.cons,
+                    keys::name_seq(Some(b'S'), name, *seq),
+                    keys::settled_value(keys::SETTLED_DELIVERED, now),
+                );
+            }
+            batch.insert(
+                &ks.cons,
+                keys::name_prefix(Some(b'F'), name),
+                keys::floor_value(0, floor),
+            );
+        }
+        for kv in sdb.scan_prefix(keys::name_prefix(Some(b'E'), name)) {
+            let (k, _) = kv.map_err(&oerr)?;
+            if let Some((_, seq)) = old_name_seq(&k) {
+                batch.insert(&ks.cons, keys::name_seq(Some(b'E'), name, seq), []);
+            }
+        }
+        for kv in sdb.scan_prefix(keys::name_prefix(Some(b'Q'), name)) {
+            let (k, v) = kv.map_err(&oerr)?;
+            let (Some((_, seq)), Ok(d)) = (old_name_seq(&k), postcard::from_bytes::<OldDlq>(&v))
+            else {
+                continue;
+            };
+            let rec = DlqRecord {
+                class: d.class,
+                attempts: d.attempts,
+                error: d.error,
+                response: d.response,
+                at: micros(&d.at),
+                discarded: None,
+            };
+            batch.insert(
+                &ks.dlq,
+                keys::name_seq(None, name, seq),
+                keys::encode(&rec)?,
+            );
+            report.dead_letters += 1;
+        }
+        for kv in sdb.scan_prefix(keys::name_prefix(Some(b'S'), name)) {
+            let (k, v) = kv.map_err(&oerr)?;
+            let (Some((_, seq)), Ok(OldState::Discarded { at, reason })) =
+                (old_name_seq(&k), postcard::from_bytes::<OldState>(&v))
+            else {
+                continue;
+            };
+            let rec = DlqRecord {
+                class: Class::Routine as u8,
+                attempts: 0,
+                error: String::new(),
+                response: None,
+                at: micros(&at),
+                discarded: Some((micros(&at), reason)),
+            };
+            batch.insert(
+                &ks.dlq,
+                keys::name_seq(None, name, seq),
+                keys::encode(&rec)?,
+            );
+        }
+        report.consumers += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Orgnr, ResourceType};
+    use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    use crate::store::{Consumers, DeadLetterFilter, EventLog, ReplayGuard};
+
+    fn put(db: &sled::Db, k: Vec<u8>, v: Vec<u8>) {
+        db.insert(k, v).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn name_seq(t: u8, name: &str, seq: u64) -> Vec<u8> {
+        keys::name_seq(Some(t), name, seq)
+    }
+
+    /// A sled store as the previous release wrote it: two readings and a
+    /// RED alarm of Oslo, one reading delivered, one still queued, the alarm
+    /// dead-lettered; one used jti.
+    #[tokio::test]
+    async fn a_sled_era_store_moves_over_with_its_queue_and_dead_letters() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        let oslo = Orgnr::parse("958935420").unwrap_or_else(|e| panic!("{e}"));
+        let sdb = sled::Config::new()
+            .path(&old)
+            .open()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<[u8; 16]> = (1u8..=3).map(|i| [i; 16]).collect();
+        for (n, id) in ids.iter().enumerate() {
+            let seq = 1_000 + n as u64;
+            let alarm = n == 2;
+            let json = if alarm {
+                r#"{"resourceType":"Communication","priority":"stat"}"#
+            } else {
+                r#"{"resourceType":"Observation"}"#
+            };
+            let rec = OldRecord {
+                org: oslo.as_u32(),
+                rtype: if alarm { 2 } else { 1 },
+                id: *id,
+                patient: [7; 16],
+                category: if alarm { "alert" } else { "vital-signs" },
+                codes: vec![("http://loinc.org", "8867-4")],
+                json,
+            };
+            let mut rk = vec![b'R'];
+            rk.extend_from_slice(&seq.to_be_bytes());
+            put(&sdb, rk, postcard::to_allocvec(&rec).unwrap_or_default());
+            let mut ik = vec![b'I'];
+            ik.extend_from_slice(id);
+            put(&sdb, ik, seq.to_be_bytes().to_vec());
+            let idem = OldIdem {
+                hash: [n as u8; 32],
+                org: oslo.as_u32(),
+                rtype: rec.rtype,
+                id: *id,
+                is_alarm: alarm,
+            };
+            let mut dk = vec![b'D', 0, 2, b'v', b'1'];
+            dk.push(b'0' + n as u8);
+            put(&sdb, dk, postcard::to_allocvec(&idem).unwrap_or_default());
+        }
+        // Reading 1001 still queued (routine), alarm 1002 dead-lettered.
+        let mut ok = keys::name_prefix(Some(b'O'), "epj");
+        ok.push(Class::Routine as u8);
+        ok.extend_from_slice(&1_001u64.to_be_bytes());
+        put(&sdb, ok, vec![7; 16]);
+        let dl = OldDlq {
+            class: Class::Red as u8,
+            attempts: 3,
+            error: "destination answered 422".into(),
+            response: None,
+            at: "2026-11-30T10:00:00Z".into(),
+            patient: [7; 16],
+        };
+        put(
+            &sdb,
+            name_seq(b'Q', "epj", 1_002),
+            postcard::to_allocvec(&dl).unwrap_or_default(),
+        );
+        put(
+            &sdb,
+            [b"J\x01c".as_slice(), b"jti-1"].concat(),
+            5_000u64.to_be_bytes().to_vec(),
+        );
+        sdb.flush().unwrap_or_else(|e| panic!("{e}"));
+        drop(sdb);
+
+        let spec = ConsumerSpec {
+            name: "epj".into(),
+            municipality: oslo,
+            escalation_only: false,
+            escalate_to: None,
+            red_deadline_us: 30_000_000,
+            yellow_deadline_us: 300_000_000,
+        };
+        let mut seen = 0;
+        let report = from_sled(&old, &new, std::slice::from_ref(&spec), &mut |n| seen = n)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (report.events, report.dead_letters, report.used_jtis),
+            (3, 1, 1)
+        );
+        assert_eq!(seen, 3);
+
+        let opts = EmbeddedOptions {
+            min_free_bytes: 0,
+            ..EmbeddedOptions::default()
+        };
+        let s = EmbeddedStore::open(&new, opts, vec![spec]).unwrap_or_else(|e| panic!("{e}"));
+        let got = s
+            .get(
+                oslo,
+                ResourceType::Observation,
+                uuid::Uuid::from_bytes(ids[0]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.map(|r| r.seq), Some(1_000));
+        let queue: Vec<u64> = s
+            .take("epj", 10, now_micros(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|i| i.resource.seq)
+            .collect();
+        assert_eq!(queue, vec![1_001], "only the queued reading is pending");
+        let dead = s
+            .dead_letters(DeadLetterFilter::default(), 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].seq, dead[0].class), (1_002, Class::Red));
+        assert!(matches!(
+            s.jti_claim("c", "jti-1", 6_000, 10).await,
+            Ok(false)
+        ));
+        s.close().await;
+    }
+}
