@@ -21,13 +21,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::deadletter::dead_letter;
 use super::keys::{self, DlqRecord, TypeEntry};
-use super::read::{raw_record, resource_at};
+use super::read::resource_at;
 use super::{Shared, Spaces, lock, now_micros, read};
 use crate::domain::ResourceType;
 use crate::store::{
-    Class, ConsumerSpec, ConsumerStats, DeadLetter, DeadLetterFilter, DeliveryState, Escalation,
-    OutboxItem, Settle, SettleReport, StoreError, seq_to_time, time_to_seq,
+    Class, ConsumerSpec, ConsumerStats, Escalation, OutboxItem, Settle, SettleReport, StoreError,
 };
 
 /// Routine items read ahead of what a take needs.
@@ -35,28 +35,28 @@ const WINDOW: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Item {
-    class: Class,
-    patient: [u8; 16],
+    pub(super) class: Class,
+    pub(super) patient: [u8; 16],
     /// `seq` of the alarm a note answers; 0 for none.
-    answers: u64,
+    pub(super) answers: u64,
 }
 
 pub(crate) struct Cons {
     pub spec: ConsumerSpec,
-    org: u32,
+    pub(super) org: u32,
     /// Events at or below `start` were stored before this consumer existed.
-    start: u64,
-    floor: u64,
+    pub(super) start: u64,
+    pub(super) floor: u64,
     /// Settled above the floor: seq → (kind, at).
-    above: BTreeMap<u64, (u8, u64)>,
-    escalated: BTreeSet<u64>,
+    pub(super) above: BTreeMap<u64, (u8, u64)>,
+    pub(super) escalated: BTreeSet<u64>,
     /// The routine window covers the log up to here.
-    scanned: u64,
-    routine: BTreeMap<u64, Item>,
-    urgent: BTreeMap<u64, Item>,
-    alarm_scanned: u64,
-    explicit: BTreeMap<u64, Item>,
-    leases: HashMap<u64, u64>,
+    pub(super) scanned: u64,
+    pub(super) routine: BTreeMap<u64, Item>,
+    pub(super) urgent: BTreeMap<u64, Item>,
+    pub(super) alarm_scanned: u64,
+    pub(super) explicit: BTreeMap<u64, Item>,
+    pub(super) leases: HashMap<u64, u64>,
     /// Routine events above `scanned` not yet in the window; the writer
     /// adds each commit's arrivals.
     pub unscanned: Arc<AtomicU64>,
@@ -237,7 +237,7 @@ impl Cons {
         self.leases.get(&seq).is_some_and(|u| *u > now)
     }
 
-    fn pending_item(&self, seq: u64) -> Option<Item> {
+    pub(super) fn pending_item(&self, seq: u64) -> Option<Item> {
         self.urgent
             .get(&seq)
             .or_else(|| self.routine.get(&seq))
@@ -569,171 +569,6 @@ fn next_routine_after(s: &Shared, org: u32, seq: u64) -> Result<Option<u64>, Sto
         }
     }
     Ok(best)
-}
-
-pub(crate) fn dead_letters(
-    s: &Shared,
-    filter: &DeadLetterFilter,
-    limit: usize,
-) -> Result<Vec<DeadLetter>, StoreError> {
-    let from = filter.from.map(time_to_seq).unwrap_or(0);
-    let to = filter.to.map(time_to_seq).unwrap_or(u64::MAX);
-    let prefix = match &filter.destination {
-        Some(d) => keys::name_prefix(None, d),
-        None => Vec::new(),
-    };
-    let mut out = Vec::new();
-    for g in s.ks.dlq.prefix(prefix) {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = g.into_inner().map_err(read)?;
-        let seq = keys::tail_seq(&k)?;
-        if seq < from || seq >= to {
-            continue;
-        }
-        let rec: DlqRecord = keys::decode(&v)?;
-        if rec.discarded.is_some() {
-            continue;
-        }
-        let Some(raw) = raw_record(s, seq)? else {
-            continue;
-        };
-        let r: keys::Record = keys::decode(&raw)?;
-        let codes: Vec<String> = r.codes.iter().map(|(_, c)| c.to_string()).collect();
-        if let Some(c) = &filter.code
-            && !codes.iter().any(|x| x == c)
-        {
-            continue;
-        }
-        out.push(DeadLetter {
-            destination: keys::dlq_name(&k)?,
-            seq,
-            resource: super::read::materialize(seq, &raw)?.resource,
-            class: Class::from_tag(rec.class).unwrap_or(Class::Routine),
-            attempts: rec.attempts,
-            error: rec.error,
-            response: rec.response,
-            at: seq_to_time(rec.at),
-            codes,
-        });
-    }
-    Ok(out)
-}
-
-fn dead_letter(s: &Shared, name: &str, seq: u64) -> Result<Option<DlqRecord>, StoreError> {
-    match s
-        .ks
-        .dlq
-        .get(keys::name_seq(None, name, seq))
-        .map_err(read)?
-    {
-        Some(v) => keys::decode(&v).map(Some),
-        None => Ok(None),
-    }
-}
-
-pub(crate) fn replay(s: &Shared, name: &str, seq: u64) -> Result<bool, StoreError> {
-    let mut c = lock(s.consumer(name)?);
-    let Some(rec) = dead_letter(s, name, seq)?.filter(|r| r.discarded.is_none()) else {
-        return Ok(false);
-    };
-    let raw = raw_record(s, seq)?
-        .ok_or_else(|| StoreError::Corrupt(format!("dead letter {seq} has no record")))?;
-    let r: keys::Record = keys::decode(&raw)?;
-    let item = Item {
-        class: Class::from_tag(rec.class).unwrap_or(Class::Routine),
-        patient: r.patient,
-        answers: 0,
-    };
-    let mut batch = s.db.batch();
-    batch.remove(&s.ks.dlq, keys::name_seq(None, name, seq));
-    batch.insert(
-        &s.ks.cons,
-        keys::name_seq(Some(b'Q'), name, seq),
-        keys::class_patient(item.class, &item.patient),
-    );
-    batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
-    s.commit(batch)?;
-    c.explicit.insert(seq, item);
-    drop(c);
-    s.committed.send_replace(s.visible());
-    tracing::info!(destination = name, seq, "dead letter replayed");
-    Ok(true)
-}
-
-pub(crate) fn discard(s: &Shared, name: &str, seq: u64, reason: &str) -> Result<bool, StoreError> {
-    let _c = lock(s.consumer(name)?);
-    let Some(mut rec) = dead_letter(s, name, seq)?.filter(|r| r.discarded.is_none()) else {
-        return Ok(false);
-    };
-    rec.discarded = Some((now_micros(), reason.to_string()));
-    let mut batch = s.db.batch();
-    batch.insert(
-        &s.ks.dlq,
-        keys::name_seq(None, name, seq),
-        keys::encode(&rec)?,
-    );
-    s.commit(batch)?;
-    tracing::info!(destination = name, seq, reason, "dead letter discarded");
-    Ok(true)
-}
-
-pub(crate) fn delivery_state(
-    s: &Shared,
-    name: &str,
-    seq: u64,
-) -> Result<Option<DeliveryState>, StoreError> {
-    let c = lock(s.consumer(name)?);
-    if c.pending_item(seq).is_some() {
-        return Ok(Some(match c.leases.get(&seq) {
-            Some(until) if *until > now_micros() => DeliveryState::Leased {
-                until: seq_to_time(*until),
-            },
-            _ => DeliveryState::Pending,
-        }));
-    }
-    if let Some(rec) = dead_letter(s, name, seq)? {
-        return Ok(Some(match rec.discarded {
-            Some((at, reason)) => DeliveryState::Discarded {
-                at: seq_to_time(at),
-                reason,
-            },
-            None => DeliveryState::DeadLettered {
-                at: seq_to_time(rec.at),
-                error: rec.error,
-            },
-        }));
-    }
-    if let Some((_, at)) = c.above.get(&seq) {
-        return Ok(Some(DeliveryState::Delivered {
-            at: Some(seq_to_time(*at)),
-        }));
-    }
-    if c.spec.escalation_only {
-        let settled =
-            s.ks.cons
-                .get(keys::name_seq(Some(b'S'), name, seq))
-                .map_err(read)?;
-        return Ok(match settled {
-            Some(v) => Some(DeliveryState::Delivered {
-                at: Some(seq_to_time(keys::parse_settled(&v)?.1)),
-            }),
-            None => None,
-        });
-    }
-    let Some(raw) = raw_record(s, seq)? else {
-        return Ok(None);
-    };
-    let r: keys::Record = keys::decode(&raw)?;
-    if r.org != c.org || seq <= c.start || seq > s.visible() {
-        return Ok(None);
-    }
-    Ok(Some(if seq <= c.floor {
-        DeliveryState::Delivered { at: None }
-    } else {
-        DeliveryState::Pending
-    }))
 }
 
 /// Whether any consumer still needs `seq` (retention keeps it then).

@@ -20,6 +20,7 @@
 
 mod audit;
 mod consumer;
+mod deadletter;
 pub mod keys;
 pub mod migrate;
 mod read;
@@ -473,12 +474,12 @@ impl Consumers for EmbeddedStore {
         filter: DeadLetterFilter,
         limit: usize,
     ) -> StoreFuture<'_, Vec<DeadLetter>> {
-        self.blocking(move |s| consumer::dead_letters(s, &filter, limit))
+        self.blocking(move |s| deadletter::dead_letters(s, &filter, limit))
     }
 
     fn dead_letter_replay(&self, consumer: &str, seq: u64) -> StoreFuture<'_, bool> {
         let name = consumer.to_string();
-        self.blocking(move |s| consumer::replay(s, &name, seq))
+        self.blocking(move |s| deadletter::replay(s, &name, seq))
     }
 
     fn dead_letter_discard(
@@ -488,12 +489,12 @@ impl Consumers for EmbeddedStore {
         reason: String,
     ) -> StoreFuture<'_, bool> {
         let name = consumer.to_string();
-        self.blocking(move |s| consumer::discard(s, &name, seq, &reason))
+        self.blocking(move |s| deadletter::discard(s, &name, seq, &reason))
     }
 
     fn delivery_state(&self, consumer: &str, seq: u64) -> StoreFuture<'_, Option<DeliveryState>> {
         let name = consumer.to_string();
-        self.blocking(move |s| consumer::delivery_state(s, &name, seq))
+        self.blocking(move |s| deadletter::delivery_state(s, &name, seq))
     }
 }
 
