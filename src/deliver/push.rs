@@ -291,7 +291,6 @@ pub async fn run(
                 isolate = isolate.saturating_sub(1);
                 let seq = seqs[0];
                 let n = attempts.remove(&seq).unwrap_or(0) + 1;
-                tracing::warn!(destination = %name, resource = %items[0].resource.resource, %reason, "destination refused the item for good: dead letter");
                 settle(
                     &store,
                     &name,
