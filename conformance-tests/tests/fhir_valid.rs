@@ -42,7 +42,7 @@ impl Corpus {
             device: Device {
                 id: format!("dev-{}", n % 7),
                 // Every third device has no kind: then no display.
-                kind: if n % 3 == 0 {
+                kind: if n.is_multiple_of(3) {
                     String::new()
                 } else {
                     "sensor".into()

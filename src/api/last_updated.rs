@@ -127,7 +127,7 @@ fn first_seq_at_or_after(t: DateTime<Utc>) -> u64 {
     if t.timestamp_micros() < 0 {
         return 0;
     }
-    let sub_micro = t.timestamp_subsec_nanos() % 1_000 != 0;
+    let sub_micro = !t.timestamp_subsec_nanos().is_multiple_of(1_000);
     time_to_seq(t) + u64::from(sub_micro)
 }
 

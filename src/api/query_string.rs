@@ -91,10 +91,10 @@ pub fn split_escaped(s: &str, sep: char) -> Vec<String> {
         part.push(c);
         // An escaped character never separates; the escape stays for
         // `unescape` once the value has been split completely.
-        if c == '\\' {
-            if let Some(e) = chars.next() {
-                part.push(e);
-            }
+        if c == '\\'
+            && let Some(e) = chars.next()
+        {
+            part.push(e);
         }
     }
     parts
