@@ -74,6 +74,20 @@ enum Command {
         #[arg(long)]
         quiet_vendors: bool,
     },
+    /// Move a data directory written by a sled-era release (before the store
+    /// became a log with consumer cursors) into today's layout. Stop the hub
+    /// first. The old store is kept as `<data-dir>/store.sled-old` until you
+    /// delete it.
+    #[command(
+        after_help = "Example:\n  knutepunkt migrate --config /etc/knutepunkt/knutepunkt.toml --data-dir /var/lib/knutepunkt\n\nThe config names the destinations whose queues move over; use the one the hub runs with."
+    )]
+    Migrate {
+        #[arg(long, env = "KNUTEPUNKT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The hub's data directory (holds `store/`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print the effective configuration (file + environment + flags) and exit.
     #[command(after_help = "Example:\n  knutepunkt check-config --config knutepunkt.example.toml")]
     CheckConfig {
@@ -420,11 +434,66 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("{url} answered {}", r.status());
             }
         }
+        Command::Migrate { config, data_dir } => {
+            let overrides = Overrides {
+                data_dir,
+                ..Overrides::default()
+            };
+            let cfg = Config::load(config.as_deref(), &overrides)?;
+            migrate(&cfg)?;
+        }
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())?;
             println!("{}", pretty_json(&cfg)?);
         }
     }
+    Ok(())
+}
+
+/// `knutepunkt migrate`: renames `store/` to `store.sled-old`, moves it
+/// into a new `store/`, and says what moved.
+fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    let store = cfg.data_dir.join("store");
+    let old = cfg.data_dir.join("store.sled-old");
+    if !store.join("conf").is_file() {
+        anyhow::bail!(
+            "{} holds no sled-era store (no conf file): nothing to migrate",
+            store.display()
+        );
+    }
+    if old.exists() {
+        anyhow::bail!(
+            "{} exists from an earlier attempt: remove the half-made {} and rename {} back to store, then run again",
+            old.display(),
+            store.display(),
+            old.display()
+        );
+    }
+    std::fs::rename(&store, &old)
+        .with_context(|| format!("cannot rename {} to {}", store.display(), old.display()))?;
+    eprintln!("migrating {} → {} …", old.display(), store.display());
+    let report = knutepunkt::store::embedded::migrate::from_sled(
+        &old,
+        &store,
+        &cfg.consumer_specs(),
+        &mut |n| eprint!("\r  {n} events moved"),
+    )
+    .with_context(|| {
+        format!(
+            "migration failed; the old store is untouched in {}",
+            old.display()
+        )
+    })?;
+    eprintln!();
+    println!(
+        "moved {} events, {} audit records, {} used assertion ids, {} dead letters, {} destination queues; when the hub runs well, delete {}",
+        report.events,
+        report.audit_records,
+        report.used_jtis,
+        report.dead_letters,
+        report.consumers,
+        old.display()
+    );
     Ok(())
 }
 

@@ -162,12 +162,22 @@ pub struct DeadLetterFilter {
 pub enum DeliveryState {
     Pending,
     /// Handed to a pull consumer; offered again after `until`.
-    Leased { until: DateTime<Utc> },
+    Leased {
+        until: DateTime<Utc>,
+    },
     /// Delivered. The time is known while the item is settled above its
     /// consumer's ack floor; once the floor passes it only the fact remains.
-    Delivered { at: Option<DateTime<Utc>> },
-    DeadLettered { at: DateTime<Utc>, error: String },
-    Discarded { at: DateTime<Utc>, reason: String },
+    Delivered {
+        at: Option<DateTime<Utc>>,
+    },
+    DeadLettered {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    Discarded {
+        at: DateTime<Utc>,
+        reason: String,
+    },
 }
 
 /// One destination as the store sees it: a consumer of its municipality's
@@ -228,20 +238,11 @@ pub enum DataClass {
 /// How long events are kept, per municipality and data class. An event past
 /// its retention leaves the log and every index, unless a consumer has not
 /// settled it (then it stays and is counted).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// Microseconds; `None`: kept forever.
     pub default: [Option<u64>; 3],
     pub per_municipality: std::collections::HashMap<Orgnr, [Option<u64>; 3]>,
-}
-
-impl Default for RetentionPolicy {
-    fn default() -> Self {
-        RetentionPolicy {
-            default: [None; 3],
-            per_municipality: Default::default(),
-        }
-    }
 }
 
 impl RetentionPolicy {
@@ -386,8 +387,11 @@ pub trait EventLog: Send + Sync {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Removes events past their retention that every consumer has settled.
-    fn apply_retention(&self, policy: RetentionPolicy, now: u64)
-    -> StoreFuture<'_, RetentionReport>;
+    fn apply_retention(
+        &self,
+        policy: RetentionPolicy,
+        now: u64,
+    ) -> StoreFuture<'_, RetentionReport>;
 }
 
 /// Destinations as consumers of the log (the JetStream model): a durable
@@ -441,8 +445,7 @@ pub trait Consumers: Send + Sync {
 
     /// Where one resource stands with one destination; `None` if it was
     /// never meant for it.
-    fn delivery_state(&self, consumer: &str, seq: u64)
-    -> StoreFuture<'_, Option<DeliveryState>>;
+    fn delivery_state(&self, consumer: &str, seq: u64) -> StoreFuture<'_, Option<DeliveryState>>;
 }
 
 /// The append-only audit trail.

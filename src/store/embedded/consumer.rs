@@ -233,6 +233,32 @@ impl Cons {
         }
     }
 
+    /// A routine event of this consumer's municipality above the window,
+    /// not settled yet: pending although not in memory.
+    fn unscanned_item(&self, s: &Shared, seq: u64) -> Result<Option<Item>, StoreError> {
+        if self.spec.escalation_only
+            || seq <= self.scanned
+            || seq <= self.start
+            || seq > s.visible()
+            || self.above.contains_key(&seq)
+        {
+            return Ok(None);
+        }
+        let Some(raw) = super::read::raw_record(s, seq)? else {
+            return Ok(None);
+        };
+        let r: keys::Record = keys::decode(&raw)?;
+        let class = Class::from_tag(r.class).unwrap_or(Class::Routine);
+        if r.org != self.org || class.is_urgent() {
+            return Ok(None);
+        }
+        Ok(Some(Item {
+            class,
+            patient: r.patient,
+            answers: r.answers,
+        }))
+    }
+
     fn leased(&self, seq: u64, now: u64) -> bool {
         self.leases.get(&seq).is_some_and(|u| *u > now)
     }
@@ -343,8 +369,20 @@ pub(crate) fn settle(
     let mut report = SettleReport::default();
     let mut handed: Vec<(String, u64, Item)> = Vec::new();
     let mut newly_above: Vec<(u64, u8)> = Vec::new();
+    c.refresh_urgent(s)?;
+    let mut seen: HashSet<u64> = HashSet::new();
     for (seq, outcome) in outcomes {
-        let Some(item) = c.pending_item(seq) else {
+        if !matches!(outcome, Settle::Release) && !seen.insert(seq) {
+            continue; // named twice in one call
+        }
+        // An item the window has not reached yet (e.g. a pull consumer
+        // confirms what it found by search) is settled all the same.
+        let unscanned = if c.pending_item(seq).is_none() {
+            c.unscanned_item(s, seq)?
+        } else {
+            None
+        };
+        let Some(item) = c.pending_item(seq).or(unscanned) else {
             continue; // settled before (e.g. confirmed twice)
         };
         let kind = match outcome {
@@ -401,7 +439,14 @@ pub(crate) fn settle(
             }
         }
         let from_log = c.urgent.remove(&seq).is_some() | c.routine.remove(&seq).is_some();
-        if from_log {
+        if unscanned.is_some() {
+            let _ = c
+                .unscanned
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    Some(u.saturating_sub(1))
+                });
+        }
+        if from_log || unscanned.is_some() {
             newly_above.push((seq, kind));
         }
         report.settled += 1;
@@ -542,8 +587,10 @@ pub(crate) fn stats(s: &Shared, name: &str) -> Result<ConsumerStats, StoreError>
     .flatten()
     .min()
     .copied();
-    if oldest.is_none() && unscanned > 0 {
-        oldest = next_routine_after(s, c.org, c.scanned)?;
+    if unscanned > 0
+        && let Some(next) = next_routine_after(s, &c)?
+    {
+        oldest = Some(oldest.map_or(next, |o| o.min(next)));
     }
     Ok(ConsumerStats {
         pending,
@@ -552,17 +599,17 @@ pub(crate) fn stats(s: &Shared, name: &str) -> Result<ConsumerStats, StoreError>
     })
 }
 
-/// The first routine event of `org` after `seq`, from the type index.
-fn next_routine_after(s: &Shared, org: u32, seq: u64) -> Result<Option<u64>, StoreError> {
+/// The first unsettled routine event above the window, from the type index.
+fn next_routine_after(s: &Shared, c: &Cons) -> Result<Option<u64>, StoreError> {
     let mut best: Option<u64> = None;
     for rt in ResourceType::ALL {
-        let p = keys::index_prefix(b'T', org, rt.tag(), &[]);
-        let lo = keys::with_seq(p.clone(), seq + 1);
+        let p = keys::index_prefix(b'T', c.org, rt.tag(), &[]);
+        let lo = keys::with_seq(p.clone(), c.scanned + 1);
         let hi = keys::with_seq(p, s.visible());
         for g in s.ks.idx.range(lo..=hi) {
             let (k, v) = g.into_inner().map_err(read)?;
-            if !TypeEntry::from_bytes(&v)?.class.is_urgent() {
-                let q = keys::tail_seq(&k)?;
+            let q = keys::tail_seq(&k)?;
+            if !TypeEntry::from_bytes(&v)?.class.is_urgent() && !c.above.contains_key(&q) {
                 best = Some(best.map_or(q, |b| b.min(q)));
                 break;
             }

@@ -22,8 +22,9 @@ pub(crate) fn dead_letters(
         None => Vec::new(),
     };
     let mut out = Vec::new();
+    // Keys sort by name length first; collect, then order by (name, seq).
     for g in s.ks.dlq.prefix(prefix) {
-        if out.len() >= limit {
+        if filter.destination.is_some() && out.len() >= limit {
             break;
         }
         let (k, v) = g.into_inner().map_err(read)?;
@@ -57,6 +58,8 @@ pub(crate) fn dead_letters(
             codes,
         });
     }
+    out.sort_by(|a, b| (&a.destination, a.seq).cmp(&(&b.destination, b.seq)));
+    out.truncate(limit);
     Ok(out)
 }
 
@@ -96,7 +99,12 @@ pub(crate) fn replay(s: &Shared, name: &str, seq: u64) -> Result<bool, StoreErro
         keys::name_seq(Some(b'Q'), name, seq),
         keys::class_patient(item.class, &item.patient),
     );
-    batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
+    if c.spec.escalation_only {
+        // Its `S` mark only records the final state for `$status`. A log
+        // consumer's mark stays: the log position is settled, the replay is
+        // an explicit queue entry.
+        batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
+    }
     s.commit(batch)?;
     c.explicit.insert(seq, item);
     drop(c);

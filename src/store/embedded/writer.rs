@@ -257,10 +257,16 @@ impl Writer {
         if let Some(prev) = lookup(&n.id, group)?
             && prev.seq.saturating_add(self.window_us) > now
         {
+            // Answer with what is stored: the original's type and id.
+            let stored = ResourceRef {
+                resource_type: crate::domain::ResourceType::from_tag(prev.rtype)
+                    .unwrap_or(n.resource_type),
+                id: n.id,
+            };
             return if prev.hash == rec.content_hash {
-                Ok(PutOutcome::Duplicate(this))
+                Ok(PutOutcome::Duplicate(stored))
             } else {
-                Err(PutError::Conflict(this))
+                Err(PutError::Conflict(stored))
             };
         }
         let org = rec.municipality.as_u32();
