@@ -1,4 +1,4 @@
-//! The vendor-facing gRPC edge (`knutepunkt.v1.VendorIngest`).
+//! The vendor-facing gRPC edge (`knutepunkt.v1.VendorIngestService`).
 //!
 //! The only module that knows tonic and the proto types. It finds out who
 //! the vendor is (from the connection), converts and checks the event
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::domain::{Invalid, Orgnr, Payload, Severity, VendorId};
 use crate::normalize;
 use crate::proto::v1 as pb;
-use crate::proto::v1::vendor_ingest_server::VendorIngest;
+use crate::proto::v1::vendor_ingest_service_server::VendorIngestService;
 use crate::store::{Class, NewRecord, PutError, PutOutcome, Store, patient_key};
 
 /// Events of one stream processed at the same time. Enough to fill a group
@@ -311,14 +311,25 @@ impl Inner {
     }
 }
 
-type ReceiptStream = Pin<Box<dyn Stream<Item = Result<pb::Receipt, Status>> + Send>>;
+type ReceiptStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamResponse, Status>> + Send>>;
+
+/// The error for a request that carries no `event`.
+fn missing_event() -> Invalid {
+    Invalid::new("event", "is required: the request wraps one Event")
+}
 
 #[tonic::async_trait]
-impl VendorIngest for IngestService {
-    async fn submit(&self, req: Request<pb::Event>) -> Result<Response<pb::Receipt>, Status> {
+impl VendorIngestService for IngestService {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let caller = self.vendor_of(&req)?;
-        match self.inner.handle(&caller, req.into_inner()).await {
-            Ok(r) => Ok(Response::new(r)),
+        let Some(ev) = req.into_inner().event else {
+            return Err(Rejection::from(missing_event()).status());
+        };
+        match self.inner.handle(&caller, ev).await {
+            Ok(r) => Ok(Response::new(pb::SubmitResponse { receipt: Some(r) })),
             Err((_, rej)) => Err(rej.status()),
         }
     }
@@ -327,7 +338,7 @@ impl VendorIngest for IngestService {
 
     async fn submit_stream(
         &self,
-        req: Request<Streaming<pb::Event>>,
+        req: Request<Streaming<pb::SubmitStreamRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let caller = self.vendor_of(&req)?;
         // Per-vendor cap on open streams; the permit lives as long as the stream.
@@ -351,8 +362,11 @@ impl VendorIngest for IngestService {
                 let caller = caller.clone();
                 let _permit = &permit;
                 async move {
-                    let ev = item?;
-                    Ok(match inner.handle(&caller, ev).await {
+                    let answer = match item?.event {
+                        Some(ev) => inner.handle(&caller, ev).await,
+                        None => Err((String::new(), Rejection::from(missing_event()))),
+                    };
+                    let receipt = match answer {
                         Ok(r) => r,
                         Err((event_id, rej)) => pb::Receipt {
                             event_id,
@@ -361,6 +375,9 @@ impl VendorIngest for IngestService {
                             error: rej.to_string(),
                             error_code: rej.code().to_string(),
                         },
+                    };
+                    Ok(pb::SubmitStreamResponse {
+                        receipt: Some(receipt),
                     })
                 }
             })
