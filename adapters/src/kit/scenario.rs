@@ -396,14 +396,26 @@ async fn conflict(ctx: &mut Ctx) -> Outcome {
 }
 
 async fn missing_event(ctx: &mut Ctx) -> Outcome {
-    let mut req = tonic::Request::new(pb::SubmitRequest { event: None });
-    req.set_timeout(Duration::from_secs(10));
-    let answer = match ctx.sender.client.raw().submit(req).await {
-        Ok(r) => match r.into_inner().receipt {
-            Some(rc) => Answer::Receipt(rc),
-            None => Answer::Refused(tonic::Status::ok("answered without a receipt")),
-        },
-        Err(s) => Answer::Refused(s),
+    let mut attempt = 0;
+    let answer = loop {
+        let mut req = tonic::Request::new(pb::SubmitRequest { event: None });
+        req.set_timeout(super::retry::CALL_TIMEOUT);
+        match ctx.sender.client.raw().submit(req).await {
+            Ok(r) => {
+                break match r.into_inner().receipt {
+                    Some(rc) => Answer::Receipt(rc),
+                    None => Answer::Refused(tonic::Status::ok("answered without a receipt")),
+                };
+            }
+            Err(s) => match super::retry::retry_after(&s, attempt) {
+                Some(wait) if attempt + 1 < super::retry::MAX_ATTEMPTS => {
+                    attempt += 1;
+                    ctx.sender.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break Answer::Refused(s),
+            },
+        }
     };
     refused(&answer, &[Code::InvalidArgument], "event")
 }

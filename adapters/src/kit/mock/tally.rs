@@ -76,7 +76,9 @@ impl Tally {
             View::Rejected(rej) => *s.rejected.entry(rule_of(rej)).or_default() += 1,
             View::Unavailable => {
                 s.failed_on_purpose += 1;
-                s.failed_waiting.insert(event_id.to_string());
+                if !event_id.is_empty() {
+                    s.failed_waiting.insert(event_id.to_string());
+                }
             }
         }
     }
