@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::proto::v1::vendor_ingest_client::VendorIngestClient;
+use crate::proto::client::EventClient;
 use crate::proto::v1::{Receipt, ReceiptStatus};
 use crate::server::Hub;
 use crate::sim::{self, GenConfig, Generator, Mix, Population};
@@ -418,7 +418,7 @@ async fn vendor(
         .connect()
         .await
         .map_err(|e| format!("{name}: connecting to the hub: {e}"))?;
-    let mut client = VendorIngestClient::new(channel);
+    let mut client = EventClient::new(channel);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while Instant::now() < deadline {

@@ -42,6 +42,7 @@ pub mod tls;
 /// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the
 /// adapters and the tests use it.
 pub mod proto {
+    pub mod client;
     pub mod v1 {
         #![allow(clippy::all)]
         tonic::include_proto!("knutepunkt.v1");

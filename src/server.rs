@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::domain::VendorId;
 use crate::ingest::IngestService;
 use crate::proto;
-use crate::proto::v1::vendor_ingest_server::VendorIngestServer;
+use crate::proto::v1::vendor_ingest_service_server::VendorIngestServiceServer;
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedStore, OpenError};
 
@@ -171,7 +171,7 @@ impl Hub {
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<VendorIngestServer<IngestService>>()
+            .set_serving::<VendorIngestServiceServer<IngestService>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -181,7 +181,7 @@ impl Hub {
             .add_service(health)
             .add_service(reflection)
             .add_service(
-                VendorIngestServer::new(ingest).max_decoding_message_size(MAX_GRPC_MESSAGE),
+                VendorIngestServiceServer::new(ingest).max_decoding_message_size(MAX_GRPC_MESSAGE),
             );
         let tls = match &cfg.tls {
             Some(t) if !cfg.insecure_dev => {

@@ -7,5 +7,9 @@
 //! Map of the crate:
 //! - [`epj`]: an EPJ import endpoint (binary `epj-adapter`) that receives the
 //!   hub's FHIR `transaction` Bundles over HTTPS, with failure switches.
+//! - [`kit`]: the conformance kit for vendor developers: a strict local hub
+//!   (binary `knutepunkt-mock`) and a scripted scenario (binary
+//!   `conformance`) that writes a pass/fail report.
 
 pub mod epj;
+pub mod kit;

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use knutepunkt::proto::client::EventClient;
 use knutepunkt::proto::v1 as pb;
-use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
 use tonic::transport::Channel;
 
 /// Path of a binary of this workspace, built once per test process with the
@@ -337,7 +337,7 @@ impl Hub {
     }
 
     /// A gRPC client for vendor `demo-vendor` (mutual TLS unless insecure).
-    pub async fn client(&self) -> Result<VendorIngestClient<Channel>> {
+    pub async fn client(&self) -> Result<EventClient> {
         self.client_as(Some("demo-vendor")).await
     }
 
@@ -370,11 +370,9 @@ impl Hub {
     }
 
     /// A gRPC client for `vendor` (its dev certificate), or none.
-    pub async fn client_as(&self, vendor: Option<&str>) -> Result<VendorIngestClient<Channel>> {
+    pub async fn client_as(&self, vendor: Option<&str>) -> Result<EventClient> {
         let stem = vendor.map(|v| format!("vendor-{v}"));
-        Ok(VendorIngestClient::new(
-            self.channel_with(stem.as_deref()).await?,
-        ))
+        Ok(EventClient::new(self.channel_with(stem.as_deref()).await?))
     }
 
     /// The Prometheus text of `GET /metrics` (admin listener, admin token).

@@ -3,5 +3,6 @@
 //! restart it; [`fhir_validator`] checks FHIR output with an independent
 //! validator.
 
+pub mod buf;
 pub mod fhir_validator;
 pub mod harness;

@@ -299,7 +299,7 @@ async fn health_and_reflection_are_served() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
     let r = ok(health
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "knutepunkt.v1.VendorIngest".into(),
+            service: "knutepunkt.v1.VendorIngestService".into(),
         })
         .await)
     .into_inner();
@@ -327,7 +327,9 @@ async fn health_and_reflection_are_served() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(
-        names.iter().any(|n| n == "knutepunkt.v1.VendorIngest"),
+        names
+            .iter()
+            .any(|n| n == "knutepunkt.v1.VendorIngestService"),
         "{names:?}"
     );
 }
@@ -342,7 +344,7 @@ async fn everything_served_validates_as_fhir_r4() {
     let (_d, hub) = hub().await;
     let mut c = ok(hub.client().await);
     let sev = [
-        pb::Severity::NotReported,
+        pb::Severity::Unspecified,
         pb::Severity::Green,
         pb::Severity::Yellow,
         pb::Severity::Red,

@@ -13,8 +13,8 @@ use conformance_tests::harness::{
     self, Hub, HubOptions, ReceiptStatus, get_json, metric, search_all,
 };
 use knutepunkt::domain::synthetic;
+use knutepunkt::proto::client::EventClient;
 use knutepunkt::proto::v1 as pb;
-use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -214,7 +214,7 @@ async fn vendor_by_municipality_matrix() {
 async fn refused(hub: &Hub, ca: &Path, id: Option<(PathBuf, PathBuf)>, ev: pb::Event) -> String {
     match channel(hub, ca, id).await {
         Err(e) => format!("connect: {e:?}"),
-        Ok(ch) => match VendorIngestClient::new(ch).submit(ev).await {
+        Ok(ch) => match EventClient::new(ch).submit(ev).await {
             Ok(r) => panic!("the hub accepted an event over a bad certificate: {r:?}"),
             Err(s) => {
                 // PERMISSION_DENIED or UNAUTHENTICATED would mean the request
@@ -282,10 +282,9 @@ async fn bad_client_certificates_fail_the_handshake() {
         "handshake failures not counted:\n{after}"
     );
     // The control: the same CA and a valid certificate get through.
-    let mut c =
-        VendorIngestClient::new(ok(
-            channel(&hub, &ca, ident(&certs, "vendor-demo-vendor")).await
-        ));
+    let mut c = EventClient::new(ok(
+        channel(&hub, &ca, ident(&certs, "vendor-demo-vendor")).await
+    ));
     let r = ok(c.submit(events::heart_rate("tls-ok", OSLO, 204)).await).into_inner();
     assert_eq!(r.status, ReceiptStatus::Accepted as i32);
 }
@@ -566,7 +565,7 @@ async fn wait_trusted(hub: &Hub, ca: &Path, vendor: Option<(PathBuf, PathBuf)>, 
     loop {
         n += 1;
         if let Ok(ch) = channel(hub, ca, vendor.clone()).await
-            && let Ok(r) = VendorIngestClient::new(ch)
+            && let Ok(r) = EventClient::new(ch)
                 .submit(events::heart_rate(&format!("probe-{n}"), OSLO, 700))
                 .await
         {
@@ -600,7 +599,7 @@ async fn certificate_reload_on_change_and_sighup_keeps_connections() {
     .await);
     let vendor = ident(mine.path(), "vendor-demo-vendor");
     let old_ca = shared.join("ca.pem");
-    let mut old = VendorIngestClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await));
+    let mut old = EventClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await));
     let r = ok(old.submit(events::heart_rate("before", OSLO, 701)).await).into_inner();
     assert_eq!(r.status, ReceiptStatus::Accepted as i32);
 
@@ -624,7 +623,7 @@ async fn certificate_reload_on_change_and_sighup_keeps_connections() {
     );
     assert!(
         channel(&hub, &old_ca, vendor.clone()).await.is_err()
-            || VendorIngestClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await))
+            || EventClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await))
                 .submit(events::heart_rate("stale", OSLO, 702))
                 .await
                 .is_err(),

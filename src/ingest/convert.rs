@@ -32,7 +32,12 @@ pub fn event(
         Ok(pb::IdSystem::Fnr) => IdSystem::Fnr,
         Ok(pb::IdSystem::Dnr) => IdSystem::Dnr,
         Ok(pb::IdSystem::Fhn) => IdSystem::Fhn,
-        _ => return Err(Invalid::new("patient.system", "must be FNR, DNR or FHN")),
+        _ => {
+            return Err(Invalid::new(
+                "patient.system",
+                "must be ID_SYSTEM_FNR, ID_SYSTEM_DNR or ID_SYSTEM_FHN",
+            ));
+        }
     };
     let patient =
         PersonId::parse(system, &patient.value).map_err(|e| Invalid::new("patient.value", e))?;
@@ -101,7 +106,7 @@ fn measurement(m: pb::Measurement) -> Result<Measurement, Invalid> {
         _ => {
             return Err(Invalid::new(
                 "measurement.kind",
-                "is required: BLOOD_PRESSURE, HEART_RATE, OXYGEN_SATURATION, BODY_WEIGHT, BODY_TEMPERATURE, RESPIRATORY_RATE or BLOOD_GLUCOSE",
+                "is required: one of MEASUREMENT_KIND_BLOOD_PRESSURE, _HEART_RATE, _OXYGEN_SATURATION, _BODY_WEIGHT, _BODY_TEMPERATURE, _RESPIRATORY_RATE, _BLOOD_GLUCOSE",
             ));
         }
     };
@@ -114,7 +119,7 @@ fn measurement(m: pb::Measurement) -> Result<Measurement, Invalid> {
         }
         (MeasurementKind::BloodPressure, _) => Err(Invalid::new(
             "measurement.blood_pressure",
-            "is required for BLOOD_PRESSURE (systolic and diastolic in mm[Hg])",
+            "is required for MEASUREMENT_KIND_BLOOD_PRESSURE (systolic and diastolic in mm[Hg])",
         )),
         (kind, Some(Reading::Quantity(q))) => Ok(Measurement::Quantity {
             kind,
@@ -123,21 +128,22 @@ fn measurement(m: pb::Measurement) -> Result<Measurement, Invalid> {
         }),
         (_, _) => Err(Invalid::new(
             "measurement.quantity",
-            "is required for every kind but BLOOD_PRESSURE (value and UCUM unit)",
+            "is required for every kind but MEASUREMENT_KIND_BLOOD_PRESSURE (value and UCUM unit)",
         )),
     }
 }
 
 fn alarm(a: pb::Alarm) -> Result<Alarm, Invalid> {
     let severity = match pb::Severity::try_from(a.severity) {
-        Ok(pb::Severity::NotReported) => Severity::NotReported,
+        // Proto3's zero value is VKP level 0, "not reported".
+        Ok(pb::Severity::Unspecified) => Severity::NotReported,
         Ok(pb::Severity::Green) => Severity::Green,
         Ok(pb::Severity::Yellow) => Severity::Yellow,
         Ok(pb::Severity::Red) => Severity::Red,
         Err(_) => {
             return Err(Invalid::new(
                 "alarm.severity",
-                "must be NOT_REPORTED, GREEN, YELLOW or RED",
+                "must be SEVERITY_UNSPECIFIED (not reported), SEVERITY_GREEN, SEVERITY_YELLOW or SEVERITY_RED",
             ));
         }
     };

@@ -1,4 +1,4 @@
-//! The vendor-facing gRPC edge (`knutepunkt.v1.VendorIngest`).
+//! The vendor-facing gRPC edge (`knutepunkt.v1.VendorIngestService`).
 //!
 //! The only module that knows tonic and the proto types. It finds out who
 //! the vendor is (from the connection), converts and checks the event
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::domain::{Invalid, Orgnr, Payload, Severity, VendorId};
 use crate::normalize;
 use crate::proto::v1 as pb;
-use crate::proto::v1::vendor_ingest_server::VendorIngest;
+use crate::proto::v1::vendor_ingest_service_server::VendorIngestService;
 use crate::store::{Class, NewRecord, PutError, PutOutcome, Store, patient_key};
 
 /// Events of one stream processed at the same time. Enough to fill a group
@@ -27,7 +27,7 @@ const STREAM_WINDOW: usize = 256;
 
 /// Why an event was not accepted; each has a stable `error_code`.
 #[derive(Debug, thiserror::Error)]
-enum Rejection {
+pub enum Rejection {
     #[error("{0}")]
     Invalid(#[from] Invalid),
     #[error("municipality: {0} is not served by this hub; check the orgnr or ask the hub operator")]
@@ -46,7 +46,7 @@ enum Rejection {
 
 impl Rejection {
     /// Stable, never reused: vendors may branch on these.
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Rejection::Invalid(_) => "invalid_argument",
             Rejection::NotServed(_) => "municipality_not_served",
@@ -60,7 +60,30 @@ impl Rejection {
         }
     }
 
-    fn status(&self) -> Status {
+    /// What the vendor should do about it (the README's table, as data).
+    pub fn advice(&self) -> &'static str {
+        match self {
+            Rejection::Invalid(_) => "fix the named field; do not resend the event as it is",
+            Rejection::NotServed(_) => "check the orgnr, or ask the hub operator to serve it",
+            Rejection::NotPermitted(_) => "ask the municipality to add it to your agreement",
+            Rejection::TooLarge { .. } => {
+                "send a smaller event (shorter texts); do not resend as is"
+            }
+            Rejection::RateLimited { .. } => {
+                "slow down; resend after retry-after-ms with the same event_id"
+            }
+            Rejection::Store(PutError::Conflict(_)) => "use a new event_id for a new event",
+            Rejection::Store(PutError::UnknownAlarm { .. }) => {
+                "send the alarm first, then the note that answers it"
+            }
+            Rejection::Store(PutError::DiskFull { .. } | PutError::Unavailable(_)) => {
+                "resend later with the same event_id"
+            }
+        }
+    }
+
+    /// The gRPC status a unary `Submit` answers with.
+    pub fn status(&self) -> Status {
         let msg = self.to_string();
         match self {
             Rejection::Invalid(_) | Rejection::Store(PutError::UnknownAlarm { .. }) => {
@@ -100,6 +123,36 @@ pub struct VendorPolicy {
 }
 
 impl VendorPolicy {
+    /// The agreement's size and rate limits, checked before anything else.
+    fn admit(&self, ev: &pb::Event) -> Result<(), Rejection> {
+        let size = prost::Message::encoded_len(ev);
+        if size > self.max_message_bytes {
+            return Err(Rejection::TooLarge {
+                size,
+                max: self.max_message_bytes,
+            });
+        }
+        if let Err(not_until) = self.limiter.check() {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(Rejection::RateLimited {
+                rate: self.rate,
+                retry_after_ms: wait.as_millis().max(1) as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// A slot for one more open stream, held as long as the stream.
+    pub fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "your agreement allows {} concurrent streams; close one or retry later",
+                self.max_streams
+            ))
+        })
+    }
+
     pub fn new(v: &crate::config::VendorConfig) -> Self {
         let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         VendorPolicy {
@@ -154,11 +207,18 @@ impl IngestService {
         }
     }
 
+    /// Who is calling, see [`Identify::caller`].
+    fn vendor_of<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        self.inner.identify.caller(req)
+    }
+}
+
+impl Identify {
     /// Who is calling: the vendor named by the connection's client
     /// certificate (already verified against the vendor CA by TLS), which
     /// must have an agreement here.
-    fn vendor_of<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        match &self.inner.identify {
+    pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        match self {
             Identify::InsecureDev(v) => Ok((v.clone(), None)),
             Identify::Certificate { from, vendors } => {
                 let certs = req.peer_certs().ok_or_else(|| {
@@ -188,44 +248,83 @@ impl IngestService {
 }
 
 /// The calling vendor and its agreement (`None` in insecure dev mode).
-type Caller = (VendorId, Option<Arc<VendorPolicy>>);
+pub type Caller = (VendorId, Option<Arc<VendorPolicy>>);
+
+/// Everything one event is checked against before it reaches the store.
+pub struct Checks<'a> {
+    pub vendor: &'a VendorId,
+    /// The vendor's agreement; `None` checks no agreement (insecure dev).
+    pub policy: Option<&'a VendorPolicy>,
+    /// The municipalities this hub serves; `None` serves any.
+    pub served: Option<&'a BTreeSet<Orgnr>>,
+    pub max_future: chrono::Duration,
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
+/// An event that passed [`validate`]: the domain event and its FHIR form.
+#[derive(Debug)]
+pub struct Validated {
+    pub event: crate::domain::Event,
+    pub resource: normalize::Normalized,
+}
+
+/// Every rule the hub checks without its store, in the hub's order: size
+/// and rate, shape and identifiers, served municipality, agreement, and the
+/// values against the code tables (`normalize`). Not checked here, because
+/// they need the store: idempotency (duplicate/conflict) and that a note's
+/// `in_response_to` names a stored alarm. `knutepunkt-mock` calls this too,
+/// so the mock and the hub cannot disagree.
+pub fn validate(c: &Checks<'_>, ev: pb::Event) -> Result<Validated, Rejection> {
+    if let Some(p) = c.policy {
+        p.admit(&ev)?;
+    }
+    let ev = convert::event(c.vendor, ev, c.now, c.max_future)?;
+    if let Some(served) = c.served
+        && !served.contains(&ev.municipality)
+    {
+        return Err(Rejection::NotServed(ev.municipality));
+    }
+    if let Some(p) = c.policy
+        && !p.municipalities.contains(&ev.municipality)
+    {
+        tracing::warn!(vendor = %c.vendor, municipality = %ev.municipality, "event for a municipality outside the vendor's agreement");
+        metrics::counter!("knutepunkt_vendor_denied_total", "reason" => "no_agreement")
+            .increment(1);
+        return Err(Rejection::NotPermitted(ev.municipality));
+    }
+    let resource = normalize::normalize(&ev)?;
+    Ok(Validated {
+        event: ev,
+        resource,
+    })
+}
+
+/// The receipt of a rejected event on a stream.
+pub fn rejected_receipt(event_id: String, rej: &Rejection) -> pb::Receipt {
+    pb::Receipt {
+        event_id,
+        status: pb::ReceiptStatus::Rejected as i32,
+        resource: String::new(),
+        error: rej.to_string(),
+        error_code: rej.code().to_string(),
+    }
+}
 
 impl Inner {
     async fn process(&self, caller: &Caller, ev: pb::Event) -> Result<pb::Receipt, Rejection> {
         let (vendor, policy) = caller;
-        if let Some(p) = policy {
-            let size = prost::Message::encoded_len(&ev);
-            if size > p.max_message_bytes {
-                return Err(Rejection::TooLarge {
-                    size,
-                    max: p.max_message_bytes,
-                });
-            }
-            if let Err(not_until) = p.limiter.check() {
-                use governor::clock::{Clock, DefaultClock};
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(Rejection::RateLimited {
-                    rate: p.rate,
-                    retry_after_ms: wait.as_millis().max(1) as u64,
-                });
-            }
-        }
         let event_id = ev.event_id.clone();
-        let ev = convert::event(vendor, ev, chrono::Utc::now(), self.max_future)?;
-        if let Some(served) = &self.served
-            && !served.contains(&ev.municipality)
-        {
-            return Err(Rejection::NotServed(ev.municipality));
-        }
-        if let Some(p) = policy
-            && !p.municipalities.contains(&ev.municipality)
-        {
-            tracing::warn!(vendor = %vendor, municipality = %ev.municipality, "event for a municipality outside the vendor's agreement");
-            metrics::counter!("knutepunkt_vendor_denied_total", "reason" => "no_agreement")
-                .increment(1);
-            return Err(Rejection::NotPermitted(ev.municipality));
-        }
-        let resource = normalize::normalize(&ev)?;
+        let checks = Checks {
+            vendor,
+            policy: policy.as_deref(),
+            served: self.served.as_ref(),
+            max_future: self.max_future,
+            now: chrono::Utc::now(),
+        };
+        let Validated {
+            event: ev,
+            resource,
+        } = validate(&checks, ev)?;
         let content_hash = content_hash::content_hash(&ev);
         let (answers_alarm, is_alarm) = match &ev.payload {
             Payload::Note(n) => (n.in_response_to.clone(), false),
@@ -297,14 +396,25 @@ impl Inner {
     }
 }
 
-type ReceiptStream = Pin<Box<dyn Stream<Item = Result<pb::Receipt, Status>> + Send>>;
+type ReceiptStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamResponse, Status>> + Send>>;
+
+/// The error for a request that carries no `event`.
+pub fn missing_event() -> Invalid {
+    Invalid::new("event", "is required: the request wraps one Event")
+}
 
 #[tonic::async_trait]
-impl VendorIngest for IngestService {
-    async fn submit(&self, req: Request<pb::Event>) -> Result<Response<pb::Receipt>, Status> {
+impl VendorIngestService for IngestService {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let caller = self.vendor_of(&req)?;
-        match self.inner.handle(&caller, req.into_inner()).await {
-            Ok(r) => Ok(Response::new(r)),
+        let Some(ev) = req.into_inner().event else {
+            return Err(Rejection::from(missing_event()).status());
+        };
+        match self.inner.handle(&caller, ev).await {
+            Ok(r) => Ok(Response::new(pb::SubmitResponse { receipt: Some(r) })),
             Err((_, rej)) => Err(rej.status()),
         }
     }
@@ -313,17 +423,12 @@ impl VendorIngest for IngestService {
 
     async fn submit_stream(
         &self,
-        req: Request<Streaming<pb::Event>>,
+        req: Request<Streaming<pb::SubmitStreamRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let caller = self.vendor_of(&req)?;
         // Per-vendor cap on open streams; the permit lives as long as the stream.
         let permit = match &caller.1 {
-            Some(p) => Some(p.streams.clone().try_acquire_owned().map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "your agreement allows {} concurrent streams; close one or retry later",
-                    p.max_streams
-                ))
-            })?),
+            Some(p) => Some(p.stream_permit()?),
             None => None,
         };
         let inner = self.inner.clone();
@@ -337,16 +442,16 @@ impl VendorIngest for IngestService {
                 let caller = caller.clone();
                 let _permit = &permit;
                 async move {
-                    let ev = item?;
-                    Ok(match inner.handle(&caller, ev).await {
+                    let answer = match item?.event {
+                        Some(ev) => inner.handle(&caller, ev).await,
+                        None => Err((String::new(), Rejection::from(missing_event()))),
+                    };
+                    let receipt = match answer {
                         Ok(r) => r,
-                        Err((event_id, rej)) => pb::Receipt {
-                            event_id,
-                            status: pb::ReceiptStatus::Rejected as i32,
-                            resource: String::new(),
-                            error: rej.to_string(),
-                            error_code: rej.code().to_string(),
-                        },
+                        Err((event_id, rej)) => rejected_receipt(event_id, &rej),
+                    };
+                    Ok(pb::SubmitStreamResponse {
+                        receipt: Some(receipt),
                     })
                 }
             })

@@ -184,7 +184,7 @@ fn measurement(c: &Common<'_>, m: &Measurement) -> Result<(String, Codes), Inval
             let Some(spec) = codes::quantity_kind(*kind) else {
                 return Err(Invalid::new(
                     "measurement.quantity",
-                    "BLOOD_PRESSURE is sent as blood_pressure {systolic, diastolic}, not as a quantity",
+                    "MEASUREMENT_KIND_BLOOD_PRESSURE is sent as blood_pressure {systolic, diastolic}, not as a quantity",
                 ));
             };
             const FIELD: &str = "measurement.quantity.value";

@@ -26,8 +26,8 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use clap::Args;
 use hdrhistogram::Histogram;
+use knutepunkt::proto::client::EventClient;
 use knutepunkt::proto::v1 as pb;
-use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
 use knutepunkt::sim::{Mix, OSLO, Population};
 
 use crate::Mode;
@@ -218,7 +218,7 @@ fn red_alarm(population: &Population, event_id: &str) -> Result<pb::Event> {
 /// Submits one event (unary); returns (resource, ack µs since epoch).
 async fn submit(hub: &HubProcess, ev: pb::Event) -> Result<(String, i64)> {
     let ch = hub.conn().resolve()?.connect(hub.grpc).await?;
-    let mut client = VendorIngestClient::new(ch);
+    let mut client = EventClient::new(ch);
     let mut req = tonic::Request::new(ev);
     req.set_timeout(Duration::from_secs(30));
     let r = client

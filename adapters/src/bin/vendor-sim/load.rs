@@ -21,12 +21,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
+use knutepunkt::proto::client::EventClient;
 use knutepunkt::proto::v1::{Event, Receipt, ReceiptStatus};
 use knutepunkt::sim::{BERGEN, GenConfig, Generator, Mix, OSLO, Population};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
@@ -449,7 +450,7 @@ async fn stream_client(
     shared: Arc<Shared>,
 ) -> Histogram<u64> {
     let mut hist = histogram();
-    let mut client = VendorIngestClient::new(channel);
+    let mut client = EventClient::new(channel);
     let (tx, rx) = mpsc::channel::<Event>(window.max(1));
     let slots = Arc::new(Semaphore::new(window.max(1)));
     let due_at: Arc<Mutex<HashMap<String, Instant>>> =
@@ -491,8 +492,8 @@ async fn stream_client(
         Ok(resp) => {
             let mut receipts = resp.into_inner();
             loop {
-                match receipts.message().await {
-                    Ok(Some(r)) => {
+                match receipts.next().await {
+                    Some(Ok(r)) => {
                         received += 1;
                         let t = due_at.lock().ok().and_then(|mut m| m.remove(&r.event_id));
                         if let Some(t) = t {
@@ -501,8 +502,8 @@ async fn stream_client(
                         shared.receipt(&r);
                         slots.add_permits(1);
                     }
-                    Ok(None) => break,
-                    Err(s) => {
+                    None => break,
+                    Some(Err(s)) => {
                         shared.note_error(|| {
                             format!("stream broke: {:?}: {}", s.code(), s.message())
                         });
@@ -537,7 +538,7 @@ async fn unary_client(
     shared: Arc<Shared>,
 ) -> Histogram<u64> {
     let mut hist = histogram();
-    let mut client = VendorIngestClient::new(channel);
+    let mut client = EventClient::new(channel);
     tokio::time::sleep_until(start).await;
     for k in 0..n {
         let due = pace.map(|p| start + p.mul_f64(k as f64));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
+use knutepunkt::proto::client::EventClient;
 use knutepunkt::proto::v1::{Receipt, ReceiptStatus};
 use knutepunkt::sim::{BERGEN, GenConfig, Generator, Mix, OSLO, Population};
 use tokio::sync::Semaphore;
@@ -99,7 +99,7 @@ pub async fn run(a: SendArgs) -> Result<()> {
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let conn = a.conn.resolve()?;
-    let client = VendorIngestClient::new(conn.connect(a.grpc).await?);
+    let client = EventClient::new(conn.connect(a.grpc).await?);
     eprintln!(
         "sending {} events/s for {:.0} s to {} over {} ({} residents in Oslo and Bergen)",
         a.rate,
