@@ -7,5 +7,8 @@
 //! Map of the crate:
 //! - [`epj`]: an EPJ import endpoint (binary `epj-adapter`) that receives the
 //!   hub's FHIR `transaction` Bundles over HTTPS, with failure switches.
+//! - [`fhirgw`]: a FHIR gateway (binary `fhir-gateway`) where home-monitoring
+//!   platforms POST Observations that it submits to the hub over gRPC.
 
 pub mod epj;
+pub mod fhirgw;
