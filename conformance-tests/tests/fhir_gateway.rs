@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use conformance_tests::fhir_validator;
 use conformance_tests::harness::events::{BERGEN, OSLO};
 use conformance_tests::harness::{self, Hub, HubOptions, get_json, ok, search_all};
 use knutepunkt::domain::synthetic;
@@ -364,6 +365,21 @@ async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_r
         "Bundle.entry[7].resource",
         "{resp}"
     );
+
+    // The answers are FHIR R4 by an independent implementation too.
+    let mut answers = vec![resp.clone()];
+    answers.extend(
+        entries
+            .iter()
+            .filter_map(|e| e["response"].get("outcome").cloned()),
+    );
+    match fhir_validator::validate(&answers) {
+        Ok(()) => {}
+        Err(e) if fhir_validator::is_skip(&e) && std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("{e}: FHIR validation of the gateway's answers SKIPPED");
+        }
+        Err(e) => panic!("{e}"),
+    }
 
     // Blood pressure: MDC components → the hub's LOINC panel, values kept,
     // device and patient taken from the referenced entries.
