@@ -525,3 +525,30 @@ async fn platforms_without_a_certificate_or_an_agreement_are_refused() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn while_the_hub_is_down_the_answer_is_503_and_the_retry_is_stored() {
+    let (_d, mut hub, gw) = setup().await;
+    let url = gw.url(&format!("/fhir/r4/{OSLO}/Observation"));
+    let obs = spo2(5, 93.0);
+    ok(hub.stop().await);
+
+    let (status, location, body) = ok(post(&url, &obs).await);
+    assert_eq!(status, 503, "{body}");
+    assert!(location.is_none());
+    assert_eq!(body["issue"][0]["code"], "transient", "{body}");
+    let b = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [entry("urn:uuid:y", obs.clone())] });
+    let (status, _, body) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
+    assert_eq!(status, 503, "no entry was decided: {body}");
+    assert_eq!(
+        body["entry"][0]["response"]["status"],
+        "503 Service Unavailable"
+    );
+
+    // The same POST once the hub is back: stored, by the same gateway.
+    ok(hub.restart().await);
+    let (status, location, body) = ok(post(&url, &obs).await);
+    assert_eq!(status, 201, "{body}\n{}", gw.log());
+    let stored = stored(&hub, &location.unwrap_or_default()).await;
+    assert_eq!(stored["valueQuantity"]["value"], 93.0);
+}
