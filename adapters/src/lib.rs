@@ -10,6 +10,9 @@
 //! - [`kit`]: the conformance kit for vendor developers: a strict local hub
 //!   (binary `knutepunkt-mock`) and a scripted scenario (binary
 //!   `conformance`) that writes a pass/fail report.
+//! - [`fhirgw`]: a FHIR gateway (binary `fhir-gateway`) where home-monitoring
+//!   platforms POST Observations that it submits to the hub over gRPC.
 
 pub mod epj;
+pub mod fhirgw;
 pub mod kit;

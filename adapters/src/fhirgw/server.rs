@@ -1,0 +1,87 @@
+//! The HTTPS listener, with client certificates required at the handshake.
+//!
+//! It reuses the hub's own pieces rather than copies of them: the rustls
+//! configuration (`knutepunkt::tls::server_config`, the one the hub's gRPC
+//! listener uses for vendors), the accept loop with its handshake timeout
+//! and TCP_NODELAY (`knutepunkt::tls::accept_loop`), and the rule that
+//! names a vendor system in a certificate (`knutepunkt::tls::vendor_id_of`).
+//! A connection without a certificate from the configured CA never gets
+//! to HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+use knutepunkt::config::{TlsConfig, VendorIdentity};
+use knutepunkt::tls::{HttpsListener, accept_loop, vendor_id_of};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::config::TlsSection;
+
+/// Who is on the other end of a connection, found once per connection.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    /// The platform id from the client certificate's SAN URI
+    /// `urn:knutepunkt:vendor:<id>`; `None` when it names none.
+    pub platform: Option<String>,
+}
+
+impl Connected<IncomingStream<'_, HttpsListener>> for PeerInfo {
+    fn connect_info(stream: IncomingStream<'_, HttpsListener>) -> Self {
+        let (_, conn) = stream.io().get_ref();
+        let platform = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| vendor_id_of(c, VendorIdentity::SanUri));
+        PeerInfo {
+            addr: *stream.remote_addr(),
+            platform,
+        }
+    }
+}
+
+/// The gateway's rustls config: its certificate, client certificates
+/// required and checked against `client_ca_file`, HTTP/1.1.
+pub fn tls_config(tls: &TlsSection) -> Result<ServerConfig, knutepunkt::tls::TlsError> {
+    let hub_style = TlsConfig {
+        cert_file: tls.cert_file.clone(),
+        key_file: tls.key_file.clone(),
+        vendor_ca_file: tls.client_ca_file.clone(),
+    };
+    let mut cfg = knutepunkt::tls::server_config(&hub_style, true)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish.
+pub async fn run(
+    listener: TcpListener,
+    tls: ServerConfig,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let rx = accept_loop(
+        listener,
+        Arc::new(ArcSwap::from_pointee(tls)),
+        "fhir-gateway",
+        stop.clone(),
+    );
+    let stopper = stop.clone();
+    axum::serve(
+        HttpsListener { rx, local },
+        app.into_make_service_with_connect_info::<PeerInfo>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        stopper.cancel();
+    })
+    .await
+}

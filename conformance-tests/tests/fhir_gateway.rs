@@ -1,0 +1,554 @@
+//! The FHIR gateway (`fhir-gateway`) between a home-monitoring platform and
+//! the real hub: the platform POSTs personal-health-device Observations over
+//! mutual TLS, the gateway submits them over gRPC, and what it answers must
+//! match what the hub stored (read back through the hub's FHIR API).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use conformance_tests::fhir_validator;
+use conformance_tests::harness::events::{BERGEN, OSLO};
+use conformance_tests::harness::{self, Hub, HubOptions, get_json, ok, search_all};
+use knutepunkt::domain::synthetic;
+use serde_json::{Value, json};
+
+const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
+const MDC: &str = "urn:iso:std:iso:11073:10101";
+const LOINC: &str = "http://loinc.org";
+const UCUM: &str = "http://unitsofmeasure.org";
+
+/// A running `fhir-gateway` in front of `hub`. Platform `demo-vendor` may
+/// post for Oslo only (the hub would take Bergen from it too, so a Bergen
+/// refusal is the gateway's own allow-list); `stranger` has a certificate
+/// from the same CA but is not configured.
+struct Gateway {
+    child: Option<Child>,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    async fn start(hub: &Hub) -> Result<Gateway> {
+        let certs = harness::certs()?;
+        let dir = tempfile::tempdir()?;
+        let c = certs.display();
+        let cfg = format!(
+            r#"
+[tls]
+cert_file = "{c}/server.pem"
+key_file = "{c}/server.key"
+client_ca_file = "{c}/ca.pem"
+
+[hub]
+addr = "{grpc}"
+ca_file = "{c}/ca.pem"
+
+[[platforms]]
+id = "demo-vendor"
+municipalities = ["{OSLO}"]
+hub_cert_file = "{c}/vendor-demo-vendor.pem"
+hub_key_file = "{c}/vendor-demo-vendor.key"
+"#,
+            grpc = hub.grpc
+        );
+        let cfg_path = dir.path().join("gw.toml");
+        std::fs::write(&cfg_path, cfg)?;
+        let log = std::fs::File::create(dir.path().join("gw.log"))?;
+        let mut child = Command::new(harness::binary("fhir-gateway")?)
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("cannot start fhir-gateway")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut l = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut l).map(|_| l)
+        })
+        .await??;
+        let gw_log = std::fs::read_to_string(dir.path().join("gw.log")).unwrap_or_default();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on https://")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("unexpected first line {line:?}; log:\n{gw_log}"))?;
+        Ok(Gateway {
+            child: Some(child),
+            addr,
+            _dir: dir,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        // The gateway's dev certificate names localhost.
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("gw.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An HTTPS client trusting the dev CA and presenting `cert` (a dev-certs
+/// file stem such as `vendor-demo-vendor`), or no certificate.
+fn platform_client(cert: Option<&str>) -> Result<reqwest::Client> {
+    let dir: PathBuf = harness::certs()?;
+    let ca = std::fs::read(dir.join("ca.pem"))?;
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca)?])
+        .timeout(Duration::from_secs(30));
+    if let Some(stem) = cert {
+        let mut pem = std::fs::read(dir.join(format!("{stem}.pem")))?;
+        pem.extend(std::fs::read(dir.join(format!("{stem}.key")))?);
+        b = b.identity(reqwest::Identity::from_pem(&pem)?);
+    }
+    Ok(b.build()?)
+}
+
+/// POSTs FHIR JSON as platform `demo-vendor`: (status, Location, body).
+async fn post(url: &str, body: &Value) -> Result<(u16, Option<String>, Value)> {
+    post_as(Some("vendor-demo-vendor"), url, body).await
+}
+
+async fn post_as(
+    cert: Option<&str>,
+    url: &str,
+    body: &Value,
+) -> Result<(u16, Option<String>, Value)> {
+    let r = platform_client(cert)?
+        .post(url)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = r.json().await.unwrap_or(Value::Null);
+    Ok((status, location, body))
+}
+
+/// Device time a minute ago, RFC 3339 with an offset.
+fn just_now() -> String {
+    (chrono::Utc::now() - chrono::Duration::minutes(1))
+        .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap_or_else(|| panic!("offset")))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+fn coding(system: &str, code: &str) -> Value {
+    json!({ "system": system, "code": code })
+}
+
+/// A PHD-style Observation with one quantity.
+fn quantity_obs(codes: &[Value], value: Value, unit: &str, resident: u32, device: &str) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }],
+        "code": { "coding": codes },
+        "subject": { "identifier": { "system": FNR_OID, "value": synthetic::fnr(resident) } },
+        "effectiveDateTime": just_now(),
+        "device": { "identifier": { "value": device } },
+        "valueQuantity": { "value": value, "unit": unit, "system": UCUM, "code": unit },
+    })
+}
+
+fn spo2(resident: u32, value: f64) -> Value {
+    quantity_obs(
+        &[coding(MDC, "150456"), coding(LOINC, "59408-5")],
+        json!(value),
+        "%",
+        resident,
+        "00-1C-05-FF-FE-00-00-01",
+    )
+}
+
+fn entry(full_url: &str, resource: Value) -> Value {
+    json!({ "fullUrl": full_url, "resource": resource, "request": { "method": "POST", "url": resource["resourceType"] } })
+}
+
+/// Reads what the hub stored under `location` (`Observation/<id>`).
+async fn stored(hub: &Hub, location: &str) -> Value {
+    let (status, body) = ok(get_json(&format!("{}/{location}", hub.fhir_base(OSLO))).await);
+    assert_eq!(status, 200, "GET {location}: {body}");
+    body
+}
+
+fn has_code(resource: &Value, code: &str) -> bool {
+    resource["code"]["coding"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["code"] == code)
+}
+
+fn expression(outcome: &Value) -> String {
+    outcome["issue"][0]["expression"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn setup() -> (tempfile::TempDir, Hub, Gateway) {
+    let dir = ok(tempfile::tempdir());
+    let hub = Hub::start(dir.path(), HubOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let gw = Gateway::start(&hub)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (dir, hub, gw)
+}
+
+#[tokio::test]
+async fn a_single_observation_is_stored_and_a_repeat_is_the_same_resource() {
+    let (_d, hub, gw) = setup().await;
+    let url = gw.url(&format!("/fhir/r4/{OSLO}/Observation"));
+    let obs = spo2(1, 97.0);
+
+    let (status, location, body) = ok(post(&url, &obs).await);
+    assert_eq!(status, 201, "{body}\n{}", gw.log());
+    let location = location.unwrap_or_else(|| panic!("no Location: {body}"));
+    assert!(location.starts_with("Observation/"), "{location}");
+
+    let stored = stored(&hub, &location).await;
+    assert!(has_code(&stored, "59408-5"), "{stored}");
+    assert_eq!(stored["valueQuantity"]["value"], 97.0);
+    assert_eq!(stored["valueQuantity"]["code"], "%");
+    assert_eq!(stored["subject"]["identifier"]["value"], synthetic::fnr(1));
+    assert_eq!(
+        stored["device"]["identifier"]["value"],
+        "00-1C-05-FF-FE-00-00-01"
+    );
+
+    // The same resource again: harmless, same resource, 200 instead of 201.
+    let (status, again, body) = ok(post(&url, &obs).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(again.as_deref(), Some(location.as_str()));
+
+    // With an identifier, the identifier is the key: same answer again too.
+    let mut with_id = spo2(2, 95.0);
+    with_id["identifier"] = json!([{ "system": "urn:uuid:platform", "value": "obs-42" }]);
+    let (s1, l1, _) = ok(post(&url, &with_id).await);
+    let (s2, l2, _) = ok(post(&url, &with_id).await);
+    assert_eq!((s1, s2), (201, 200));
+    assert_eq!(l1, l2);
+    assert_ne!(l1.as_deref(), Some(location.as_str()));
+
+    // Same identifier, other content: the hub's conflict comes through.
+    with_id["valueQuantity"]["value"] = json!(91.0);
+    let (status, _, body) = ok(post(&url, &with_id).await);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["issue"][0]["code"], "conflict", "{body}");
+
+    let all = ok(search_all(&format!("{}/Observation?_count=50", hub.fhir_base(OSLO))).await);
+    assert_eq!(all.len(), 2, "two resources, however often posted");
+
+    // Nothing identifying reaches the gateway's log.
+    let log = gw.log();
+    assert!(
+        !log.contains(&synthetic::fnr(1)) && !log.contains(&synthetic::fnr(2)),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_right() {
+    let (_d, hub, gw) = setup().await;
+    let device = json!({
+        "resourceType": "Device",
+        "identifier": [{ "system": "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680", "value": "00-09-1F-FF-FE-80-00-2A" }],
+    });
+    let patient = json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": FNR_OID, "value": synthetic::fnr(7) }],
+    });
+    let bp = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": { "coding": [coding(MDC, "150020")] },
+        "subject": { "reference": "urn:uuid:0c7a2a53-0000-4000-8000-000000000002" },
+        "effectiveDateTime": just_now(),
+        "device": { "reference": "urn:uuid:0c7a2a53-0000-4000-8000-000000000001" },
+        "component": [
+            { "code": { "coding": [coding(MDC, "150021")] }, "valueQuantity": { "value": 128, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]" } },
+            { "code": { "coding": [coding(MDC, "150022")] }, "valueQuantity": { "value": 82, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]" } },
+            { "code": { "coding": [coding(MDC, "150023")] }, "valueQuantity": { "value": 97, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]" } }
+        ],
+    });
+    // Pulse rate from an oximeter, in the PHD unit {beat}/min.
+    let pulse = quantity_obs(&[coding(MDC, "149530")], json!(64), "{beat}/min", 7, "ox-1");
+    let bad_unit = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": { "coding": [coding(MDC, "188736")] },
+        "subject": { "identifier": { "system": FNR_OID, "value": synthetic::fnr(7) } },
+        "effectiveDateTime": just_now(),
+        "device": { "identifier": { "value": "scale-1" } },
+        "valueQuantity": { "value": 12, "unit": "stone" },
+    });
+    // MDC_LEN_BODY_ACTUAL (body height): a PHD code the hub has no kind for.
+    let unknown_code = quantity_obs(&[coding(MDC, "188740")], json!(172), "cm", 7, "scale-1");
+    let too_high = spo2(7, 101.0);
+    let communication = json!({ "resourceType": "Communication", "status": "completed" });
+    let b = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000001", device),
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000002", patient),
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000003", bp),
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000004", pulse),
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000005", bad_unit),
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000006", unknown_code),
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000007", too_high),
+            entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000008", communication),
+        ],
+    });
+    let (status, _, resp) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
+    assert_eq!(status, 200, "{resp}\n{}", gw.log());
+    assert_eq!(resp["resourceType"], "Bundle");
+    assert_eq!(resp["type"], "transaction-response");
+    let entries = resp["entry"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 8, "{resp}");
+    let statuses: Vec<&str> = entries
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "200 OK",
+            "200 OK",
+            "201 Created",
+            "201 Created",
+            "422 Unprocessable Entity",
+            "422 Unprocessable Entity",
+            "422 Unprocessable Entity",
+            "422 Unprocessable Entity"
+        ],
+        "{resp}"
+    );
+    let outcome = |i: usize| entries[i]["response"]["outcome"].clone();
+    assert_eq!(
+        expression(&outcome(4)),
+        "Observation.valueQuantity.unit",
+        "{resp}"
+    );
+    assert_eq!(expression(&outcome(5)), "Observation.code", "{resp}");
+    assert_eq!(
+        expression(&outcome(6)),
+        "Observation.valueQuantity.value",
+        "{resp}"
+    );
+    assert_eq!(
+        expression(&outcome(7)),
+        "Bundle.entry[7].resource",
+        "{resp}"
+    );
+
+    // The answers are FHIR R4 by an independent implementation too.
+    let mut answers = vec![resp.clone()];
+    answers.extend(
+        entries
+            .iter()
+            .filter_map(|e| e["response"].get("outcome").cloned()),
+    );
+    match fhir_validator::validate(&answers) {
+        Ok(()) => {}
+        Err(e) if fhir_validator::is_skip(&e) && std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("{e}: FHIR validation of the gateway's answers SKIPPED");
+        }
+        Err(e) => panic!("{e}"),
+    }
+
+    // Blood pressure: MDC components → the hub's LOINC panel, values kept,
+    // device and patient taken from the referenced entries.
+    let bp_loc = entries[2]["response"]["location"]
+        .as_str()
+        .unwrap_or_default();
+    let stored_bp = stored(&hub, bp_loc).await;
+    assert!(has_code(&stored_bp, "85354-9"), "{stored_bp}");
+    let comp = |loinc: &str| {
+        stored_bp["component"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| has_code(c, loinc))
+            .map(|c| c["valueQuantity"]["value"].clone())
+    };
+    assert_eq!(comp("8480-6"), Some(json!(128.0)), "{stored_bp}");
+    assert_eq!(comp("8462-4"), Some(json!(82.0)), "{stored_bp}");
+    assert_eq!(
+        stored_bp["subject"]["identifier"]["value"],
+        synthetic::fnr(7)
+    );
+    assert_eq!(
+        stored_bp["device"]["identifier"]["value"],
+        "00-09-1F-FF-FE-80-00-2A"
+    );
+
+    let pulse_loc = entries[3]["response"]["location"]
+        .as_str()
+        .unwrap_or_default();
+    let stored_pulse = stored(&hub, pulse_loc).await;
+    assert!(has_code(&stored_pulse, "8867-4"), "{stored_pulse}");
+    assert_eq!(stored_pulse["valueQuantity"]["code"], "/min");
+
+    // Only the two good Observations are in the hub.
+    let all = ok(search_all(&format!("{}/Observation?_count=50", hub.fhir_base(OSLO))).await);
+    assert_eq!(all.len(), 2, "{all:?}");
+
+    // The same Bundle again: every good entry is now 200 with the same location.
+    let (_, _, again) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
+    assert_eq!(again["entry"][2]["response"]["status"], "200 OK", "{again}");
+    assert_eq!(again["entry"][2]["response"]["location"], bp_loc);
+    assert_eq!(again["entry"][3]["response"]["location"], pulse_loc);
+}
+
+#[tokio::test]
+async fn what_cannot_be_mapped_is_named_in_an_operation_outcome() {
+    let (_d, hub, gw) = setup().await;
+    let url = gw.url(&format!("/fhir/r4/{OSLO}/Observation"));
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+
+    let mut unit = spo2(3, 96.0);
+    unit["valueQuantity"] = json!({ "value": 96, "unit": "percent" });
+    cases.push((unit, "Observation.valueQuantity.unit"));
+
+    let mut coded_unit = spo2(3, 96.0);
+    coded_unit["valueQuantity"]["code"] = json!("1");
+    cases.push((coded_unit, "Observation.valueQuantity.code"));
+
+    let mut no_time = spo2(3, 96.0);
+    no_time["effectiveDateTime"] = json!("2026-12-01");
+    cases.push((no_time, "Observation.effectiveDateTime"));
+
+    let mut bad_subject = spo2(3, 96.0);
+    bad_subject["subject"]["identifier"]["value"] = json!("12345678901");
+    cases.push((bad_subject, "Observation.subject.identifier.value"));
+
+    let mut other_system = spo2(3, 96.0);
+    other_system["subject"]["identifier"]["system"] = json!("urn:oid:2.16.578.1.12.4.1.4.4");
+    cases.push((other_system, "Observation.subject.identifier.system"));
+
+    let mut preliminary = spo2(3, 96.0);
+    preliminary["status"] = json!("preliminary");
+    cases.push((preliminary, "Observation.status"));
+
+    let mut no_device = spo2(3, 96.0);
+    no_device.as_object_mut().map(|o| o.remove("device"));
+    cases.push((no_device, "Observation.device"));
+
+    let systolic_alone = quantity_obs(&[coding(MDC, "150021")], json!(120), "mm[Hg]", 3, "bp-1");
+    cases.push((systolic_alone, "Observation.code"));
+
+    let mut modifier = spo2(3, 96.0);
+    modifier["modifierExtension"] =
+        json!([{ "url": "http://example.org/x", "valueBoolean": true }]);
+    cases.push((modifier, "Observation.modifierExtension"));
+
+    for (obs, element) in cases {
+        let (status, location, body) = ok(post(&url, &obs).await);
+        assert_eq!(status, 422, "{element}: {body}");
+        assert!(location.is_none());
+        assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+        assert_eq!(expression(&body), element, "{body}");
+        let text = body.to_string();
+        assert!(
+            !text.contains("12345678901") && !text.contains(&synthetic::fnr(3)),
+            "{text}"
+        );
+    }
+    let all = ok(search_all(&format!("{}/Observation?_count=50", hub.fhir_base(OSLO))).await);
+    assert!(all.is_empty(), "nothing unmappable was stored: {all:?}");
+}
+
+#[tokio::test]
+async fn platforms_without_a_certificate_or_an_agreement_are_refused() {
+    let (_d, hub, gw) = setup().await;
+    let obs = spo2(4, 98.0);
+
+    // No client certificate: no TLS session, no HTTP answer at all.
+    let r = post_as(None, &gw.url(&format!("/fhir/r4/{OSLO}/Observation")), &obs).await;
+    assert!(r.is_err(), "answered without a client certificate: {r:?}");
+
+    // A certificate from the CA, but not a configured platform.
+    let (status, _, body) = ok(post_as(
+        Some("vendor-stranger"),
+        &gw.url(&format!("/fhir/r4/{OSLO}/Observation")),
+        &obs,
+    )
+    .await);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["issue"][0]["code"], "forbidden");
+
+    // A configured platform, a municipality not on its allow-list.
+    let (status, _, body) =
+        ok(post(&gw.url(&format!("/fhir/r4/{BERGEN}/Observation")), &obs).await);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains(BERGEN), "{body}");
+    let b = json!({ "resourceType": "Bundle", "type": "batch", "entry": [entry("urn:uuid:x", obs.clone())] });
+    let (status, _, body) = ok(post(&gw.url(&format!("/fhir/r4/{BERGEN}")), &b).await);
+    assert_eq!(status, 403, "{body}");
+
+    let bergen = ok(search_all(&format!("{}/Observation?_count=50", hub.fhir_base(BERGEN))).await);
+    assert!(bergen.is_empty(), "{bergen:?}");
+    let oslo = ok(search_all(&format!("{}/Observation?_count=50", hub.fhir_base(OSLO))).await);
+    assert!(oslo.is_empty(), "{oslo:?}");
+
+    // The allowed way still works on the same gateway (a batch this time).
+    let (status, _, body) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "batch-response");
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "201 Created",
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn while_the_hub_is_down_the_answer_is_503_and_the_retry_is_stored() {
+    let (_d, mut hub, gw) = setup().await;
+    let url = gw.url(&format!("/fhir/r4/{OSLO}/Observation"));
+    let obs = spo2(5, 93.0);
+    ok(hub.stop().await);
+
+    let (status, location, body) = ok(post(&url, &obs).await);
+    assert_eq!(status, 503, "{body}");
+    assert!(location.is_none());
+    assert_eq!(body["issue"][0]["code"], "transient", "{body}");
+    let b = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [entry("urn:uuid:y", obs.clone())] });
+    let (status, _, body) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
+    assert_eq!(status, 503, "no entry was decided: {body}");
+    assert_eq!(
+        body["entry"][0]["response"]["status"],
+        "503 Service Unavailable"
+    );
+
+    // The same POST once the hub is back: stored, by the same gateway.
+    ok(hub.restart().await);
+    let (status, location, body) = ok(post(&url, &obs).await);
+    assert_eq!(status, 201, "{body}\n{}", gw.log());
+    let stored = stored(&hub, &location.unwrap_or_default()).await;
+    assert_eq!(stored["valueQuantity"]["value"], 93.0);
+}
