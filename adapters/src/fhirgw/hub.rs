@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use knutepunkt::domain::{Event, IdSystem, Measurement, MeasurementKind, Payload};
 use knutepunkt::proto::v1 as pb;
-use knutepunkt::proto::v1::vendor_ingest_client::VendorIngestClient;
+use knutepunkt::proto::client::EventClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How long one submission may take before it counts as unavailable.
@@ -94,7 +94,7 @@ pub async fn submit(channel: Channel, ev: &Event) -> Verdict {
             message: "only measurements are forwarded".into(),
         };
     };
-    let mut client = VendorIngestClient::new(channel);
+    let mut client = EventClient::new(channel);
     match client.submit(event).await {
         Ok(r) => {
             let r = r.into_inner();
