@@ -24,8 +24,11 @@ use crate::auth::{Client, Scope, assertion};
 use crate::domain::{Orgnr, ResourceType, VendorId};
 use crate::proto::v1 as pb;
 
+/// A target's body: raw input in, panic on a bug.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by the name of their `fuzz/fuzz_targets/<name>.rs`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("ingest_event", ingest_event),
     ("search_params", search_params),
     ("last_updated", last_updated),
