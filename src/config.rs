@@ -400,6 +400,17 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Defaults ← the TOML `text`, checked: `load` without the environment
+    /// and flags (used by the config fuzz target).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Embedded defaults for the demo and tests: loopback, any free port,
     /// insecure dev mode (callers that want TLS set `tls` and clear it).
     pub fn for_dev(data_dir: PathBuf) -> Config {

@@ -31,6 +31,8 @@ pub mod deliver;
 pub mod demo;
 pub mod devcerts;
 pub mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod normalize;
 pub mod retention;

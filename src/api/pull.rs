@@ -52,6 +52,98 @@ fn parse_reference(r: &str) -> Option<(ResourceType, uuid::Uuid)> {
     Some((ResourceType::parse(t)?, uuid::Uuid::parse_str(i).ok()?))
 }
 
+/// One `confirmation` of a `$confirm` body.
+#[derive(Debug, Clone)]
+pub struct Confirmation {
+    pub resource_type: ResourceType,
+    pub id: uuid::Uuid,
+    pub settle: Settle,
+}
+
+/// Parses a `$confirm` body (a FHIR `Parameters` resource), without touching
+/// the store: what each confirmation names and how it settles. Pure, so it
+/// can be fuzzed; errors name the parameter's index, never a value sent.
+pub fn parse_confirm(body: &[u8]) -> Result<Vec<Confirmation>, ApiError> {
+    let params: Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::invalid("the body must be a FHIR Parameters resource in JSON"))?;
+    if params["resourceType"] != "Parameters" {
+        return Err(ApiError::invalid(
+            "the body must be a FHIR Parameters resource",
+        ));
+    }
+    let mut out = Vec::new();
+    for (n, p) in params["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if p["name"] != "confirmation" {
+            return Err(ApiError::invalid(format!(
+                "parameter[{n}]: only parameters named \"confirmation\" are understood"
+            )));
+        }
+        let part = |name: &str| {
+            p["part"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["name"] == name)
+                .cloned()
+        };
+        let reference = part("resource")
+            .and_then(|x| {
+                x["valueReference"]["reference"]
+                    .as_str()
+                    .or(x["valueString"].as_str())
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "parameter[{n}]: part \"resource\" (valueReference Type/id) is required"
+                ))
+            })?;
+        let outcome = part("outcome")
+            .and_then(|x| x["valueCode"].as_str().map(str::to_string))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "parameter[{n}]: part \"outcome\" (valueCode journaled|failed) is required"
+                ))
+            })?;
+        let (rtype, id) = parse_reference(&reference)
+            .ok_or_else(|| ApiError::invalid(format!("parameter[{n}]: {REFERENCE_FORM}")))?;
+        let settle = match outcome.as_str() {
+            "journaled" => Settle::Delivered,
+            "failed" => {
+                let reason = part("reason")
+                    .and_then(|x| x["valueString"].as_str().map(str::to_string))
+                    .filter(|r| !r.trim().is_empty())
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "parameter[{n}]: outcome failed needs a part \"reason\" (valueString)"
+                        ))
+                    })?;
+                Settle::DeadLetter {
+                    attempts: 1,
+                    error: format!("EPJ reported failure: {reason}"),
+                    response: None,
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "parameter[{n}]: outcome must be journaled or failed"
+                )));
+            }
+        };
+        out.push(Confirmation {
+            resource_type: rtype,
+            id,
+            settle,
+        });
+    }
+    Ok(out)
+}
+
 fn not_served() -> ApiError {
     ApiError::not_found(
         "no FHIR base at this path: use /fhir/r4/{orgnr} with the 9-digit organisation number of a municipality this hub serves",
@@ -165,78 +257,14 @@ pub async fn confirm(
     let c = consumer(&st, org, asked.as_deref())?.clone();
     let mut rec = audit_record(&caller, org, AuditAction::Confirm);
     rec.query = Some(format!("$confirm?consumer={}", c.name));
-    let params: Value = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::invalid("the body must be a FHIR Parameters resource in JSON"))?;
-    if params["resourceType"] != "Parameters" {
-        return Err(ApiError::invalid(
-            "the body must be a FHIR Parameters resource",
-        ));
-    }
     let mut outcomes = Vec::new();
     let mut unknown = 0usize;
-    for (n, p) in params["parameter"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
+    for Confirmation {
+        resource_type: rtype,
+        id,
+        settle,
+    } in parse_confirm(&body)?
     {
-        if p["name"] != "confirmation" {
-            return Err(ApiError::invalid(format!(
-                "parameter[{n}]: only parameters named \"confirmation\" are understood"
-            )));
-        }
-        let part = |name: &str| {
-            p["part"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|x| x["name"] == name)
-                .cloned()
-        };
-        let reference = part("resource")
-            .and_then(|x| {
-                x["valueReference"]["reference"]
-                    .as_str()
-                    .or(x["valueString"].as_str())
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "parameter[{n}]: part \"resource\" (valueReference Type/id) is required"
-                ))
-            })?;
-        let outcome = part("outcome")
-            .and_then(|x| x["valueCode"].as_str().map(str::to_string))
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "parameter[{n}]: part \"outcome\" (valueCode journaled|failed) is required"
-                ))
-            })?;
-        let (rtype, id) = parse_reference(&reference)
-            .ok_or_else(|| ApiError::invalid(format!("parameter[{n}]: {REFERENCE_FORM}")))?;
-        let settle = match outcome.as_str() {
-            "journaled" => Settle::Delivered,
-            "failed" => {
-                let reason = part("reason")
-                    .and_then(|x| x["valueString"].as_str().map(str::to_string))
-                    .filter(|r| !r.trim().is_empty())
-                    .ok_or_else(|| {
-                        ApiError::invalid(format!(
-                            "parameter[{n}]: outcome failed needs a part \"reason\" (valueString)"
-                        ))
-                    })?;
-                Settle::DeadLetter {
-                    attempts: 1,
-                    error: format!("EPJ reported failure: {reason}"),
-                    response: None,
-                }
-            }
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "parameter[{n}]: outcome must be journaled or failed"
-                )));
-            }
-        };
         match st.store.get(org, rtype, id).await {
             Ok(Some(found)) => {
                 rec.add_resource(found.resource);

@@ -1,0 +1,5 @@
+//! Fuzz target `config`: the body is `knutepunkt::fuzzing::config`, shared with
+//! the corpus replay in the normal test suite (`tests/fuzz_corpus.rs`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| knutepunkt::fuzzing::config(data));
