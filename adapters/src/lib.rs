@@ -5,7 +5,13 @@
 //! vendors and EPJ systems use.
 //!
 //! Map of the crate:
+//! - [`conn`]: how an adapter reaches the hub's gRPC ingest (vendor mutual
+//!   TLS), shared by `vendor-sim` and `mqtt-gateway`.
 //! - [`epj`]: an EPJ import endpoint (binary `epj-adapter`) that receives the
 //!   hub's FHIR `transaction` Bundles over HTTPS, with failure switches.
+//! - [`mqtt`]: the MQTT/SenML device gateway (binary `mqtt-gateway`): broker
+//!   → hub events, acked to the broker only after the hub's receipt.
 
+pub mod conn;
 pub mod epj;
+pub mod mqtt;

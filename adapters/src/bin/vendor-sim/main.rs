@@ -10,7 +10,6 @@
 mod addr;
 mod baseline;
 mod bench;
-mod conn;
 mod delivery;
 mod hubenv;
 mod load;
