@@ -95,6 +95,10 @@ struct RunArgs {
     /// Messages worked on at once; the broker's in-flight window is usually smaller.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     max_in_flight: u16,
+    /// On a clean stop, remove the broker session (demos and tests only:
+    /// unacknowledged messages are then lost).
+    #[arg(long)]
+    forget_session_on_exit: bool,
     /// Log filter (RUST_LOG overrides), e.g. info or debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -177,6 +181,7 @@ async fn run(a: RunArgs) -> Result<()> {
         conn: conn.clone(),
         max_in_flight: a.max_in_flight as usize,
         keep_alive: Duration::from_secs(30),
+        forget_session_on_exit: a.forget_session_on_exit,
     };
     tracing::info!(
         broker = %cfg.broker,

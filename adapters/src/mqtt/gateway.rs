@@ -96,6 +96,9 @@ pub async fn run(
                     "connected to the MQTT broker"
                 );
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                tracing::info!(filter = %filter, "subscribed");
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
                 let permit = permits
@@ -150,8 +153,35 @@ pub async fn run(
         while events.poll().await.is_ok() {}
     })
     .await;
-    tracing::info!("stopped; unacknowledged messages stay in the broker session");
+    if ctx.cfg.forget_session_on_exit {
+        forget_session(&ctx.cfg).await;
+        tracing::info!("stopped; broker session removed (--forget-session-on-exit)");
+    } else {
+        tracing::info!("stopped; unacknowledged messages stay in the broker session");
+    }
     Ok(())
+}
+
+/// Connects once with a clean session under the gateway's client id, which
+/// makes the broker drop the persistent session.
+async fn forget_session(cfg: &GatewayConfig) {
+    let Ok(mut o) = cfg.mqtt_options() else {
+        return;
+    };
+    o.set_clean_session(true);
+    let (client, mut events) = AsyncClient::new(o, 8);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.disconnect().await;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// What to do with a message once the hub had its say.

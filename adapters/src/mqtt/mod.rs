@@ -69,6 +69,9 @@ pub struct GatewayConfig {
     /// Messages being worked on at once (the broker's window is usually smaller).
     pub max_in_flight: usize,
     pub keep_alive: Duration,
+    /// On a clean stop, remove the broker session (demos and tests only:
+    /// messages not yet acknowledged are then lost).
+    pub forget_session_on_exit: bool,
 }
 
 impl GatewayConfig {
