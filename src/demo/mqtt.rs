@@ -29,7 +29,8 @@ const SENSOR_RESIDENTS: usize = 3;
 pub struct Sensors {
     gateway: Child,
     simulator: Child,
-    printer: tokio::task::JoinHandle<()>,
+    /// Counts the messages the simulator published.
+    printer: tokio::task::JoinHandle<u64>,
 }
 
 /// What the demo needs to start the sensors.
@@ -162,16 +163,19 @@ async fn launch(s: &Setup<'_>, bin: &Path) -> Result<Sensors, String> {
     let show = s.show_lines;
     let printer = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut n = 0;
         while let Ok(Some(line)) = lines.next_line().await {
             // "{topic}  {what}": show the device and what it sent.
             let Some((topic, what)) = line.split_once("  ") else {
                 continue;
             };
             let device = topic.rsplit('/').nth(1).unwrap_or("?");
+            n += 1;
             if show {
                 println!("{}  {VENDOR:<15} → MQTT {device}: {what}", super::clock());
             }
         }
+        n
     });
     println!(
         "  MQTT sensors: broker {}, mqtt-gateway as vendor {VENDOR}, {SENSOR_RESIDENTS} residents with a SenML sensor",
@@ -191,7 +195,12 @@ impl Sensors {
     pub async fn stop(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(15), self.simulator.wait()).await;
         let _ = self.simulator.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.printer).await;
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), &mut self.printer).await {
+            println!(
+                "{}  {VENDOR} published {n} MQTT messages (QoS 1) through mqtt-gateway",
+                super::clock()
+            );
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let Some(pid) = self.gateway.id() {
             let _ = Command::new("kill")

@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Subscribe to the broker and submit every device message to the hub.
     #[command(after_help = RUN_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Publish simulated SenML readings, alarms and notes for the devices of a registry.
     #[command(
         after_help = "Publishes with QoS 1 to the topics of each registered device (round robin);\nno patient id leaves the registry. Prints one line per message.\n\nExamples:\n  mqtt-gateway simulate --broker 127.0.0.1:1883 --registry devices.toml --vendor acme --rate 2 --duration 30\n  mqtt-gateway simulate --registry devices.toml --vendor acme --topic-prefix test/knutepunkt/v1 --rate 50 --duration 5"
@@ -123,7 +123,7 @@ struct SimArgs {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(a) => run(a).await,
+        Command::Run(a) => run(*a).await,
         Command::Simulate(a) => simulate(a).await,
         Command::CheckRegistry { file } => {
             let r = Registry::load(&file)?;

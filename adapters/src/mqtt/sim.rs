@@ -116,8 +116,8 @@ pub fn now_secs() -> f64 {
     (d.as_millis() as f64) / 1000.0
 }
 
-/// The `i`-th simulated message for a device: mostly readings, every 7th an
-/// alarm and every 7th + 1 a note answering it. `run` makes alarm ids unique
+/// The `i`-th simulated message for a device: mostly readings, and in every
+/// seven an alarm (the third) and a note answering it (the fourth). `run` makes alarm ids unique
 /// per simulator run. (topic kind, payload, a line for people).
 pub fn message(i: u64, t: f64, run: u64) -> (MessageKind, serde_json::Value, String) {
     let w = (i % 5) as f64;
@@ -136,28 +136,29 @@ pub fn message(i: u64, t: f64, run: u64) -> (MessageKind, serde_json::Value, Str
                 64.0 + w
             ),
         ),
-        1 | 4 => (
+        1 | 6 => (
             MessageKind::Measurement,
             json!([{"bt": t, "n": "spo2", "u": "%", "v": 95.0 + (w % 4.0)}]),
             format!("SenML spo2 {} %", 95.0 + (w % 4.0)),
         ),
-        2 => (
+        4 => (
             MessageKind::Measurement,
             json!([{"bt": t, "n": "body-temperature", "u": "Cel", "v": 36.5 + w / 10.0}]),
             format!("SenML body-temperature {:.1} Cel", 36.5 + w / 10.0),
         ),
-        3 => (
+        5 => (
             MessageKind::Measurement,
             json!([{"bt": t, "n": "body-weight", "u": "kg", "v": 71.0 + w / 2.0}]),
             format!("SenML body-weight {} kg", 71.0 + w / 2.0),
         ),
-        5 => (
+        2 => (
             MessageKind::Alarm,
             json!({"t": t, "id": format!("alarm-{run}-{i}"), "code": "4.2", "severity": "yellow",
                    "text": "Beboer har forlatt sengen", "zone": "soverom"}),
             "alarm 4.2 left the bed (yellow)".to_string(),
         ),
         _ => (
+            // 3: answers the alarm just before it.
             MessageKind::Note,
             json!({"t": t, "text": "Tilsyn utført, beboer tilbake i seng",
                    "answers": {"id": format!("alarm-{run}-{}", i - 1)}}),
