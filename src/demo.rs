@@ -9,6 +9,9 @@
 //! (searchset Bundles, `next` links, a `_lastUpdated=gt…` watermark), printing
 //! one line per resource. It ends with a summary and shuts the hub down.
 //!
+//! With an MQTT broker at [`DemoOptions::mqtt_broker`], simulated MQTT
+//! sensors send through the real `mqtt-gateway` too ([`mqtt`]).
+//!
 //! The output never contains a national id: people are shown as
 //! "resident #3 (Oslo)" via [`crate::sim::Population::label`].
 
@@ -26,6 +29,8 @@ use crate::proto::client::EventClient;
 use crate::proto::v1::{Receipt, ReceiptStatus};
 use crate::server::Hub;
 use crate::sim::{self, GenConfig, Generator, Mix, Population};
+
+mod mqtt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,6 +51,8 @@ pub struct DemoOptions {
     pub poll_interval: Duration,
     /// Print a line per event the vendors send, too (not just what the EPJ sees).
     pub show_vendor_lines: bool,
+    /// MQTT broker (HOST:PORT) for the simulated MQTT sensors; `None`: none.
+    pub mqtt_broker: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -57,6 +64,7 @@ impl Default for DemoOptions {
             seed: 2024,
             poll_interval: Duration::from_millis(500),
             show_vendor_lines: true,
+            mqtt_broker: Some("127.0.0.1:1883".into()),
         }
     }
 }
@@ -192,7 +200,25 @@ async fn tour(
         duration.as_secs()
     );
     println!("  over TLS: vendors with client certificates (mTLS), the EPJ with OAuth2 tokens");
-    println!("  people are shown by pseudonym only; no national id is printed\n");
+    println!("  people are shown by pseudonym only; no national id is printed");
+
+    let sensors = match &opts.mqtt_broker {
+        Some(broker) => {
+            mqtt::start(mqtt::Setup {
+                broker,
+                certs: &pki.dir,
+                work: pki.dir.parent().unwrap_or(&pki.dir),
+                grpc,
+                population: &population,
+                rate,
+                duration,
+                show_lines: opts.show_vendor_lines,
+            })
+            .await
+        }
+        None => None,
+    };
+    println!();
 
     let stats = Arc::new(Stats::default());
     let endpoint = format!("https://{grpc}");
@@ -242,6 +268,9 @@ async fn tour(
             Err(e) => println!("{}  vendor task failed: {e}", clock()),
         }
     }
+    if let Some(s) = sensors {
+        s.stop().await;
+    }
     // Catch up with what was accepted at the end.
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
     loop {
@@ -279,7 +308,7 @@ struct DemoPki {
 }
 
 /// The simulated vendors (each has a certificate) and EPJ clients.
-const DEMO_VENDORS: [&str; 3] = ["vendor", "alarm-centre", "home-monitoring"];
+const DEMO_VENDORS: [&str; 4] = ["vendor", "alarm-centre", "home-monitoring", mqtt::VENDOR];
 const DEMO_MUNICIPALITIES: [(&str, &str); 2] =
     [("958935420", "oslo-epj"), ("964338531", "bergen-epj")];
 
@@ -901,6 +930,7 @@ mod tests {
             rate: 8.0,
             poll_interval: Duration::from_millis(200),
             show_vendor_lines: false,
+            mqtt_broker: None,
             ..DemoOptions::default()
         };
         let s = run_with_summary(opts)

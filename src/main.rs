@@ -55,7 +55,7 @@ enum Command {
     /// alarms, readings and follow-up notes, and a simulated EPJ that reads
     /// them over FHIR and prints what it sees. Ends with a summary.
     #[command(
-        after_help = "Examples:\n  knutepunkt demo\n  knutepunkt demo --duration 60 --rate 5\n  knutepunkt demo --vendors 1 --quiet-vendors"
+        after_help = "Examples:\n  knutepunkt demo\n  knutepunkt demo --duration 60 --rate 5\n  knutepunkt demo --vendors 1 --quiet-vendors\n  knutepunkt demo --mqtt-broker 127.0.0.1:1883   # MQTT sensors too (needs mqtt-gateway next to knutepunkt)"
     )]
     Demo {
         /// How long the vendors send, seconds.
@@ -73,6 +73,10 @@ enum Command {
         /// Print only what the EPJ sees, not each event sent.
         #[arg(long)]
         quiet_vendors: bool,
+        /// MQTT broker for simulated MQTT sensors (through mqtt-gateway, when it
+        /// is next to knutepunkt); "none" to leave them out.
+        #[arg(long, default_value = "127.0.0.1:1883", env = "KNUTEPUNKT_MQTT_BROKER")]
+        mqtt_broker: String,
     },
     /// Move a data directory written by a sled-era release (before the store
     /// became a log with consumer cursors) into today's layout. Stop the hub
@@ -395,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
             vendors,
             seed,
             quiet_vendors,
+            mqtt_broker,
         } => {
             // The demo prints its own story; keep the hub's log to warnings.
             let filter =
@@ -411,6 +416,7 @@ async fn main() -> anyhow::Result<()> {
                 vendors,
                 seed,
                 show_vendor_lines: !quiet_vendors,
+                mqtt_broker: (mqtt_broker != "none").then_some(mqtt_broker),
                 ..knutepunkt::demo::DemoOptions::default()
             })
             .await

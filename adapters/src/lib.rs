@@ -5,6 +5,8 @@
 //! vendors and EPJ systems use.
 //!
 //! Map of the crate:
+//! - [`conn`]: how an adapter reaches the hub's gRPC ingest (vendor mutual
+//!   TLS), shared by `vendor-sim` and `mqtt-gateway`.
 //! - [`epj`]: an EPJ import endpoint (binary `epj-adapter`) that receives the
 //!   hub's FHIR `transaction` Bundles over HTTPS, with failure switches.
 //! - [`kit`]: the conformance kit for vendor developers: a strict local hub
@@ -12,7 +14,11 @@
 //!   `conformance`) that writes a pass/fail report.
 //! - [`fhirgw`]: a FHIR gateway (binary `fhir-gateway`) where home-monitoring
 //!   platforms POST Observations that it submits to the hub over gRPC.
+//! - [`mqtt`]: the MQTT/SenML device gateway (binary `mqtt-gateway`): broker
+//!   → hub events, acked to the broker only after the hub's receipt.
 
+pub mod conn;
 pub mod epj;
 pub mod fhirgw;
 pub mod kit;
+pub mod mqtt;

@@ -1,8 +1,9 @@
 //! Black-box conformance tests for Knutepunkt: the tests in `tests/` start
 //! the real binary through [`harness`], talk gRPC and HTTP to it, kill it and
 //! restart it; [`fhir_validator`] checks FHIR output with an independent
-//! validator.
+//! validator; [`mqtt`] drives the MQTT gateway against the real broker.
 
 pub mod buf;
 pub mod fhir_validator;
 pub mod harness;
+pub mod mqtt;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use knutepunkt::domain::{Event, IdSystem, Measurement, MeasurementKind, Payload};
-use knutepunkt::proto::v1 as pb;
 use knutepunkt::proto::client::EventClient;
+use knutepunkt::proto::v1 as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How long one submission may take before it counts as unavailable.

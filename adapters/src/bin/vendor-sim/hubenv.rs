@@ -21,7 +21,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 use crate::addr;
-use crate::conn::ConnArgs;
+use knutepunkt_adapters::conn::ConnArgs;
 
 /// The vendor the bench submits as (a dev-certs client certificate).
 pub const VENDOR: &str = "bench-vendor";

@@ -31,8 +31,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::conn::ConnArgs;
 use crate::{Mode, addr};
+use knutepunkt_adapters::conn::ConnArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {

@@ -10,10 +10,10 @@
 mod addr;
 mod baseline;
 mod bench;
-mod conn;
 mod delivery;
 mod hubenv;
 mod load;
+mod mqttbench;
 mod send;
 mod token;
 
@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "vendor-sim",
     version,
     about = "Simulated vendor, load generator and benchmark for the Knutepunkt hub (loopback only)",
-    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/sled-baseline --events 200000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000"
+    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/sled-baseline --events 200000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000\n  vendor-sim bench-mqtt --messages 20000"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +65,13 @@ enum Command {
         after_help = "Starts the real hub (TLS, vendor mutual TLS) with a push destination for Oslo\nto the real epj-adapter (HTTPS, self-signed, trusted as the destination's ca_file),\nboth on free loopback ports in a temporary directory under --work-dir that is\nremoved at the end. Times come from the adapter's received.log against the\nvendor's ack time (same machine, same clock). Outages use POST /_admin/mode\n{\"mode\":\"down\"}. Progress on stderr once a second; a Markdown table on stdout.\nDisk: about 10 KB per backlog event (hub store + one adapter file); removing\nthe temporary directory at the end takes minutes after a 1M drain.\n\nExamples:\n  vendor-sim bench-delivery                                   # 1M drain: ~15 min, ~11 GB\n  vendor-sim bench-delivery --drain-backlog 200000 --intake-events 50000\n  vendor-sim bench-delivery --e2e-secs 5 --alarm-backlog 10000 --drain-backlog 0 --intake-events 0"
     )]
     BenchDelivery(delivery::DeliveryArgs),
+    /// The MQTT gateway end to end (publish → gateway → hub receipt → MQTT ack)
+    /// beside the broker's own publish-and-deliver rate, in one run.
+    #[command(
+        name = "bench-mqtt",
+        after_help = "Needs an MQTT broker on loopback (Mosquitto on 127.0.0.1:1883). Phase 1 publishes\nSenML readings with QoS 1 to a QoS 1 subscriber (the broker alone); phase 2\npublishes the same through the MQTT gateway (in this process) into a real hub\n(TLS, vendor mutual TLS, fresh store in --work-dir) and counts a message done\nwhen the gateway acknowledged it after the hub's receipt. Topics and client ids\nare unique per run; the gateway's persistent session is removed at the end.\nProgress on stderr once a second; a Markdown table on stdout.\n\nExamples:\n  vendor-sim bench-mqtt\n  vendor-sim bench-mqtt --messages 50000 --devices 200 --window 500"
+    )]
+    BenchMqtt(mqttbench::MqttBenchArgs),
 }
 
 /// How the load generator submits.
@@ -131,5 +138,6 @@ async fn main() -> Result<()> {
         Command::Baseline(a) => baseline::run_cli(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::BenchDelivery(a) => delivery::run(a).await,
+        Command::BenchMqtt(a) => mqttbench::run(a).await,
     }
 }

@@ -49,7 +49,7 @@ pub struct SendArgs {
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
-    conn: crate::conn::ConnArgs,
+    conn: knutepunkt_adapters::conn::ConnArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
