@@ -178,7 +178,10 @@ impl Cons {
             return Ok(());
         }
         loop {
-            let visible = s.visible();
+            // Never past what `refresh_urgent` has looked at: an alarm committed
+            // after that look but below the new window edge would be in
+            // neither map, and the floor could pass it (lost alarm).
+            let visible = self.alarm_scanned;
             let free = self
                 .routine
                 .keys()
