@@ -22,3 +22,4 @@ pub mod epj;
 pub mod fhirgw;
 pub mod kit;
 pub mod mqtt;
+pub mod signal;
