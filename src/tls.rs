@@ -83,18 +83,44 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// The rustls config of one listener. `vendor_mtls`: require a client
 /// certificate signed by `vendor_ca_file` (gRPC).
 pub fn server_config(tls: &TlsConfig, vendor_mtls: bool) -> Result<ServerConfig, TlsError> {
+    let auth = if vendor_mtls {
+        ClientCerts::Required
+    } else {
+        ClientCerts::None
+    };
+    server_config_with(tls, auth)
+}
+
+/// Whether a listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// None asked for (the FHIR API: callers use bearer tokens).
+    None,
+    /// Required, from `vendor_ca_file` (gRPC ingest).
+    Required,
+    /// Checked against `vendor_ca_file` when one is presented; a connection
+    /// without one must authenticate otherwise (a gateway that also takes
+    /// `private_key_jwt` tokens).
+    Optional,
+}
+
+/// [`server_config`] with an explicit client-certificate policy.
+pub fn server_config_with(tls: &TlsConfig, auth: ClientCerts) -> Result<ServerConfig, TlsError> {
+    let vendor_mtls = auth == ClientCerts::Required;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let builder = if vendor_mtls {
+    let builder = if auth == ClientCerts::None {
+        builder.with_no_client_auth()
+    } else {
         let mut roots = rustls::RootCertStore::empty();
         for c in certs(&tls.vendor_ca_file)? {
             roots.add(c)?;
         }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+        if auth == ClientCerts::Optional {
+            verifier = verifier.allow_unauthenticated();
+        }
+        builder.with_client_cert_verifier(verifier.build()?)
     };
     let mut cfg = builder.with_single_cert(certs(&tls.cert_file)?, key(&tls.key_file)?)?;
     cfg.alpn_protocols = if vendor_mtls {

@@ -5,5 +5,6 @@
 
 pub mod buf;
 pub mod fhir_validator;
+pub mod fhirgw;
 pub mod harness;
 pub mod mqtt;

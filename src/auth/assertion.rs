@@ -30,6 +30,8 @@ pub struct Verified {
     pub client_id: String,
     pub jti: String,
     pub exp: u64,
+    /// `iat`, when the assertion gives one.
+    pub iat: Option<u64>,
 }
 
 /// `aud`: a string or an array of strings.
@@ -182,5 +184,6 @@ pub fn verify(
         client_id: client.id.clone(),
         jti,
         exp,
+        iat: claims.iat,
     })
 }

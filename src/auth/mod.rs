@@ -132,6 +132,7 @@ pub enum Reason {
     OtherMunicipality,
     NotConsumer,
     AdminToken,
+    StaleAssertion,
 }
 
 impl Reason {
@@ -158,6 +159,7 @@ impl Reason {
             Reason::OtherMunicipality => "other_municipality",
             Reason::NotConsumer => "not_consumer",
             Reason::AdminToken => "admin_token",
+            Reason::StaleAssertion => "stale_assertion",
         }
     }
 
@@ -201,6 +203,9 @@ impl Reason {
             Reason::OtherMunicipality => "not found",
             Reason::NotConsumer => "this client is not registered as a pull consumer here",
             Reason::AdminToken => "missing or wrong admin token",
+            Reason::StaleAssertion => {
+                "iat is required and must not be older than the server's last start; make a new assertion"
+            }
         }
     }
 }

@@ -34,7 +34,8 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(reason: Reason) -> OAuthError {
+    /// The RFC 6749 error for `reason` (status 400).
+    pub fn new(reason: Reason) -> OAuthError {
         let error = match reason {
             Reason::InvalidRequest => "invalid_request",
             Reason::UnsupportedGrantType => "unsupported_grant_type",
@@ -69,7 +70,8 @@ impl IntoResponse for OAuthError {
     }
 }
 
-fn no_store(mut r: Response) -> Response {
+/// Adds `Cache-Control: no-store` (RFC 6749 §5.1: token responses are never cached).
+pub fn no_store(mut r: Response) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r.headers_mut()
@@ -77,14 +79,16 @@ fn no_store(mut r: Response) -> Response {
     r
 }
 
-/// What a successful request asked for.
+/// What a well-formed token request asks for.
 #[derive(Debug)]
-struct Form {
-    assertion: String,
-    scope: Option<String>,
+pub struct Form {
+    pub assertion: String,
+    pub scope: Option<String>,
 }
 
-fn parse_form(body: &[u8]) -> Result<Form, Reason> {
+/// Parses a client-credentials form with a JWT client assertion; the
+/// [`Reason`] says what is wrong with it.
+pub fn parse_form(body: &[u8]) -> Result<Form, Reason> {
     let mut grant = None;
     let mut kind = None;
     let mut assertion = None;

@@ -34,7 +34,14 @@ Example (dev certificates from `knutepunkt dev-certs --vendor acme --out certs`)
        https://localhost:8445/fhir/r4/958935420/Observation -d @spo2.json
   # 201 Created, Location: Observation/<id>; the same POST again: 200 OK, same Location
 
-Endpoints (client certificate required):
+A platform without a client certificate (private_key_jwt, as at the hub):
+  public_url = \"https://gw.kommune.no:8445\"   # top of the file; aud = <public_url>/oauth/token
+  [[platforms]]  ... jwk_file = \"nordic-rpm.jwk.json\"   # its public key (EC P-256 or RSA)
+  POST /oauth/token  grant_type=client_credentials&client_assertion_type=
+      urn:ietf:params:oauth:client-assertion-type:jwt-bearer&client_assertion=<JWT>
+  -> {\"access_token\": ...}; then Authorization: Bearer <token> on the POSTs below
+
+Endpoints (client certificate, or a bearer token from /oauth/token):
   POST /fhir/r4/{orgnr}/Observation   one Observation -> 201/200 + Location, or an
                                       OperationOutcome naming the element (4xx)
   POST /fhir/r4/{orgnr}               a transaction or batch Bundle -> 200 with a

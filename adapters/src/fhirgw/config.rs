@@ -22,7 +22,19 @@
 //! municipalities = ["958935420"]
 //! hub_cert_file = "/etc/fhir-gateway/vendor-acme-homecare.pem"
 //! hub_key_file = "/etc/fhir-gateway/vendor-acme-homecare.key"
+//!
+//! # A platform without a client certificate authenticates with
+//! # private_key_jwt at POST /oauth/token (needs public_url).
+//! [[platforms]]
+//! id = "nordic-rpm"
+//! municipalities = ["958935420"]
+//! jwk_file = "/etc/fhir-gateway/nordic-rpm.jwk.json"
+//! hub_cert_file = "/etc/fhir-gateway/vendor-nordic-rpm.pem"
+//! hub_key_file = "/etc/fhir-gateway/vendor-nordic-rpm.key"
 //! ```
+//!
+//! With `public_url = "https://gw.kommune.no:8445"` at the top level, the
+//! token URL (the `aud` of assertions) is `https://gw.kommune.no:8445/oauth/token`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -43,6 +55,15 @@ pub struct FileConfig {
     /// Most entries in one Bundle. Default 500.
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,
+    /// The base URL platforms reach the gateway at, without a trailing
+    /// slash. Needed when a platform has a `jwk_file`: the token URL, the
+    /// exact `aud` of its assertions, is this + "/oauth/token".
+    /// Example: "https://gw.kommune.no:8445".
+    pub public_url: Option<String>,
+    /// PKCS#8 PEM EC P-256 key that signs access tokens. Without it a key is
+    /// generated per run (tokens then end with the process; platforms fetch
+    /// new ones).
+    pub signing_key_file: Option<PathBuf>,
     pub tls: TlsSection,
     pub hub: HubSection,
     /// The platforms that may post, at least one.
@@ -101,6 +122,11 @@ pub struct PlatformConfig {
     pub hub_cert_file: PathBuf,
     /// Its private key, PEM.
     pub hub_key_file: PathBuf,
+    /// Its public key as a JWK (EC P-256 for ES256, or RSA for RS256), for
+    /// `private_key_jwt` at `POST /oauth/token` instead of a client
+    /// certificate. Example: "/etc/fhir-gateway/nordic-rpm.jwk.json".
+    #[serde(default)]
+    pub jwk_file: Option<PathBuf>,
 }
 
 /// Why the configuration cannot be used.
@@ -118,6 +144,15 @@ pub enum ConfigError {
 }
 
 impl FileConfig {
+    /// The token URL, when some platform uses `private_key_jwt`.
+    pub fn token_url(&self) -> Option<String> {
+        if self.platforms.iter().any(|p| p.jwk_file.is_some()) {
+            self.public_url.as_ref().map(|u| format!("{u}/oauth/token"))
+        } else {
+            None
+        }
+    }
+
     /// Reads and checks the file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -156,6 +191,16 @@ impl FileConfig {
                 Orgnr::parse(m).map_err(|e| {
                     ConfigError::Invalid(format!("platform {}: municipality {m:?} {e}", p.id))
                 })?;
+            }
+        }
+        if self.platforms.iter().any(|p| p.jwk_file.is_some()) {
+            match self.public_url.as_deref() {
+                Some(u) if u.starts_with("https://") && !u.ends_with('/') => {}
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "a platform has a jwk_file, so public_url is needed: the https:// base URL platforms use, without a trailing slash (example: \"https://gw.kommune.no:8445\")".into(),
+                    ));
+                }
             }
         }
         if self.max_entries == 0 || self.max_body_bytes == 0 {

@@ -7,9 +7,13 @@
 //!   `batch` Bundle → 200 with the response Bundle, one verdict per entry
 //!   (503 when the hub decided none of them).
 //!
-//! Who: the platform named by the client certificate (mTLS is required at
-//! the handshake, see [`server`](super::server)); it must be configured and
-//! its allow-list must hold `{orgnr}`, else 403 with an OperationOutcome.
+//! - `POST /oauth/token` (only when a platform has a `jwk_file`): an access
+//!   token for a `private_key_jwt` assertion, see [`token`](super::token).
+//!
+//! Who: the platform named by the client certificate (see
+//! [`server`](super::server)), or, on a connection without one, by the
+//! bearer token (401 without a valid one); it must be configured and its
+//! allow-list must hold `{orgnr}`, else 403 with an OperationOutcome.
 //!
 //! **Invariant: no national id and no request body in a log line.** A
 //! request is logged as platform, municipality, entry count and verdicts.
@@ -31,6 +35,9 @@ use knutepunkt::domain::{Orgnr, VendorId};
 use super::bundle::{self, Outcome, Submitter};
 use super::issue::Issue;
 use super::server::PeerInfo;
+use super::token::Tokens;
+use knutepunkt::auth::now_secs;
+use knutepunkt::auth::token::no_store;
 
 /// One configured platform, ready to submit.
 pub struct Platform {
@@ -43,12 +50,17 @@ pub struct Platform {
 pub struct AppState {
     pub platforms: Arc<HashMap<String, Platform>>,
     pub max_entries: usize,
+    /// Set when some platform authenticates with `private_key_jwt`.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 /// The routes, with a body limit.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router<()> {
-    Router::new()
-        .route("/fhir/r4/{orgnr}", post(post_bundle))
+    let mut r = Router::new();
+    if state.tokens.is_some() {
+        r = r.route("/oauth/token", post(post_token));
+    }
+    r.route("/fhir/r4/{orgnr}", post(post_bundle))
         .route("/fhir/r4/{orgnr}/", post(post_bundle))
         .route("/fhir/r4/{orgnr}/Observation", post(post_observation))
         .fallback(|| async {
@@ -81,7 +93,53 @@ fn fhir(status: StatusCode, body: Value) -> Response {
 
 fn refuse(i: &Issue) -> Response {
     let status = StatusCode::from_u16(i.status).unwrap_or(StatusCode::BAD_REQUEST);
-    fhir(status, i.outcome())
+    let mut r = fhir(status, i.outcome());
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// `POST /oauth/token`: the client-credentials grant with a signed assertion.
+async fn post_token(State(state): State<AppState>, body: Bytes) -> Response {
+    let Some(tokens) = state.tokens.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match tokens.issue(&body, now_secs()) {
+        Ok(v) => no_store(axum::Json(v).into_response()),
+        Err(e) => {
+            tracing::info!(reason = e.reason.as_str(), "token request refused");
+            e.into_response()
+        }
+    }
+}
+
+/// The platform behind a request: its client certificate, else its bearer
+/// token.
+fn platform_id(state: &AppState, peer: &PeerInfo, headers: &HeaderMap) -> Result<String, Issue> {
+    if let Some(p) = &peer.platform {
+        return Ok(p.clone());
+    }
+    let Some(tokens) = state.tokens.as_ref() else {
+        return Err(Issue::other(
+            403,
+            "forbidden",
+            "",
+            "your client certificate names no platform (SAN URI urn:knutepunkt:vendor:<id>); ask the operator for one",
+        ));
+    };
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    tokens.platform_of(auth, now_secs()).map_err(|r| {
+        Issue::other(
+            401,
+            "login",
+            "",
+            format!("{} (or connect with a client certificate)", r.describe()),
+        )
+    })
 }
 
 /// The platform behind the connection and the municipality in the path,
@@ -94,11 +152,8 @@ fn admit(
     body: &Bytes,
 ) -> Result<(Submitter, Value), Issue> {
     let forbidden = |m: String| Issue::other(403, "forbidden", "", m);
-    let id = peer.platform.as_deref().ok_or_else(|| {
-        forbidden(
-            "your client certificate names no platform (SAN URI urn:knutepunkt:vendor:<id>); ask the operator for one".into(),
-        )
-    })?;
+    let owned = platform_id(state, peer, headers)?;
+    let id = owned.as_str();
     let platform = state.platforms.get(id).ok_or_else(|| {
         forbidden(format!(
             "platform {id} is not configured on this gateway; ask the operator to add it"
@@ -157,7 +212,11 @@ async fn post_observation(
         }
     };
     let outcome = bundle::single(&obs, &to).await;
-    log_outcomes(&peer, to.municipality, std::slice::from_ref(&outcome));
+    log_outcomes(
+        &to.vendor.0,
+        to.municipality,
+        std::slice::from_ref(&outcome),
+    );
     let status =
         StatusCode::from_u16(outcome.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = fhir(status, outcome.operation_outcome());
@@ -185,7 +244,7 @@ async fn post_bundle(
     };
     match bundle::bundle(&b, &to, state.max_entries).await {
         Ok((kind, outcomes)) => {
-            log_outcomes(&peer, to.municipality, &outcomes);
+            log_outcomes(&to.vendor.0, to.municipality, &outcomes);
             let undecided = !outcomes.is_empty()
                 && outcomes
                     .iter()
@@ -214,12 +273,12 @@ fn log_refused(peer: &PeerInfo, i: &Issue) {
     );
 }
 
-fn log_outcomes(peer: &PeerInfo, municipality: Orgnr, outcomes: &[Outcome]) {
+fn log_outcomes(platform: &str, municipality: Orgnr, outcomes: &[Outcome]) {
     let count = |s: std::ops::RangeInclusive<u16>| {
         outcomes.iter().filter(|o| s.contains(&o.status())).count()
     };
     tracing::info!(
-        platform = peer.platform.as_deref().unwrap_or("-"),
+        platform,
         %municipality,
         entries = outcomes.len(),
         created = outcomes.iter().filter(|o| o.status() == 201).count(),

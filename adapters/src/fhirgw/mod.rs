@@ -7,7 +7,8 @@
 //!
 //! Map of the module:
 //! - [`config`]: the TOML file (platforms, allow-lists, certificates).
-//! - [`server`]: HTTPS with required client certificates; who is calling.
+//! - [`server`]: HTTPS with client certificates; who is calling.
+//! - [`token`]: `private_key_jwt` for platforms without a certificate.
 //! - [`http`]: the routes and the access decision.
 //! - [`bundle`]: a request's entries → verdicts → the FHIR answer.
 //! - [`observation`]: one Observation → a hub event, every element checked.
@@ -33,6 +34,7 @@ pub mod hub;
 pub mod issue;
 pub mod observation;
 pub mod server;
+pub mod token;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,6 +58,10 @@ pub enum StartError {
     Tls(#[from] knutepunkt::tls::TlsError),
     #[error(transparent)]
     Hub(#[from] hub::ChannelError),
+    #[error("platform {platform}: {what}")]
+    Jwk { platform: String, what: String },
+    #[error("signing_key_file: {0}")]
+    SigningKey(String),
     #[error("cannot listen on {addr}: {source}; pick a free port (0 picks one)")]
     Listen {
         addr: SocketAddr,
@@ -76,7 +82,12 @@ impl Gateway {
     /// Loads the certificates, prepares a hub channel per platform (they
     /// connect on first use) and binds the listener.
     pub async fn bind(cfg: FileConfig, listen: SocketAddr) -> Result<Gateway, StartError> {
-        let tls = server::tls_config(&cfg.tls)?;
+        let token_url = cfg.token_url();
+        let tls = server::tls_config(&cfg.tls, token_url.is_some())?;
+        let tokens = match token_url {
+            Some(url) => Some(Arc::new(tokens(&cfg, url)?)),
+            None => None,
+        };
         let mut platforms = HashMap::new();
         for p in &cfg.platforms {
             let channel = hub::channel(
@@ -104,6 +115,7 @@ impl Gateway {
             http::AppState {
                 platforms: Arc::new(platforms),
                 max_entries: cfg.max_entries,
+                tokens,
             },
             cfg.max_body_bytes,
         );
@@ -132,4 +144,46 @@ impl Gateway {
     ) -> std::io::Result<()> {
         server::run(self.listener, self.tls, self.app, shutdown).await
     }
+}
+
+/// The token issuer for the platforms that have a `jwk_file`.
+fn tokens(cfg: &FileConfig, token_url: String) -> Result<token::Tokens, StartError> {
+    use knutepunkt::auth::keys::{HubKey, client_key, read_jwk_file};
+    let mut clients = HashMap::new();
+    for p in &cfg.platforms {
+        let Some(path) = &p.jwk_file else { continue };
+        let bad = |what: String| StartError::Jwk {
+            platform: p.id.clone(),
+            what,
+        };
+        let (key, alg) = read_jwk_file(path)
+            .and_then(|jwk| client_key(&jwk))
+            .map_err(bad)?;
+        let municipality = p
+            .municipalities
+            .first()
+            .and_then(|m| Orgnr::parse(m).ok())
+            .ok_or_else(|| StartError::Jwk {
+                platform: p.id.clone(),
+                what: "the platform needs a municipality".into(),
+            })?;
+        let client = knutepunkt::auth::Client {
+            id: p.id.clone(),
+            // Unused by the gateway: the allow-list decides (see `http`).
+            municipality,
+            scopes: Vec::new(),
+            key,
+            alg,
+            consumer: None,
+        };
+        clients.insert(p.id.clone(), client);
+    }
+    let key = HubKey::load_or_generate(cfg.signing_key_file.as_deref())
+        .map_err(|e| StartError::SigningKey(e.to_string()))?;
+    Ok(token::Tokens::new(
+        clients,
+        token_url,
+        key,
+        knutepunkt::auth::now_secs(),
+    ))
 }

@@ -6,7 +6,10 @@
 //! and TCP_NODELAY (`knutepunkt::tls::accept_loop`), and the rule that
 //! names a vendor system in a certificate (`knutepunkt::tls::vendor_id_of`).
 //! A connection without a certificate from the configured CA never gets
-//! to HTTP.
+//! to HTTP, unless some platform is configured for `private_key_jwt`: then
+//! a connection without a certificate is let through and must carry a
+//! bearer token ([`token`](super::token)); a bad certificate is still
+//! refused at the handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use arc_swap::ArcSwap;
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use knutepunkt::config::{TlsConfig, VendorIdentity};
-use knutepunkt::tls::{HttpsListener, accept_loop, vendor_id_of};
+use knutepunkt::tls::{ClientCerts, HttpsListener, accept_loop, vendor_id_of};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,14 +49,24 @@ impl Connected<IncomingStream<'_, HttpsListener>> for PeerInfo {
 }
 
 /// The gateway's rustls config: its certificate, client certificates
-/// required and checked against `client_ca_file`, HTTP/1.1.
-pub fn tls_config(tls: &TlsSection) -> Result<ServerConfig, knutepunkt::tls::TlsError> {
+/// checked against `client_ca_file`, HTTP/1.1. They are required, unless
+/// `tokens_too` (some platform uses `private_key_jwt`): then a connection
+/// without one gets to HTTP, where it needs a bearer token.
+pub fn tls_config(
+    tls: &TlsSection,
+    tokens_too: bool,
+) -> Result<ServerConfig, knutepunkt::tls::TlsError> {
     let hub_style = TlsConfig {
         cert_file: tls.cert_file.clone(),
         key_file: tls.key_file.clone(),
         vendor_ca_file: tls.client_ca_file.clone(),
     };
-    let mut cfg = knutepunkt::tls::server_config(&hub_style, true)?;
+    let certs = if tokens_too {
+        ClientCerts::Optional
+    } else {
+        ClientCerts::Required
+    };
+    let mut cfg = knutepunkt::tls::server_config_with(&hub_style, certs)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
