@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -58,6 +59,48 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// The rejections of axum's extractors quote what was sent (an unknown
+/// field's name, a path segment that is not a number); these answers say
+/// what to send instead and copy nothing of the request.
+fn bad_query(_: QueryRejection) -> Response {
+    err(
+        StatusCode::BAD_REQUEST,
+        "unsupported query parameter: the parameters are destination, from, to, code (VKP alert code) and limit",
+    )
+}
+
+fn bad_body(_: JsonRejection) -> Response {
+    err(
+        StatusCode::BAD_REQUEST,
+        "the body must be a JSON object; a filter takes destination, from, to and code, a discard takes reason",
+    )
+}
+
+fn bad_path(_: PathRejection) -> Response {
+    err(
+        StatusCode::BAD_REQUEST,
+        "the path must be /admin/dlq/<destination>/<seq> with seq a whole number, as listed by GET /admin/dlq",
+    )
+}
+
+/// The answer when a dead letter is not found; names neither the
+/// destination nor the number asked for.
+fn no_dead_letter() -> Response {
+    err(
+        StatusCode::NOT_FOUND,
+        "no such dead letter for that destination; GET /admin/dlq lists them",
+    )
+}
+
+/// A store error of a dead-letter operation: a destination the store does
+/// not know is the caller's mistake (404), anything else the hub's (500).
+fn dlq_error(e: crate::store::StoreError) -> Response {
+    match e {
+        crate::store::StoreError::UnknownConsumer(_) => no_dead_letter(),
+        e => internal(e),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -131,8 +174,8 @@ impl FilterParams {
             v.map(|t| {
                 DateTime::parse_from_rfc3339(&t)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| {
-                        format!("{name}: {t:?} is not an RFC 3339 time ({e}); send e.g. 2026-01-31T12:00:00Z")
+                    .map_err(|_| {
+                        format!("{name}: is not an RFC 3339 time; send e.g. 2026-01-31T12:00:00Z")
                     })
             })
             .transpose()
@@ -156,7 +199,14 @@ struct ListParams {
     limit: Option<usize>,
 }
 
-async fn list(State(s): State<AdminState>, Query(p): Query<ListParams>) -> Response {
+async fn list(
+    State(s): State<AdminState>,
+    p: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return bad_query(e),
+    };
     let filter = FilterParams {
         destination: p.destination,
         from: p.from,
@@ -176,8 +226,12 @@ async fn list(State(s): State<AdminState>, Query(p): Query<ListParams>) -> Respo
 
 async fn show(
     State(s): State<AdminState>,
-    Path((destination, seq)): Path<(String, u64)>,
+    path: Result<Path<(String, u64)>, PathRejection>,
 ) -> Response {
+    let Path((destination, seq)) = match path {
+        Ok(p) => p,
+        Err(e) => return bad_path(e),
+    };
     let filter = DeadLetterFilter {
         destination: Some(destination.clone()),
         ..DeadLetterFilter::default()
@@ -185,10 +239,7 @@ async fn show(
     match s.store.dead_letters(filter, usize::MAX).await {
         Ok(v) => match v.into_iter().find(|d| d.seq == seq) {
             Some(d) => Json(DeadLetterView::from(d)).into_response(),
-            None => err(
-                StatusCode::NOT_FOUND,
-                format!("no dead letter {seq} for destination {destination:?}"),
-            ),
+            None => no_dead_letter(),
         },
         Err(e) => internal(e),
     }
@@ -196,19 +247,27 @@ async fn show(
 
 async fn replay_one(
     State(s): State<AdminState>,
-    Path((destination, seq)): Path<(String, u64)>,
+    path: Result<Path<(String, u64)>, PathRejection>,
 ) -> Response {
+    let Path((destination, seq)) = match path {
+        Ok(p) => p,
+        Err(e) => return bad_path(e),
+    };
     match s.store.dead_letter_replay(&destination, seq).await {
         Ok(true) => Json(json!({ "replayed": 1 })).into_response(),
-        Ok(false) => err(
-            StatusCode::NOT_FOUND,
-            format!("no dead letter {seq} for destination {destination:?}"),
-        ),
-        Err(e) => internal(e),
+        Ok(false) => no_dead_letter(),
+        Err(e) => dlq_error(e),
     }
 }
 
-async fn replay_filter(State(s): State<AdminState>, Json(filter): Json<FilterParams>) -> Response {
+async fn replay_filter(
+    State(s): State<AdminState>,
+    filter: Result<Json<FilterParams>, JsonRejection>,
+) -> Response {
+    let Json(filter) = match filter {
+        Ok(f) => f,
+        Err(e) => return bad_body(e),
+    };
     let filter = match filter.parse() {
         Ok(f) => f,
         Err(m) => return err(StatusCode::BAD_REQUEST, m),
@@ -237,9 +296,17 @@ struct DiscardBody {
 
 async fn discard(
     State(s): State<AdminState>,
-    Path((destination, seq)): Path<(String, u64)>,
-    Json(body): Json<DiscardBody>,
+    path: Result<Path<(String, u64)>, PathRejection>,
+    body: Result<Json<DiscardBody>, JsonRejection>,
 ) -> Response {
+    let Path((destination, seq)) = match path {
+        Ok(p) => p,
+        Err(e) => return bad_path(e),
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
     if body.reason.trim().is_empty() {
         return err(
             StatusCode::BAD_REQUEST,
@@ -252,10 +319,7 @@ async fn discard(
         .await
     {
         Ok(true) => Json(json!({ "discarded": 1 })).into_response(),
-        Ok(false) => err(
-            StatusCode::NOT_FOUND,
-            format!("no dead letter {seq} for destination {destination:?}"),
-        ),
-        Err(e) => internal(e),
+        Ok(false) => no_dead_letter(),
+        Err(e) => dlq_error(e),
     }
 }

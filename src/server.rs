@@ -27,9 +27,6 @@ use crate::proto::v1::vendor_ingest_service_server::VendorIngestServiceServer;
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedStore, OpenError};
 
-/// Largest gRPC message a vendor may send. An event is well under 16 KiB.
-const MAX_GRPC_MESSAGE: usize = 256 * 1024;
-
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -180,9 +177,10 @@ impl Hub {
         let grpc_router = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
-            .add_service(
-                VendorIngestServiceServer::new(ingest).max_decoding_message_size(MAX_GRPC_MESSAGE),
-            );
+            .add_service(crate::ingest::limit::TooLarge::new(
+                VendorIngestServiceServer::new(ingest)
+                    .max_decoding_message_size(grpc_decode_limit(&cfg)),
+            ));
         let tls = match &cfg.tls {
             Some(t) if !cfg.insecure_dev => {
                 let configs = Arc::new(crate::tls::Configs::load(t).map_err(ServeError::Tls)?);
@@ -343,6 +341,14 @@ impl Hub {
         result?;
         Ok(())
     }
+}
+
+/// tonic's decode limit: above every agreement's event limit, so events
+/// between the two get the agreement's `too_large` answer from validation
+/// and larger ones the same answer from [`crate::ingest::limit`].
+fn grpc_decode_limit(cfg: &Config) -> usize {
+    let largest = cfg.vendors.iter().map(|v| v.max_message_bytes).max();
+    crate::ingest::limit::transport_limit(largest.unwrap_or(0))
 }
 
 /// How ingest identifies vendors: by certificate, or (insecure dev mode)

@@ -138,6 +138,12 @@ fn bad_events() -> Vec<(&'static str, pb::Event, &'static str)> {
         nanos: 0,
     });
     v.push(("device time 10 min ahead", e, "occurred_at"));
+    let mut e = events::heart_rate("r-nanos", OSLO, 1);
+    e.occurred_at = Some(prost_types::Timestamp {
+        seconds: events::now().seconds - 60,
+        nanos: 1_000_000_000,
+    });
+    v.push(("occurred_at nanos of 1e9", e, "occurred_at"));
     let mut e = events::heart_rate("r-notime", OSLO, 1);
     e.occurred_at = None;
     v.push(("no device time", e, "occurred_at"));

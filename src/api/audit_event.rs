@@ -102,7 +102,7 @@ async fn search_inner(
             _ => {
                 return Err(ApiError::unsupported(format!(
                     "{}: not supported for AuditEvent search; supported: {SUPPORTED}",
-                    name.chars().take(64).collect::<String>()
+                    super::search_params::describe_name(name)
                 )));
             }
         }

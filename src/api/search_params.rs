@@ -157,17 +157,35 @@ pub fn parse_plain(pairs: &[(String, String)], metadata: bool) -> Result<bool, A
     Ok(format_given)
 }
 
-/// A parameter name as it may be shown: only when it cannot hold a number.
-fn describe_name(name: &str) -> String {
-    let safe = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphabetic() || b"_:-.".contains(&c));
-    if safe {
+/// Every parameter name the FHIR API knows (search, read, `metadata`,
+/// AuditEvent search). Only these are ever named in an error message.
+const KNOWN_NAMES: &[&str] = &[
+    "subject:identifier",
+    "patient:identifier",
+    "entity:identifier",
+    "subject",
+    "patient",
+    "code",
+    "category",
+    "date",
+    "_lastUpdated",
+    "_count",
+    "_sort",
+    "_cursor",
+    "_format",
+    "mode",
+    "consumer",
+    "resource",
+];
+
+/// A parameter name as it may be shown in an error: its documented name
+/// when the hub knows it, otherwise a fixed phrase. The caller's own string
+/// is never copied into an answer (it may be a national id).
+pub(crate) fn describe_name(name: &str) -> String {
+    if KNOWN_NAMES.contains(&name) {
         format!("parameter {name}")
     } else {
-        "a parameter".into()
+        "unsupported search parameter".into()
     }
 }
 
@@ -746,8 +764,17 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");
             assert!(e.message.contains("supported"), "{q}: {}", e.message);
         }
-        assert!(err("status=final").message.starts_with("parameter status:"));
-        assert!(err("x1=a").message.starts_with("a parameter:"));
+        assert!(
+            err("status=final")
+                .message
+                .starts_with("unsupported search parameter:")
+        );
+        assert!(
+            err("x1=a")
+                .message
+                .starts_with("unsupported search parameter:")
+        );
+        assert!(err("code=").message.starts_with("parameter code:"));
     }
 
     #[test]

@@ -668,7 +668,7 @@ async fn bad_parameters_are_400_and_never_echo_identifiers() {
         .await
         .outcome(StatusCode::BAD_REQUEST);
     assert!(
-        msg.contains("status") && msg.contains("_lastUpdated"),
+        msg.contains("unsupported search parameter") && msg.contains("_lastUpdated"),
         "{msg}"
     );
 }

@@ -51,9 +51,18 @@ pub fn event(
     let ts = ev
         .occurred_at
         .ok_or_else(|| Invalid::new("occurred_at", "is required (the time on the device)"))?;
-    let occurred_at = u32::try_from(ts.nanos)
+    // chrono takes nanos up to 2e9 (a leap second); a protobuf Timestamp
+    // does not (0..=999,999,999), so check the range here, at the input.
+    let nanos = u32::try_from(ts.nanos)
         .ok()
-        .and_then(|n| DateTime::from_timestamp(ts.seconds, n))
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or_else(|| {
+            Invalid::new(
+                "occurred_at",
+                "nanos must be from 0 to 999,999,999 (a google.protobuf.Timestamp)",
+            )
+        })?;
+    let occurred_at = DateTime::from_timestamp(ts.seconds, nanos)
         .ok_or_else(|| Invalid::new("occurred_at", "is not a valid timestamp"))?;
     if occurred_at > now + max_future {
         return Err(Invalid::new(
@@ -305,6 +314,29 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(field_of(e), "alarm.severity");
+    }
+
+    #[test]
+    fn occurred_at_nanos_out_of_range_names_occurred_at() {
+        for nanos in [1_000_000_000, 1_999_999_999, i32::MAX, -1] {
+            let mut e = base();
+            e.occurred_at = Some(prost_types::Timestamp {
+                seconds: 1_699_999_000,
+                nanos,
+            });
+            let err = conv(e).err();
+            assert_eq!(
+                err.as_ref().map(|e| e.field),
+                Some("occurred_at"),
+                "{nanos}"
+            );
+        }
+        let mut e = base();
+        e.occurred_at = Some(prost_types::Timestamp {
+            seconds: 1_699_999_000,
+            nanos: 999_999_999,
+        });
+        assert!(conv(e).is_ok());
     }
 
     #[test]

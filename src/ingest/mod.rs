@@ -7,6 +7,7 @@
 
 pub mod content_hash;
 pub mod convert;
+pub mod limit;
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -30,10 +31,11 @@ const STREAM_WINDOW: usize = 256;
 pub enum Rejection {
     #[error("{0}")]
     Invalid(#[from] Invalid),
-    #[error("municipality: {0} is not served by this hub; check the orgnr or ask the hub operator")]
+    // The orgnr is not repeated: an answer copies no request value.
+    #[error("municipality: is not served by this hub; check the orgnr or ask the hub operator")]
     NotServed(Orgnr),
     #[error(
-        "municipality: your system has no agreement with {0}; ask the municipality to add it to your agreement"
+        "municipality: your system has no agreement with this municipality; ask the municipality to add it to your agreement"
     )]
     NotPermitted(Orgnr),
     #[error("the event is {size} bytes; your agreement allows {max}")]
@@ -82,8 +84,18 @@ impl Rejection {
         }
     }
 
-    /// The gRPC status a unary `Submit` answers with.
+    /// The gRPC status a unary `Submit` answers with; its `error-code`
+    /// metadata is the stream's `error_code`.
     pub fn status(&self) -> Status {
+        let mut st = self.status_only();
+        st.metadata_mut().insert(
+            "error-code",
+            tonic::metadata::MetadataValue::from_static(self.code()),
+        );
+        st
+    }
+
+    fn status_only(&self) -> Status {
         let msg = self.to_string();
         match self {
             Rejection::Invalid(_) | Rejection::Store(PutError::UnknownAlarm { .. }) => {
@@ -442,7 +454,7 @@ impl VendorIngestService for IngestService {
                 let caller = caller.clone();
                 let _permit = &permit;
                 async move {
-                    let answer = match item?.event {
+                    let answer = match item.map_err(limit::map_decode_error)?.event {
                         Some(ev) => inner.handle(&caller, ev).await,
                         None => Err((String::new(), Rejection::from(missing_event()))),
                     };

@@ -278,7 +278,7 @@ pub enum PutError {
     )]
     Conflict(ResourceRef),
     #[error(
-        "note.in_response_to: no alarm with event_id {event_id:?} from this vendor for this municipality; send the alarm first"
+        "note.in_response_to: no alarm with that event_id from this vendor for this municipality; send the alarm first"
     )]
     UnknownAlarm { event_id: String },
     #[error(

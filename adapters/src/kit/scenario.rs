@@ -371,7 +371,7 @@ async fn rejections(ctx: &mut Ctx, report: &mut Report) {
         report,
         "rejection.too_large",
         "an event over the agreement's size is refused with RESOURCE_EXHAUSTED (not retried)",
-        async { refused(&a, &[Code::ResourceExhausted, Code::OutOfRange], "") },
+        async { refused(&a, &[Code::ResourceExhausted], "") },
     )
     .await;
 
