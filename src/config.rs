@@ -292,6 +292,9 @@ mod defaults {
     pub fn idempotency_window_days() -> u64 {
         30
     }
+    pub fn pool_size() -> usize {
+        16
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -310,6 +313,32 @@ pub struct StoreConfig {
     /// stored as a new event. Example: 30.
     #[serde(default = "defaults::idempotency_window_days")]
     pub idempotency_window_days: u64,
+    /// Where events are kept: "embedded" (fjall in `data_dir`, one hub) or
+    /// "postgres" (several hubs on one PostgreSQL; `url` and `pool_size`).
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// PostgreSQL connection string (backend "postgres"). Example:
+    /// "postgres://knutepunkt@db.internal:5432/knutepunkt". A password is
+    /// better given in `KNUTEPUNKT_STORE__URL` or a pgpass file than here.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Connections to PostgreSQL this hub keeps open at most. Example: 16.
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// This hub's name among the hubs sharing one PostgreSQL (lease rows).
+    /// A hub that starts again under the same name forgets the `$pending`
+    /// leases it handed out. Default: a new random name at each start.
+    /// Example: "hub-1".
+    #[serde(default)]
+    pub hub_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Embedded,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -334,6 +363,10 @@ impl Default for Config {
                 cache_bytes: 64 * 1024 * 1024,
                 max_batch: 256,
                 idempotency_window_days: defaults::idempotency_window_days(),
+                backend: StoreBackend::Embedded,
+                url: None,
+                pool_size: defaults::pool_size(),
+                hub_id: None,
             },
             retention: RetentionConfig::default(),
             delivery: DeliveryConfig {
@@ -453,6 +486,7 @@ impl Config {
                 "store.max_batch must be at least 1".into(),
             ));
         }
+        self.validate_postgres()?;
         self.validate_retention()
     }
 
@@ -519,6 +553,46 @@ impl Config {
                 .idempotency_window_days
                 .saturating_mul(86_400_000_000),
             ..crate::store::embedded::EmbeddedOptions::default()
+        }
+    }
+
+    fn validate_postgres(&self) -> Result<(), ConfigError> {
+        if self.store.backend != StoreBackend::Postgres {
+            return Ok(());
+        }
+        let Some(url) = self.store.url.as_deref().filter(|u| !u.is_empty()) else {
+            return Err(ConfigError::Invalid(
+                "store.backend = \"postgres\" needs store.url, e.g. \"postgres://knutepunkt@db.internal:5432/knutepunkt\"".into(),
+            ));
+        };
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            return Err(ConfigError::Invalid(format!(
+                "store.url is not a PostgreSQL connection string ({e}); use postgres://user@host:port/database"
+            )));
+        }
+        if !(1..=1000).contains(&self.store.pool_size) {
+            return Err(ConfigError::Invalid(format!(
+                "store.pool_size = {}: use 1-1000",
+                self.store.pool_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL store's options from `[store]` (backend "postgres").
+    pub fn postgres_options(&self) -> crate::store::postgres::PostgresOptions {
+        let defaults = crate::store::postgres::PostgresOptions::default();
+        crate::store::postgres::PostgresOptions {
+            url: self.store.url.clone().unwrap_or_default(),
+            pool_size: self.store.pool_size,
+            schema: None,
+            hub_id: self.store.hub_id.clone().unwrap_or(defaults.hub_id),
+            max_batch: self.store.max_batch,
+            idempotency_window_us: self
+                .store
+                .idempotency_window_days
+                .saturating_mul(86_400_000_000),
+            queue_depth: defaults.queue_depth,
         }
     }
 
@@ -680,6 +754,27 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("knutepunkt.example.toml");
         let cfg = Config::load(Some(&path), &Overrides::default());
         assert!(cfg.is_ok(), "{cfg:?}");
+    }
+
+    #[test]
+    fn postgres_backend_needs_a_url() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("knutepunkt.example.toml");
+        let Ok(mut cfg) = Config::load(Some(&path), &Overrides::default()) else {
+            panic!("example config does not load");
+        };
+        assert_eq!(cfg.store.backend, StoreBackend::Embedded, "default");
+        cfg.store.backend = StoreBackend::Postgres;
+        let err = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("store.url"), "{err}");
+        cfg.store.url = Some("postgres://knutepunkt@db.internal:5432/knutepunkt".into());
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.postgres_options().pool_size, 16);
+        cfg.store.pool_size = 0;
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

@@ -93,6 +93,8 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Print the effective configuration (file + environment + flags) and exit.
+    /// With `store.backend = "postgres"` also check that PostgreSQL answers
+    /// and that its schema version is one this build runs on.
     #[command(after_help = "Example:\n  knutepunkt check-config --config knutepunkt.example.toml")]
     CheckConfig {
         #[arg(long, env = "KNUTEPUNKT_CONFIG")]
@@ -451,6 +453,9 @@ async fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.as_deref(), &Overrides::default())?;
             println!("{}", pretty_json(&cfg)?);
+            if cfg.store.backend == knutepunkt::config::StoreBackend::Postgres {
+                check_postgres(&cfg).await?;
+            }
         }
     }
     Ok(())
@@ -503,6 +508,39 @@ fn migrate(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configuration as JSON, with a password in `store.url` blanked.
 fn pretty_json(cfg: &Config) -> anyhow::Result<String> {
-    serde_json::to_string_pretty(cfg).context("cannot print the configuration")
+    let mut shown = cfg.clone();
+    if let Some(url) = &shown.store.url {
+        shown.store.url = Some(knutepunkt::store::postgres::redact_url(url));
+    }
+    serde_json::to_string_pretty(&shown).context("cannot print the configuration")
+}
+
+/// `check-config` with `backend = "postgres"`: can the hub reach the
+/// database, and is its schema one this build runs on? Changes nothing.
+async fn check_postgres(cfg: &Config) -> anyhow::Result<()> {
+    use knutepunkt::store::postgres::{pg_config, schema};
+    let pg = pg_config(&cfg.postgres_options())?;
+    let st = schema::status(&pg).await?;
+    eprintln!(
+        "PostgreSQL {} at {}: reachable",
+        st.server_version, st.target
+    );
+    match st.applied {
+        None => eprintln!(
+            "schema: none yet; the hub creates version {} at start",
+            st.known
+        ),
+        Some(v) if v == st.known => eprintln!("schema: version {v}, current"),
+        Some(v) if v < st.known => eprintln!(
+            "schema: version {v}; the hub migrates it to {} at start",
+            st.known
+        ),
+        Some(v) => anyhow::bail!(
+            "schema version {v} is newer than this build knows ({}); run the knutepunkt version that wrote it",
+            st.known
+        ),
+    }
+    Ok(())
 }

@@ -25,7 +25,7 @@ use crate::ingest::IngestService;
 use crate::proto;
 use crate::proto::v1::vendor_ingest_service_server::VendorIngestServiceServer;
 use crate::store::Store;
-use crate::store::embedded::{EmbeddedStore, OpenError};
+use crate::store::open::{HubStore, StoreOpenError};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -35,7 +35,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Store(#[from] OpenError),
+    Store(#[from] StoreOpenError),
     #[error("cannot listen on {addr} ({what}): {source}; is another process using the port?")]
     Bind {
         what: &'static str,
@@ -72,7 +72,7 @@ pub enum ServeError {
 /// A started hub: store open, ports bound, nothing served yet.
 pub struct Hub {
     cfg: Config,
-    store: EmbeddedStore,
+    store: HubStore,
     grpc: TcpListener,
     http: TcpListener,
     admin: TcpListener,
@@ -90,11 +90,7 @@ impl Hub {
         })?;
         // One consumer per destination; a destination seen for the first
         // time starts at the current end of the log.
-        let store = EmbeddedStore::open(
-            &cfg.data_dir.join("store"),
-            cfg.store_options(),
-            cfg.consumer_specs(),
-        )?;
+        let store = HubStore::open(&cfg).await?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -157,7 +153,7 @@ impl Hub {
             admin_addr,
         } = self;
         let token = CancellationToken::new();
-        let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
+        let dyn_store: Arc<dyn Store> = store.shared();
         let served = cfg.served_municipalities().ok().flatten();
 
         let ingest = IngestService::new(

@@ -21,7 +21,7 @@ use super::embedded::MAX_RECORD_BYTES;
 use super::{
     AuditLog, ConsumerSpec, DataClass, EventLog, NewRecord, PutError, PutOutcome, ReplayGuard,
     ResourceRef, RetentionPolicy, RetentionReport, SearchPage, SearchQuery, StoreError,
-    StoreFuture, StoredResource, Token, seq_to_time,
+    StoreFuture, StoredResource, Token, with_meta,
 };
 use crate::domain::{Orgnr, ResourceType};
 
@@ -414,18 +414,6 @@ fn token_matches(t: &Token, codes: &[(String, String)]) -> bool {
     codes
         .iter()
         .any(|(s, c)| *c == t.code && t.system.as_deref().is_none_or(|ts| ts == s))
-}
-
-/// The resource JSON with `meta.lastUpdated` (the seq as a time) in front.
-fn with_meta(json: &str, seq: u64) -> String {
-    let ts = seq_to_time(seq).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let body = json.strip_prefix('{').unwrap_or(json);
-    let sep = if body.trim_start().starts_with('}') {
-        ""
-    } else {
-        ","
-    };
-    format!("{{\"meta\":{{\"lastUpdated\":\"{ts}\"}}{sep}{body}")
 }
 
 fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {

@@ -23,6 +23,8 @@ pub mod embedded;
 pub mod memory;
 #[cfg(test)]
 mod model_test;
+pub mod open;
+pub mod postgres;
 
 use std::fmt;
 
@@ -498,4 +500,17 @@ pub fn seq_to_time(seq: u64) -> DateTime<Utc> {
 /// The smallest sequence number at or after `t`.
 pub fn time_to_seq(t: DateTime<Utc>) -> u64 {
     t.timestamp_micros().max(0) as u64
+}
+
+/// The stored JSON with `meta.lastUpdated` spliced in after the opening brace
+/// (normalize leaves `meta` out; the time stored is only known here).
+pub(crate) fn with_meta(json: &str, seq: u64) -> String {
+    let ts = seq_to_time(seq).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let body = json.strip_prefix('{').unwrap_or(json);
+    let sep = if body.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    format!("{{\"meta\":{{\"lastUpdated\":\"{ts}\"}}{sep}{body}")
 }

@@ -33,6 +33,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use super::audit::{AuditAction, AuditAgent, AuditOutcome, AuditPatient, AuditQuery, AuditRecord};
 use super::embedded::{EmbeddedOptions, EmbeddedStore};
 use super::memory::MemoryStore;
+use super::postgres::{PostgresOptions, PostgresStore};
 use super::{
     ConsumerSpec, DeadLetterFilter, PutOutcome, ResourceRef, SearchQuery, Settle, Store, Token,
     seq_to_time,
@@ -112,6 +113,109 @@ impl Backend for WallClockModel {
     }
 
     async fn close(self) {}
+}
+
+/// The PostgreSQL store, each case in a schema of its own
+/// (`kp_test_<random>`, dropped at close), so cases and test binaries run
+/// side by side on one database.
+struct Postgres {
+    store: PostgresStore,
+    schema: String,
+}
+
+/// The database the PostgreSQL tests use (`KNUTEPUNKT_TEST_PG_URL`,
+/// default: this machine's, database `test`).
+pub(crate) fn test_pg_url() -> String {
+    std::env::var("KNUTEPUNKT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs `sql` on the test database; `Err` when it cannot be reached.
+pub(crate) async fn pg_admin(sql: &str) -> Result<(), String> {
+    let cfg: tokio_postgres::Config = test_pg_url().parse().map_err(|e| format!("{e}"))?;
+    let mut cfg = cfg;
+    cfg.connect_timeout(std::time::Duration::from_secs(3));
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("{e}"))?;
+    let task = tokio::spawn(conn);
+    let r = client.batch_execute(sql).await.map_err(|e| format!("{e}"));
+    drop(client);
+    let _ = task.await;
+    r
+}
+
+impl Postgres {
+    async fn open_schema(schema: String, consumers: Vec<ConsumerSpec>, window_us: u64) -> Self {
+        let opts = PostgresOptions {
+            url: test_pg_url(),
+            pool_size: 4,
+            schema: Some(schema.clone()),
+            hub_id: "model-test".into(),
+            idempotency_window_us: window_us,
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::open(opts, consumers)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Postgres { store, schema }
+    }
+}
+
+impl Backend for Postgres {
+    async fn open(_dir: &Path, consumers: Vec<ConsumerSpec>, window_us: u64) -> Self {
+        let schema = format!("kp_test_{}", uuid::Uuid::new_v4().simple());
+        pg_admin(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap_or_else(|e| panic!("create schema: {e}"));
+        Self::open_schema(schema, consumers, window_us).await
+    }
+
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+
+    async fn restart(self, _dir: &Path, consumers: Vec<ConsumerSpec>, window_us: u64) -> Self {
+        self.store.close().await;
+        Self::open_schema(self.schema, consumers, window_us).await
+    }
+
+    async fn close(self) {
+        self.store.close().await;
+        if let Err(e) = pg_admin(&format!("DROP SCHEMA {} CASCADE", self.schema)).await {
+            eprintln!("could not drop test schema {}: {e}", self.schema);
+        }
+    }
+}
+
+/// Whether the test database answers. Without it a PostgreSQL test skips
+/// (and says so), except under `CI=true`, where it fails.
+pub(crate) fn postgres_available(test: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    match rt.block_on(pg_admin("SELECT 1")) {
+        Ok(()) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "{test}: PostgreSQL at {} is required under CI=true: {e}",
+                test_pg_url()
+            )
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no PostgreSQL at {} ({e})", test_pg_url());
+            false
+        }
+    }
+}
+
+#[test]
+fn postgres_store_matches_the_model() {
+    if postgres_available("postgres_store_matches_the_model") {
+        check::<Postgres>();
+    }
 }
 
 #[test]

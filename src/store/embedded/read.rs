@@ -7,7 +7,7 @@ use super::keys::{self, IdEntry, Record};
 use super::{Shared, read};
 use crate::domain::{Orgnr, ResourceType};
 use crate::store::{
-    ResourceRef, SearchPage, SearchQuery, StoreError, StoredResource, Token, seq_to_time,
+    ResourceRef, SearchPage, SearchQuery, StoreError, StoredResource, Token, with_meta,
 };
 
 /// The raw record under `seq`, if any.
@@ -173,17 +173,4 @@ fn token_matches(t: &Token, codes: &[(&str, &str)]) -> bool {
     codes
         .iter()
         .any(|(s, c)| *c == t.code && t.system.as_deref().is_none_or(|ts| ts == *s))
-}
-
-/// The stored JSON with `meta.lastUpdated` spliced in after the opening brace
-/// (normalize leaves `meta` out; the time stored is only known here).
-fn with_meta(json: &str, seq: u64) -> String {
-    let ts = seq_to_time(seq).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let body = json.strip_prefix('{').unwrap_or(json);
-    let sep = if body.trim_start().starts_with('}') {
-        ""
-    } else {
-        ","
-    };
-    format!("{{\"meta\":{{\"lastUpdated\":\"{ts}\"}}{sep}{body}")
 }
