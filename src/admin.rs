@@ -1,7 +1,8 @@
 //! The admin API for municipal IT, on its own listener (loopback by
 //! default): Prometheus metrics, destinations and their queues, and dead
 //! letters — list, show, replay one or a filter, discard with a reason. `knutepunkt dlq …` is its
-//! command-line client. Plain JSON, not FHIR: this is for operators.
+//! command-line client. `GET /admin/backup` streams an online backup
+//! (`knutepunkt backup`). Plain JSON, not FHIR: this is for operators.
 //!
 //! Every route needs the admin credential (`crate::auth::admin`): a bearer
 //! token whose SHA-256 is configured. Keep `admin_addr` on loopback too.
@@ -28,12 +29,16 @@ pub struct AdminState {
     pub guard: Arc<crate::auth::admin::AdminGuard>,
     /// The Prometheus recorder's handle (`None`: another recorder is installed).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Where `GET /admin/backup` reads from (`None`: this store backend
+    /// has its own backup tools).
+    pub backup: Option<crate::backup::BackupSource>,
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/destinations", get(destinations))
+        .route("/admin/backup", get(backup))
         .route("/admin/dlq", get(list))
         .route("/admin/dlq/replay", post(replay_filter))
         .route("/admin/dlq/{destination}/{seq}", get(show))
@@ -54,6 +59,33 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .as_ref()
         .map(|h| h.render())
         .unwrap_or_default()
+        .into_response()
+}
+
+/// A consistent snapshot of the whole store, streamed (`knutepunkt backup`
+/// is the client). It holds national ids in clear: the admin token guards
+/// it like everything here.
+async fn backup(State(s): State<AdminState>) -> Response {
+    let Some(src) = s.backup else {
+        return err(
+            StatusCode::NOT_IMPLEMENTED,
+            "this store backend is backed up with its own tools (see README, Operations)",
+        );
+    };
+    let name = format!(
+        "attachment; filename=\"knutepunkt-{}.kpbackup\"",
+        Utc::now().format("%Y%m%dT%H%M%SZ")
+    );
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_DISPOSITION, name),
+        ],
+        src.stream(),
+    )
         .into_response()
 }
 

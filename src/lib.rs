@@ -21,11 +21,13 @@
 //! - [`server`]: wires it together; `run(config, shutdown)`.
 //! - [`auth`]: who may do what (EPJ OAuth2 tokens, admin credential).
 //! - [`audit`]: the access log of patient data, served as AuditEvents.
+//! - [`backup`]: online backup over the admin API, and its file format.
 
 pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod deliver;
 pub mod demo;

@@ -1,4 +1,5 @@
-//! The `knutepunkt` command: run the hub, or a demo of it.
+//! The `knutepunkt` command: run the hub, or a demo of it, and the
+//! operator's tools (dead letters, backup and restore, migrate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use knutepunkt::config::{Config, LogFormat, Overrides};
 use knutepunkt::server::Hub;
+
+mod backup_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -142,6 +145,44 @@ enum Command {
         admin_token: Option<String>,
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Take a consistent backup of every stored event, audit record and
+    /// delivery state while the hub runs (through its admin API), or of a
+    /// stopped hub's data directory. The file (mode 0600) holds national ids
+    /// in clear: keep it like the data directory.
+    #[command(
+        after_help = "Examples:\n  knutepunkt backup --out /backup/knutepunkt-$(date +%F).kpbackup\n  knutepunkt backup --admin http://127.0.0.1:8081 --out kp.kpbackup   # token in KNUTEPUNKT_ADMIN_TOKEN\n  knutepunkt backup --data-dir /var/lib/knutepunkt --out kp.kpbackup    # hub stopped"
+    )]
+    Backup {
+        /// The backup file to write (written as FILE.tmp, checked, then renamed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Base URL of the running hub's admin API.
+        #[arg(
+            long,
+            env = "KNUTEPUNKT_ADMIN_URL",
+            default_value = "http://127.0.0.1:8081"
+        )]
+        admin: String,
+        /// The admin API's bearer token.
+        #[arg(long, env = "KNUTEPUNKT_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Back up this stopped hub's data directory instead of asking the admin API.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Restore a backup into a new, empty data directory; start the hub on
+    /// it with the same destinations and each continues from its floor.
+    #[command(
+        after_help = "Example:\n  knutepunkt restore --from /backup/knutepunkt-2026-12-01.kpbackup --data-dir /var/lib/knutepunkt-restored"
+    )]
+    Restore {
+        /// The backup file (`knutepunkt backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data directory: must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
     },
     /// Exit 0 when a URL answers 2xx, else 1: a health check for container
     /// images that have no curl.
@@ -373,6 +414,13 @@ async fn main() -> anyhow::Result<()> {
             admin_token,
             action,
         } => dlq(&admin, admin_token.as_deref(), action).await?,
+        Command::Backup {
+            out,
+            admin,
+            admin_token,
+            data_dir,
+        } => backup_cmd::backup(&out, &admin, admin_token.as_deref(), data_dir.as_deref()).await?,
+        Command::Restore { from, data_dir } => backup_cmd::run_restore(&from, &data_dir)?,
         Command::DevCerts {
             out,
             vendors,

@@ -266,6 +266,7 @@ impl Hub {
                 registry: registry.clone(),
                 guard: admin_guard,
                 metrics,
+                backup: Some(crate::backup::BackupSource::new(&store, &cfg)),
             }),
         )
         .with_graceful_shutdown(token.clone().cancelled_owned());

@@ -19,6 +19,7 @@
 //! bound (BENCHMARKS.md has the side-by-side that decided it).
 
 mod audit;
+pub mod backup;
 mod consumer;
 mod deadletter;
 pub mod keys;
