@@ -321,6 +321,16 @@ pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spa
     Ok((db, ks))
 }
 
+/// The engine exactly as [`EmbeddedStore::open`] opens it (default block
+/// cache, every keyspace with its memtable size), with the `log`, `ids` and
+/// `idx` keyspaces, for `vendor-sim baseline`: the bare-engine yardstick must
+/// use the hub's settings, not a copy of them that drifts.
+#[doc(hidden)]
+pub fn open_engine_for_baseline(dir: &Path) -> Result<(Database, [Keyspace; 3]), OpenError> {
+    let (db, ks) = open_spaces(dir, EmbeddedOptions::default().cache_bytes)?;
+    Ok((db, [ks.log, ks.ids, ks.idx]))
+}
+
 /// Refuses a directory of another layout version; stamps a new one.
 pub(crate) fn check_layout(dir: &Path, db: &Database, ks: &Spaces) -> Result<(), OpenError> {
     match ks.meta.get("format").map_err(engine(dir))? {

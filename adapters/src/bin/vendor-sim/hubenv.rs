@@ -28,6 +28,10 @@ pub const VENDOR: &str = "bench-vendor";
 /// EPJ clients (dev-certs key pairs) that search Oslo's and Bergen's data.
 pub const EPJ_OSLO: &str = "bench-oslo-epj";
 pub const EPJ_BERGEN: &str = "bench-bergen-epj";
+/// The EPJ client that drains Oslo's pull destination (`$pending`/`$confirm`).
+pub const EPJ_PULL: &str = "bench-oslo-pull";
+/// Oslo's pull destination in the delivery bench.
+pub const PULL_DEST: &str = "bench-pull";
 
 /// A binary next to this executable (`knutepunkt`, `epj-adapter`), or `given`.
 pub fn sibling_bin(given: Option<PathBuf>, name: &str) -> Result<PathBuf> {
@@ -53,7 +57,7 @@ pub async fn make_certs(hub_bin: &Path, dir: &Path) -> Result<()> {
         .arg("--out")
         .arg(dir)
         .args(["--vendor", VENDOR, "--epj-client", EPJ_OSLO])
-        .args(["--epj-client", EPJ_BERGEN])
+        .args(["--epj-client", EPJ_BERGEN, "--epj-client", EPJ_PULL])
         .stdin(Stdio::null())
         .output()
         .await
@@ -77,6 +81,8 @@ pub struct PushDest {
     pub ca_file: PathBuf,
     pub max_batch: usize,
     pub max_rate: u32,
+    /// Also a pull destination for Oslo, drained by [`EPJ_PULL`].
+    pub pull: bool,
 }
 
 /// The hub's config: TLS, the vendor with a generous agreement, the EPJ
@@ -137,10 +143,16 @@ backoff_cap_ms = 500
 breaker_failures = 5
 breaker_open_secs = 1
 
+{pull}
 [[municipalities]]
 orgnr = "{BERGEN}"
 name = "Bergen kommune"
 "#,
+            pull = if p.pull {
+                pull_config(certs)
+            } else {
+                String::new()
+            },
             url = p.url,
             ca = p.ca_file.display(),
             batch = p.max_batch,
@@ -148,6 +160,52 @@ name = "Bergen kommune"
         ));
     }
     s
+}
+
+/// Oslo's pull destination and the EPJ client that drains it. A long lease:
+/// the bench's client confirms everything it takes, so nothing is offered
+/// twice while it works.
+fn pull_config(certs: &Path) -> String {
+    format!(
+        r#"
+[[municipalities.destinations]]
+name = "{PULL_DEST}"
+kind = "pull"
+lease_secs = 600
+
+[[auth.clients]]
+id = "{EPJ_PULL}"
+municipality = "{OSLO}"
+scopes = ["system/pending.rs"]
+jwk_file = "{c}/epj-{EPJ_PULL}.jwk.json"
+consumer = "{PULL_DEST}"
+"#,
+        c = certs.display()
+    )
+}
+
+/// `du` of a file tree in bytes (allocated blocks, as `du -s` counts).
+pub fn du_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return own;
+    };
+    own + entries.flatten().map(|e| du_bytes(&e.path())).sum::<u64>()
+}
+
+/// "`what`: 1.23 0.98 0.77" from /proc/loadavg (as `uptime` shows it): other
+/// work on this machine changes every bare figure, so each run prints it.
+pub fn loadavg_line(what: &str) -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let three: Vec<&str> = l.split_whitespace().take(3).collect();
+    format!("{what} (1/5/15 min): {}", three.join(" "))
 }
 
 /// The hub as a child process; killed if dropped while still running.

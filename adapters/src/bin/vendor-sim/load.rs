@@ -81,6 +81,10 @@ pub struct LoadArgs {
     /// Bench only: keep (resource, ack time) of every ACCEPTED receipt.
     #[arg(skip)]
     pub record_acks: bool,
+    /// Bench only: note the time at every this many ACCEPTED receipts (the
+    /// rate of the first and the last stretch of a long run).
+    #[arg(skip)]
+    pub mark_every: Option<u64>,
 }
 
 impl LoadArgs {
@@ -102,6 +106,7 @@ impl LoadArgs {
             oslo_only: false,
             mix: Mix::BALANCED,
             record_acks: false,
+            mark_every: None,
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct LoadReport {
     /// With `record_acks`: the `resource` of every ACCEPTED receipt and the
     /// wall-clock time it arrived, microseconds since the Unix epoch.
     pub acks: Vec<(String, i64)>,
+    /// With `mark_every`: (accepted so far, time since the start).
+    pub marks: Vec<(u64, Duration)>,
 }
 
 impl std::fmt::Debug for LoadReport {
@@ -135,6 +142,24 @@ impl std::fmt::Debug for LoadReport {
 }
 
 impl LoadReport {
+    /// With marks: events/s over the first `mark_every` receipts and over
+    /// the last stretch of at least that many (from the last mark that
+    /// leaves one), as (first, last, events in the last stretch).
+    pub fn first_last(&self) -> Option<(f64, f64, u64)> {
+        let &(m, t0) = self.marks.first()?;
+        let &(n, t) = self
+            .marks
+            .iter()
+            .rev()
+            .find(|(n, _)| *n + m <= self.accepted && *n >= m)?;
+        let last_secs = self.elapsed.saturating_sub(t).as_secs_f64().max(1e-9);
+        Some((
+            m as f64 / t0.as_secs_f64().max(1e-9),
+            (self.accepted - n) as f64 / last_secs,
+            self.accepted - n,
+        ))
+    }
+
     /// Durable (ACCEPTED) events per second over the whole run.
     pub fn accepted_per_sec(&self) -> f64 {
         self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -243,6 +268,8 @@ struct Shared {
     first_error: Mutex<Option<String>>,
     /// `Some` when acks are recorded.
     acks: Option<Mutex<Vec<(String, i64)>>>,
+    mark_every: u64,
+    marks: Mutex<Vec<(u64, Instant)>>,
 }
 
 impl Shared {
@@ -254,7 +281,14 @@ impl Shared {
                 {
                     v.push((r.resource.clone(), unix_micros()));
                 }
-                &self.accepted
+                let n = self.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.mark_every > 0
+                    && n.is_multiple_of(self.mark_every)
+                    && let Ok(mut m) = self.marks.lock()
+                {
+                    m.push((n, Instant::now()));
+                }
+                return;
             }
             Ok(ReceiptStatus::Duplicate) => &self.duplicate,
             Ok(ReceiptStatus::Rejected) => {
@@ -334,6 +368,7 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
 
     let shared = Arc::new(Shared {
         acks: a.record_acks.then(|| Mutex::new(Vec::new())),
+        mark_every: a.mark_every.unwrap_or(0),
         ..Shared::default()
     });
     // Per-client pacing interval: the total rate spread over the clients.
@@ -430,7 +465,22 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         timed_out,
         first_error,
         acks,
+        marks: marks(&shared, start),
     })
+}
+
+fn marks(shared: &Shared, start: Instant) -> Vec<(u64, Duration)> {
+    let mut m: Vec<(u64, Duration)> = shared
+        .marks
+        .lock()
+        .map(|v| {
+            v.iter()
+                .map(|(n, t)| (*n, t.saturating_duration_since(start)))
+                .collect()
+        })
+        .unwrap_or_default();
+    m.sort_unstable();
+    m
 }
 
 fn record(h: &mut Histogram<u64>, since: Instant) {

@@ -10,11 +10,15 @@
 mod addr;
 mod baseline;
 mod bench;
+mod benchreport;
 mod delivery;
 mod hubenv;
 mod load;
 mod mqttbench;
+mod nats;
+mod pull;
 mod send;
+mod soak;
 mod token;
 
 use std::path::PathBuf;
@@ -28,7 +32,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "vendor-sim",
     version,
     about = "Simulated vendor, load generator and benchmark for the Knutepunkt hub (loopback only)",
-    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/sled-baseline --events 200000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000\n  vendor-sim bench-mqtt --messages 20000"
+    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/kp-baseline --events 200000\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000\n  vendor-sim bench-mqtt --messages 20000"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,15 +51,17 @@ enum Command {
         after_help = "Progress goes to stderr once a second; the report to stdout.\nLatency is from the moment an event was due to be sent (with --rate) or was sent\n(without) to its receipt, so a stalled hub shows up as latency, not as fewer samples.\nMutual TLS with --certs DIR --vendor ID or --ca/--cert/--key; --plain for an\n--insecure-dev hub.\n\nExamples:\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 8 --events 10000 --mode stream --rate 1000\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --clients 32 --events 20000 --mode unary"
     )]
     Load(load::LoadArgs),
-    /// Bare sled inserts + flush + fdatasync in batches: the disk's durable-write baseline.
+    /// Bare sled 0.34 and fjall 3 with the hub's write pattern: the disk's
+    /// durable-write baselines.
     #[command(
-        after_help = "The hub's durable events/s is divided by this number: it is what the\nsame disk does with sled alone, with group commit and no gRPC, FHIR or indexes.\n\nExample:\n  vendor-sim baseline --dir /tmp/kp-baseline --events 200000 --batch 64"
+        after_help = "Per event one record of 1536 incompressible bytes under a big-endian sequence\nnumber, a random 16-byte id entry and three search keys (the hub's key layout);\n--batch events per commit, one durable sync per commit (fjall: one atomic batch\nacross keyspaces, commit, persist(SyncData); sled: inserts, flush, fdatasync).\nfjall is opened as the hub opens it. `vendor-sim bench` runs both first and divides\nthe hub's durable events/s by each. Progress on stderr every 5 s.\n\nExamples:\n  vendor-sim baseline --dir /tmp/kp-baseline --events 200000\n  vendor-sim baseline --dir /tmp/kp-baseline --events 1000000 --engine fjall --batch 128\n  vendor-sim baseline --dir /tmp/kp-baseline --events 20000 --engine sled --keep"
     )]
     Baseline(baseline::BaselineArgs),
-    /// Run baseline, stream load, unary load, a steady 1,000 ev/s and (optionally)
-    /// FHIR search against a freshly started hub, and print a Markdown table.
+    /// Run the baselines (sled, fjall, NATS JetStream), stream load, unary load,
+    /// a steady 1,000 ev/s and (optionally) FHIR search against a freshly started
+    /// hub, and print a Markdown table with issue 8's targets.
     #[command(
-        after_help = "Everything runs in one process run on one disk (a temporary directory under\n--work-dir), so the ratios compare like with like. The hub runs as in production:\nTLS from a fresh `knutepunkt dev-certs` set, vendor mutual TLS, and FHIR searches\nwith an EPJ bearer token (private_key_jwt). Progress on stderr once a second.\n\nExamples:\n  vendor-sim bench                                  # defaults: 64 clients, 200k events\n  vendor-sim bench --stream-events 20000 --unary-events 5000 --steady-secs 5\n  vendor-sim bench --search --search-stored 1000000 --searches 500"
+        after_help = "Everything runs in one process run on one disk (a temporary directory under\n--work-dir), so the ratios compare like with like. The hub runs as in production:\nTLS from a fresh `knutepunkt dev-certs` set, vendor mutual TLS, and FHIR searches\nwith an EPJ bearer token (private_key_jwt). The NATS JetStream baseline starts its\nown nats-server (2.10 or later: `sync_interval: always`; the bench looks in\n~/.cache/knutepunkt/nats-venv/bin, PATH and /usr/sbin, or --nats-server PATH) on a\nfree loopback port with its store in the work directory; without one it says so\nand goes on. Progress on stderr once a second (baselines every 5 s).\n\nExamples:\n  vendor-sim bench                                  # defaults: 64 clients, 200k events\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 20000 --mark-every 5000 --unary-events 2000 --steady-secs 3 --nats-events 2000\n  vendor-sim bench --search --search-stored 1000000 --searches 500 --no-nats"
     )]
     Bench(bench::BenchArgs),
     /// Delivery to an EPJ: end-to-end latency at a steady rate, a RED alarm
