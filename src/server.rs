@@ -266,7 +266,11 @@ impl Hub {
                 registry: registry.clone(),
                 guard: admin_guard,
                 metrics,
-                backup: Some(crate::backup::BackupSource::new(&store, &cfg)),
+                // PostgreSQL is backed up with its own tools (pg_basebackup, PITR).
+                backup: match &store {
+                    HubStore::Embedded(s) => Some(crate::backup::BackupSource::new(s, &cfg)),
+                    HubStore::Postgres(_) => None,
+                },
             }),
         )
         .with_graceful_shutdown(token.clone().cancelled_owned());
