@@ -195,10 +195,21 @@ impl Hub {
                 None
             }
         };
+        let handshakes = cfg
+            .tls
+            .as_ref()
+            .map(crate::tls::HandshakeLimits::of)
+            .unwrap_or_default();
         let grpc_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
             match &tls {
                 Some(c) => {
-                    let rx = crate::tls::accept_loop(grpc, c.grpc.clone(), "grpc", token.clone());
+                    let rx = crate::tls::accept_loop_with(
+                        grpc,
+                        c.grpc.clone(),
+                        "grpc",
+                        token.clone(),
+                        handshakes,
+                    );
                     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
                         .map(|(s, _)| Ok::<_, std::io::Error>(s));
                     Box::pin(
@@ -239,7 +250,13 @@ impl Hub {
         });
         let http_server: futures::future::BoxFuture<'static, std::io::Result<()>> = match &tls {
             Some(c) => {
-                let rx = crate::tls::accept_loop(http, c.http.clone(), "https", token.clone());
+                let rx = crate::tls::accept_loop_with(
+                    http,
+                    c.http.clone(),
+                    "https",
+                    token.clone(),
+                    handshakes,
+                );
                 let listener = crate::tls::HttpsListener {
                     rx,
                     local: http_addr,

@@ -48,11 +48,11 @@ impl Connected<IncomingStream<'_, HttpsListener>> for PeerInfo {
 /// The gateway's rustls config: its certificate, client certificates
 /// required and checked against `client_ca_file`, HTTP/1.1.
 pub fn tls_config(tls: &TlsSection) -> Result<ServerConfig, knutepunkt::tls::TlsError> {
-    let hub_style = TlsConfig {
-        cert_file: tls.cert_file.clone(),
-        key_file: tls.key_file.clone(),
-        vendor_ca_file: tls.client_ca_file.clone(),
-    };
+    let hub_style = TlsConfig::files(
+        tls.cert_file.clone(),
+        tls.key_file.clone(),
+        tls.client_ca_file.clone(),
+    );
     let mut cfg = knutepunkt::tls::server_config(&hub_style, true)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
