@@ -43,12 +43,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create the data directory {path}: {source}")]
-    DataDir {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    DataDir(#[from] crate::private_files::PrivateError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +80,9 @@ pub struct Hub {
 impl Hub {
     pub async fn start(cfg: Config) -> Result<Hub, StartError> {
         cfg.validate()?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        // Before anything is written: private from the first file on.
+        crate::private_files::restrict_umask();
+        crate::private_files::prepare(&cfg.data_dir)?;
         // One consumer per destination; a destination seen for the first
         // time starts at the current end of the log.
         let store = EmbeddedStore::open(

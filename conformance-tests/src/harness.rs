@@ -226,6 +226,9 @@ pub struct HubOptions {
     /// Certificates and keys to configure instead of the shared [`certs`]
     /// (a per-test copy, e.g. to replace the server certificate at run time).
     pub certs_dir: Option<PathBuf>,
+    /// Start the hub under this umask (through `sh -c 'umask …; exec …'`)
+    /// instead of the test's own.
+    pub umask: Option<u32>,
 }
 
 /// A running hub process.
@@ -275,7 +278,17 @@ impl Hub {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = Command::new(binary("knutepunkt")?);
+        let bin = binary("knutepunkt")?;
+        let mut cmd = match self.opts.umask {
+            Some(m) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {m:03o} && exec \"$0\" \"$@\""))
+                    .arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)

@@ -70,7 +70,10 @@ async fn silent_connections_cannot_starve_the_handshake_cap() {
         "knutepunkt_tls_handshakes_refused_total",
         &[("listener", "grpc")],
     );
-    assert!(after - before >= 6.0, "refused counter: {before} -> {after}");
+    assert!(
+        after - before >= 6.0,
+        "refused counter: {before} -> {after}"
+    );
 
     // The silent connections time out; a real vendor gets in.
     tokio::time::sleep(Duration::from_secs(TIMEOUT_SECS) + Duration::from_millis(500)).await;
@@ -81,7 +84,10 @@ async fn silent_connections_cannot_starve_the_handshake_cap() {
         );
     }
     let mut c = ok(hub.client().await);
-    let r = ok(c.submit(events::heart_rate("tls-cap-1", events::OSLO, 7)).await).into_inner();
+    let r = ok(c
+        .submit(events::heart_rate("tls-cap-1", events::OSLO, 7))
+        .await)
+    .into_inner();
     assert_eq!(r.status, pb::ReceiptStatus::Accepted as i32);
 
     let log = hub.logs();
