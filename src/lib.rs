@@ -35,6 +35,7 @@ pub mod domain;
 pub mod fuzzing;
 pub mod ingest;
 pub mod normalize;
+pub mod ops_metrics;
 pub mod private_files;
 pub mod retention;
 pub mod server;

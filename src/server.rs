@@ -300,6 +300,7 @@ impl Hub {
             dyn_store.clone(),
             delivery_stop.clone(),
         ));
+        delivery.push(crate::ops_metrics::spawn(&cfg, delivery_stop.clone()));
         delivery.push(crate::retention::spawn(
             cfg.retention_policy(),
             dyn_store.clone(),
