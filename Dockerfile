@@ -6,7 +6,7 @@ RUN cargo build --release --locked -p knutepunkt --bin knutepunkt
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home /var/lib/knutepunkt knutepunkt \
-    && mkdir -p /var/lib/knutepunkt && chown knutepunkt /var/lib/knutepunkt
+    && mkdir -p /var/lib/knutepunkt && chown knutepunkt /var/lib/knutepunkt && chmod 0700 /var/lib/knutepunkt
 COPY --from=build /src/target/release/knutepunkt /usr/local/bin/knutepunkt
 COPY knutepunkt.example.toml /etc/knutepunkt/knutepunkt.toml
 USER knutepunkt

@@ -145,6 +145,38 @@ pub struct TlsConfig {
     /// CA(s) whose client certificates identify vendors on gRPC, PEM.
     /// Example: "/etc/knutepunkt/tls/vendor-ca.pem".
     pub vendor_ca_file: PathBuf,
+    /// TLS handshakes in progress at once, per listener; a connection over
+    /// the cap is closed at once and counted in
+    /// `knutepunkt_tls_handshakes_refused_total`. Example: 256.
+    #[serde(default = "TlsConfig::default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Seconds a client gets to finish its handshake. Example: 10.
+    #[serde(default = "TlsConfig::default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+}
+
+impl TlsConfig {
+    pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+    pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+
+    fn default_max_handshakes() -> usize {
+        Self::DEFAULT_MAX_HANDSHAKES
+    }
+
+    fn default_handshake_timeout_secs() -> u64 {
+        Self::DEFAULT_HANDSHAKE_TIMEOUT_SECS
+    }
+
+    /// The certificate files with the default handshake limits.
+    pub fn files(cert_file: PathBuf, key_file: PathBuf, vendor_ca_file: PathBuf) -> TlsConfig {
+        TlsConfig {
+            cert_file,
+            key_file,
+            vendor_ca_file,
+            max_handshakes: Self::DEFAULT_MAX_HANDSHAKES,
+            handshake_timeout_secs: Self::DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

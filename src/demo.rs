@@ -340,11 +340,11 @@ impl DemoPki {
         let mut cfg = Config::for_dev(root.join("data"));
         cfg.insecure_dev = false;
         cfg.http_addr = self.http;
-        cfg.tls = Some(crate::config::TlsConfig {
-            cert_file: self.dir.join("server.pem"),
-            key_file: self.dir.join("server.key"),
-            vendor_ca_file: self.dir.join("ca.pem"),
-        });
+        cfg.tls = Some(crate::config::TlsConfig::files(
+            self.dir.join("server.pem"),
+            self.dir.join("server.key"),
+            self.dir.join("ca.pem"),
+        ));
         cfg.vendors = DEMO_VENDORS
             .iter()
             .map(|v| crate::config::VendorConfig {

@@ -180,11 +180,11 @@ mod tests {
         };
         let files = generate(&req).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(files.len(), 2 + 2 + 2 + 2 + 2);
-        let tls = crate::config::TlsConfig {
-            cert_file: dir.path().join("server.pem"),
-            key_file: dir.path().join("server.key"),
-            vendor_ca_file: dir.path().join("ca.pem"),
-        };
+        let tls = crate::config::TlsConfig::files(
+            dir.path().join("server.pem"),
+            dir.path().join("server.key"),
+            dir.path().join("ca.pem"),
+        );
         assert!(crate::tls::server_config(&tls, true).is_ok());
         let pem = std::fs::read(dir.path().join("vendor-acme.pem")).unwrap_or_default();
         let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem)

@@ -37,6 +37,8 @@ pub mod domain;
 pub mod fuzzing;
 pub mod ingest;
 pub mod normalize;
+pub mod ops_metrics;
+pub mod private_files;
 pub mod retention;
 pub mod server;
 pub mod sim;

@@ -43,12 +43,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create the data directory {path}: {source}")]
-    DataDir {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    DataDir(#[from] crate::private_files::PrivateError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +80,9 @@ pub struct Hub {
 impl Hub {
     pub async fn start(cfg: Config) -> Result<Hub, StartError> {
         cfg.validate()?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        // Before anything is written: private from the first file on.
+        crate::private_files::restrict_umask();
+        crate::private_files::prepare(&cfg.data_dir)?;
         // One consumer per destination; a destination seen for the first
         // time starts at the current end of the log.
         let store = HubStore::open(&cfg).await?;
@@ -191,10 +186,21 @@ impl Hub {
                 None
             }
         };
+        let handshakes = cfg
+            .tls
+            .as_ref()
+            .map(crate::tls::HandshakeLimits::of)
+            .unwrap_or_default();
         let grpc_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
             match &tls {
                 Some(c) => {
-                    let rx = crate::tls::accept_loop(grpc, c.grpc.clone(), "grpc", token.clone());
+                    let rx = crate::tls::accept_loop_with(
+                        grpc,
+                        c.grpc.clone(),
+                        "grpc",
+                        token.clone(),
+                        handshakes,
+                    );
                     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
                         .map(|(s, _)| Ok::<_, std::io::Error>(s));
                     Box::pin(
@@ -235,7 +241,13 @@ impl Hub {
         });
         let http_server: futures::future::BoxFuture<'static, std::io::Result<()>> = match &tls {
             Some(c) => {
-                let rx = crate::tls::accept_loop(http, c.http.clone(), "https", token.clone());
+                let rx = crate::tls::accept_loop_with(
+                    http,
+                    c.http.clone(),
+                    "https",
+                    token.clone(),
+                    handshakes,
+                );
                 let listener = crate::tls::HttpsListener {
                     rx,
                     local: http_addr,
@@ -289,6 +301,7 @@ impl Hub {
             dyn_store.clone(),
             delivery_stop.clone(),
         ));
+        delivery.push(crate::ops_metrics::spawn(&cfg, delivery_stop.clone()));
         delivery.push(crate::retention::spawn(
             cfg.retention_policy(),
             dyn_store.clone(),

@@ -14,6 +14,12 @@
 //! The accept loops are ours (not tonic's or axum's TLS options) because
 //! neither can swap certificates under a running server; each handshake runs
 //! in its own task with a timeout, so a slow client cannot stall accepting.
+//! A semaphore caps the handshakes in progress (as mini-redis caps its
+//! connections): a connection over the cap is closed at once, counted in
+//! `knutepunkt_tls_handshakes_refused_total` and logged at most once per
+//! [`REFUSED_LOG_EVERY`]. Clients that connect and never finish a handshake
+//! can hold a slot only until the timeout, so the cap cannot starve real
+//! clients for longer than that.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +39,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one warning per listener this often while handshakes are refused.
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How many handshakes may be in progress at once, and for how long each.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    pub max: usize,
+    pub timeout: Duration,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            max: TlsConfig::DEFAULT_MAX_HANDSHAKES,
+            timeout: Duration::from_secs(TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+        }
+    }
+}
+
+impl HandshakeLimits {
+    pub fn of(tls: &TlsConfig) -> Self {
+        HandshakeLimits {
+            max: tls.max_handshakes.max(1),
+            timeout: Duration::from_secs(tls.handshake_timeout_secs.max(1)),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -206,16 +238,31 @@ pub fn spawn_reloader(tls: TlsConfig, configs: Arc<Configs>, stop: CancellationT
 }
 
 /// Accepts TCP connections and hands on those that complete a TLS
-/// handshake. Failed handshakes are counted and logged at debug level (they
-/// are the normal face of port scans and misconfigured clients).
+/// handshake, with the default [`HandshakeLimits`].
 pub fn accept_loop(
     listener: TcpListener,
     config: Shared,
     what: &'static str,
     stop: CancellationToken,
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    accept_loop_with(listener, config, what, stop, HandshakeLimits::default())
+}
+
+/// Accepts TCP connections and hands on those that complete a TLS
+/// handshake within `limits`. Failed handshakes are counted and logged at
+/// debug level (they are the normal face of port scans and misconfigured
+/// clients); refused ones (cap reached) at warn level, rate-limited.
+pub fn accept_loop_with(
+    listener: TcpListener,
+    config: Shared,
+    what: &'static str,
+    stop: CancellationToken,
+    limits: HandshakeLimits,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max));
     tokio::spawn(async move {
+        let mut refused = Refused::default();
         loop {
             let (tcp, peer) = tokio::select! {
                 () = stop.cancelled() => return,
@@ -228,13 +275,21 @@ pub fn accept_loop(
                     }
                 },
             };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                refused.note(what, peer, limits.max);
+                drop(tcp);
+                continue;
+            };
             // Our own accept loop, so TCP_NODELAY is ours to set: without it
             // small gRPC frames wait on Nagle + delayed ACK (~10 ms per ack).
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.load_full());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let res = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+                // The slot is free once the handshake is over, not the connection.
+                drop(permit);
+                match res {
                     Ok(Ok(tls)) => {
                         let _ = tx.send((tls, peer)).await;
                     }
@@ -251,6 +306,37 @@ pub fn accept_loop(
         }
     });
     rx
+}
+
+/// Counts refused connections and logs at most one line per
+/// [`REFUSED_LOG_EVERY`] (a flood must not become a log flood).
+#[derive(Default)]
+struct Refused {
+    last_log: Option<std::time::Instant>,
+    since_log: u64,
+}
+
+impl Refused {
+    fn note(&mut self, what: &'static str, peer: SocketAddr, max: usize) {
+        metrics::counter!("knutepunkt_tls_handshakes_refused_total", "listener" => what)
+            .increment(1);
+        self.since_log += 1;
+        if self
+            .last_log
+            .is_some_and(|t| t.elapsed() < REFUSED_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            listener = what,
+            %peer,
+            refused = self.since_log,
+            max_handshakes = max,
+            "TLS handshake cap reached: closing new connections until handshakes finish or time out (tls.max_handshakes)"
+        );
+        self.last_log = Some(std::time::Instant::now());
+        self.since_log = 0;
+    }
 }
 
 /// An axum listener over [`accept_loop`].

@@ -59,6 +59,22 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Whether this run is CI (`CI=true`), where no test may skip.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The one way a test says it cannot run here (no root for a tmpfs, no
+/// python3 for the FHIR validator, no FUSE, no Mosquitto, no npm for buf,
+/// no promtool): under `CI=true` it fails with `reason`; on a developer's
+/// machine it prints `SKIPPED <test>: <reason>` and the caller returns.
+pub fn skip(test: &str, reason: &str) {
+    if ci() {
+        panic!("{test} cannot run and CI=true, so it fails instead of skipping: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
 /// A free loopback port for a hub. Taken below the kernel's ephemeral range
 /// (32768+), so no port-0 bind (the EPJ adapter, outgoing connections) can
 /// grab it between the check and the hub's bind; a per-process counter
@@ -226,6 +242,9 @@ pub struct HubOptions {
     /// Certificates and keys to configure instead of the shared [`certs`]
     /// (a per-test copy, e.g. to replace the server certificate at run time).
     pub certs_dir: Option<PathBuf>,
+    /// Start the hub under this umask (through `sh -c 'umask …; exec …'`)
+    /// instead of the test's own.
+    pub umask: Option<u32>,
 }
 
 /// A running hub process.
@@ -275,7 +294,17 @@ impl Hub {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = Command::new(binary("knutepunkt")?);
+        let bin = binary("knutepunkt")?;
+        let mut cmd = match self.opts.umask {
+            Some(m) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {m:03o} && exec \"$0\" \"$@\""))
+                    .arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)

@@ -116,8 +116,9 @@ fn free_bytes(p: &std::path::Path) -> u64 {
 #[tokio::test]
 async fn full_disk_is_refused_cleanly_and_recovered() {
     let Some(disk) = SmallDisk::mount(96) else {
-        eprintln!(
-            "SKIPPED full_disk_is_refused_cleanly_and_recovered: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)"
+        conformance_tests::harness::skip(
+            "full_disk_is_refused_cleanly_and_recovered",
+            "cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)",
         );
         return;
     };

@@ -51,11 +51,8 @@ use tokio_stream::StreamExt;
 fn mount_or_skip(dir: &Path) -> Option<PowercutFs> {
     match PowercutFs::mount(dir, Options::from_env()) {
         Ok(fs) => Some(fs),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true and the power-cut test cannot run: {e}")
-        }
         Err(e) => {
-            eprintln!("SKIPPED power_cut: {e}");
+            conformance_tests::harness::skip("power_cut", &e.to_string());
             None
         }
     }

@@ -154,11 +154,7 @@ async fn main() -> Result<()> {
         &a.cert, &a.key, &a.ca,
     ) {
         (Some(cert), Some(key), Some(ca)) => {
-            let tls = TlsConfig {
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-                vendor_ca_file: ca.clone(),
-            };
+            let tls = TlsConfig::files(cert.clone(), key.clone(), ca.clone());
             let configs = knutepunkt::tls::Configs::load(&tls)
                 .map_err(|e| anyhow::anyhow!("TLS files: {e}"))?;
             let rx = knutepunkt::tls::accept_loop(listener, configs.grpc, "grpc", stop.clone());

@@ -56,11 +56,11 @@ pub fn tls_config(
     tls: &TlsSection,
     tokens_too: bool,
 ) -> Result<ServerConfig, knutepunkt::tls::TlsError> {
-    let hub_style = TlsConfig {
-        cert_file: tls.cert_file.clone(),
-        key_file: tls.key_file.clone(),
-        vendor_ca_file: tls.client_ca_file.clone(),
-    };
+    let hub_style = TlsConfig::files(
+        tls.cert_file.clone(),
+        tls.key_file.clone(),
+        tls.client_ca_file.clone(),
+    );
     let certs = if tokens_too {
         ClientCerts::Optional
     } else {
