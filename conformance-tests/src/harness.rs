@@ -226,6 +226,12 @@ pub struct HubOptions {
     /// Certificates and keys to configure instead of the shared [`certs`]
     /// (a per-test copy, e.g. to replace the server certificate at run time).
     pub certs_dir: Option<PathBuf>,
+    /// Run on the PostgreSQL backend in this schema (several hubs may share
+    /// one). Without it, `KNUTEPUNKT_TEST_BACKEND=postgres` gives each hub
+    /// a schema of its own.
+    pub pg: Option<std::sync::Arc<crate::pg::Schema>>,
+    /// The hub's `store.hub_id` on PostgreSQL; default: from its HTTP port.
+    pub hub_id: Option<String>,
 }
 
 /// A running hub process.
@@ -243,7 +249,16 @@ pub struct Hub {
 
 impl Hub {
     /// Starts a hub on `data_dir` with free ports and waits until it is ready.
-    pub async fn start(data_dir: &Path, opts: HubOptions) -> Result<Hub> {
+    pub async fn start(data_dir: &Path, mut opts: HubOptions) -> Result<Hub> {
+        if opts.pg.is_none() && crate::pg::backend_is_postgres() {
+            opts.pg = Some(
+                crate::pg::schema("KNUTEPUNKT_TEST_BACKEND=postgres")
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow!("KNUTEPUNKT_TEST_BACKEND=postgres, but no PostgreSQL")
+                    })?,
+            );
+        }
         let logs = tempfile::tempdir()?;
         let mut hub = Hub {
             child: None,
@@ -289,6 +304,14 @@ impl Hub {
             .arg(&cfg_path);
         if self.opts.insecure {
             cmd.arg("--insecure-dev");
+        }
+        if let Some(schema) = &self.opts.pg {
+            let id = self
+                .opts
+                .hub_id
+                .clone()
+                .unwrap_or_else(|| format!("hub-{}", self.http.port()));
+            cmd.envs(schema.env(&id));
         }
         cmd.env("RUST_LOG", "info")
             .env_remove("KNUTEPUNKT_CONFIG")

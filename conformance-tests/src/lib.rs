@@ -7,3 +7,4 @@ pub mod buf;
 pub mod fhir_validator;
 pub mod harness;
 pub mod mqtt;
+pub mod pg;
