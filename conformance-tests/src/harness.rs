@@ -245,6 +245,12 @@ pub struct HubOptions {
     /// Start the hub under this umask (through `sh -c 'umask …; exec …'`)
     /// instead of the test's own.
     pub umask: Option<u32>,
+    /// Run on the PostgreSQL backend in this schema (several hubs may share
+    /// one). Without it, `KNUTEPUNKT_TEST_BACKEND=postgres` gives each hub
+    /// a schema of its own.
+    pub pg: Option<std::sync::Arc<crate::pg::Schema>>,
+    /// The hub's `store.hub_id` on PostgreSQL; default: from its HTTP port.
+    pub hub_id: Option<String>,
 }
 
 /// A running hub process.
@@ -262,7 +268,16 @@ pub struct Hub {
 
 impl Hub {
     /// Starts a hub on `data_dir` with free ports and waits until it is ready.
-    pub async fn start(data_dir: &Path, opts: HubOptions) -> Result<Hub> {
+    pub async fn start(data_dir: &Path, mut opts: HubOptions) -> Result<Hub> {
+        if opts.pg.is_none() && crate::pg::backend_is_postgres() {
+            opts.pg = Some(
+                crate::pg::schema("KNUTEPUNKT_TEST_BACKEND=postgres")
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow!("KNUTEPUNKT_TEST_BACKEND=postgres, but no PostgreSQL")
+                    })?,
+            );
+        }
         let logs = tempfile::tempdir()?;
         let mut hub = Hub {
             child: None,
@@ -318,6 +333,14 @@ impl Hub {
             .arg(&cfg_path);
         if self.opts.insecure {
             cmd.arg("--insecure-dev");
+        }
+        if let Some(schema) = &self.opts.pg {
+            let id = self
+                .opts
+                .hub_id
+                .clone()
+                .unwrap_or_else(|| format!("hub-{}", self.http.port()));
+            cmd.envs(schema.env(&id));
         }
         cmd.env("RUST_LOG", "info")
             .env_remove("KNUTEPUNKT_CONFIG")

@@ -8,3 +8,4 @@ pub mod fhir_validator;
 pub mod fhirgw;
 pub mod harness;
 pub mod mqtt;
+pub mod pg;
