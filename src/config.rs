@@ -74,6 +74,9 @@ pub struct Config {
     pub admin: crate::auth::config::AdminConfig,
     #[serde(default)]
     pub audit: crate::auth::config::AuditConfig,
+    /// OpenTelemetry traces (off by default).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -414,6 +417,7 @@ impl Default for Config {
             auth: Default::default(),
             admin: Default::default(),
             audit: Default::default(),
+            telemetry: Default::default(),
         }
     }
 }

@@ -22,6 +22,7 @@
 //! - [`auth`]: who may do what (EPJ OAuth2 tokens, admin credential).
 //! - [`audit`]: the access log of patient data, served as AuditEvents.
 //! - [`backup`]: online backup over the admin API, and its file format.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP, one trace per event.
 
 pub mod admin;
 pub mod api;
@@ -43,6 +44,7 @@ pub mod retention;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 /// Generated gRPC code for `proto/knutepunkt/v1`. Only `ingest`, the

@@ -344,20 +344,27 @@ async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow::Res
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr and, when `traces` is given, this crate's spans to OTLP.
+fn init_logging(format: LogFormat, traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "info,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn",
         )
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(traces.map(knutepunkt::telemetry::layer))
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -403,11 +410,25 @@ async fn main() -> anyhow::Result<()> {
                 log_format,
             };
             let cfg = Config::load(config.as_deref(), &flags)?;
-            init_logging(cfg.log_format);
+            let traces = knutepunkt::telemetry::provider(&cfg.telemetry)?;
+            init_logging(cfg.log_format, traces.as_ref());
+            if let Some(e) = cfg
+                .telemetry
+                .otlp_endpoint
+                .as_deref()
+                .filter(|_| traces.is_some())
+            {
+                tracing::info!(endpoint = %knutepunkt::telemetry::traces_url(e), "exporting traces over OTLP/HTTP");
+            }
             let hub = Hub::start(cfg)
                 .await
                 .context("knutepunkt could not start")?;
-            hub.run_until(shutdown_signal()).await?;
+            let served = hub.run_until(shutdown_signal()).await;
+            if let Some(t) = traces {
+                // Sends what is buffered; a collector that is gone only costs the timeout.
+                let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+            }
+            served?;
         }
         Command::Dlq {
             admin,

@@ -258,6 +258,7 @@ pub async fn confirm(
     let mut rec = audit_record(&caller, org, AuditAction::Confirm);
     rec.query = Some(format!("$confirm?consumer={}", c.name));
     let mut outcomes = Vec::new();
+    let mut spans = Vec::new();
     let mut unknown = 0usize;
     for Confirmation {
         resource_type: rtype,
@@ -273,6 +274,21 @@ pub async fn confirm(
                 {
                     rec.patients.push(p);
                 }
+                let span = crate::telemetry::item_span(
+                    "deliver.confirm",
+                    &c.name,
+                    &found.resource,
+                    found.seq,
+                );
+                span.record(
+                    "outcome",
+                    match &settle {
+                        Settle::Delivered => "delivered",
+                        Settle::DeadLetter { .. } => "dead_lettered",
+                        Settle::Release => "released",
+                    },
+                );
+                spans.push(span);
                 outcomes.push((found.seq, settle));
             }
             Ok(None) => unknown += 1,
@@ -285,6 +301,7 @@ pub async fn confirm(
     let confirmed = outcomes.len();
     st.audit(rec).await?;
     let report = super::from_store(st.store.settle(&c.name, outcomes)).await?;
+    drop(spans);
     for e in &report.escalated {
         crate::deliver::record_escalation(e, None);
     }

@@ -50,7 +50,7 @@ pub enum BackupError {
     )]
     Layout { found: u8, known: u8, hub: String },
     #[error(
-        "the backup file ends early (no complete trailer): the backup was interrupted or the file was cut; take a new backup"
+        "the backup file is damaged or incomplete: it ends before its trailer (the backup was interrupted, or the file was cut or changed); use another backup"
     )]
     Truncated,
     #[error(

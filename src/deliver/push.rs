@@ -226,7 +226,28 @@ pub async fn run(
         }
         tokio::time::sleep_until(next_send).await;
         let body = transaction_bundle(&items);
+        // One span per item, in its event's trace; they end with this round.
+        let spans: Vec<tracing::Span> = items
+            .iter()
+            .map(|i| {
+                crate::telemetry::item_span(
+                    "deliver.push",
+                    &name,
+                    &i.resource.resource,
+                    i.resource.seq,
+                )
+            })
+            .collect();
         let verdict = transport.send(body).await;
+        let outcome = match &verdict {
+            Verdict::Delivered => "delivered",
+            Verdict::Retry { .. } => "retry",
+            Verdict::Reject { .. } if items.len() > 1 => "bundle_rejected",
+            Verdict::Reject { .. } => "dead_lettered",
+        };
+        for s in &spans {
+            s.record("outcome", outcome);
+        }
         next_send = Instant::now() + min_gap_per_item * items.len() as u32;
         let seqs: Vec<u64> = items.iter().map(|i| i.resource.seq).collect();
         match verdict {

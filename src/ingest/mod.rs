@@ -348,6 +348,19 @@ impl Inner {
             Payload::Alarm(a) if a.severity == Severity::Yellow => Class::Yellow,
             _ => Class::Routine,
         };
+        // The event's trace (its trace id is the resource id): no patient,
+        // no event text in it.
+        let span = tracing::info_span!(
+            "ingest",
+            resource_id = %resource.id,
+            resource_type = resource.resource_type.as_str(),
+            vendor = %ev.vendor,
+            municipality = %ev.municipality,
+            class = ?class,
+            outcome = tracing::field::Empty,
+        );
+        crate::telemetry::join_event(&span, resource.id);
+        let put_span = tracing::info_span!(parent: &span, "store.put");
         let rec = NewRecord {
             vendor: ev.vendor,
             event_id: ev.event_id,
@@ -359,10 +372,16 @@ impl Inner {
             is_alarm,
             class,
         };
-        let (status, r) = match self.store.put(rec).await? {
-            PutOutcome::Accepted(r) => (pb::ReceiptStatus::Accepted, r),
-            PutOutcome::Duplicate(r) => (pb::ReceiptStatus::Duplicate, r),
+        let put = tracing::Instrument::instrument(self.store.put(rec), put_span).await;
+        let (status, r) = match put {
+            Ok(PutOutcome::Accepted(r)) => (pb::ReceiptStatus::Accepted, r),
+            Ok(PutOutcome::Duplicate(r)) => (pb::ReceiptStatus::Duplicate, r),
+            Err(e) => {
+                span.record("outcome", "refused");
+                return Err(e.into());
+            }
         };
+        span.record("outcome", status.as_str_name());
         Ok(pb::Receipt {
             event_id,
             status: status as i32,

@@ -1,0 +1,237 @@
+//! OpenTelemetry traces with the real binary: a hub configured with an
+//! OTLP/HTTP endpoint (here a small receiver in the test) exports one trace
+//! per event — ingest, store put and delivery spans under the trace id that
+//! is the resource id — and no national id or token is in what it sends.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use conformance_tests::harness::events::{self, BERGEN, OSLO};
+use conformance_tests::harness::{
+    Hub, HubOptions, ReceiptStatus, authed, entry_refs, get_json, ok, token,
+};
+use knutepunkt::domain::synthetic;
+use knutepunkt::proto::v1 as pb;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use prost::Message;
+use serde_json::json;
+
+type Received = Arc<Mutex<Vec<Bytes>>>;
+
+/// An OTLP/HTTP receiver on a free port: keeps every `POST /v1/traces` body.
+async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(|State(got): State<Received>, body: Bytes| async move {
+                if let Ok(mut g) = got.lock() {
+                    g.push(body);
+                }
+                // An empty ExportTraceServiceResponse.
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }),
+        )
+        .with_state(got.clone());
+    let l = ok(tokio::net::TcpListener::bind("127.0.0.1:0").await);
+    let addr = ok(l.local_addr());
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (format!("http://{addr}"), got)
+}
+
+/// One exported span: name, trace id (hex), string/int attributes.
+#[derive(Debug)]
+struct Span {
+    name: String,
+    trace: String,
+    attrs: BTreeMap<String, String>,
+}
+
+fn spans(bodies: &[Bytes]) -> Vec<Span> {
+    let mut out = Vec::new();
+    for b in bodies {
+        let req = ok(ExportTraceServiceRequest::decode(b.as_ref()));
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let attrs = s
+                        .attributes
+                        .iter()
+                        .map(|kv| {
+                            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                                Some(Any::StringValue(s)) => s.clone(),
+                                Some(Any::IntValue(i)) => i.to_string(),
+                                Some(other) => format!("{other:?}"),
+                                None => String::new(),
+                            };
+                            (kv.key.clone(), v)
+                        })
+                        .collect();
+                    let trace = s.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    out.push(Span {
+                        name: s.name,
+                        trace,
+                        attrs,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_one_trace_without_national_ids_or_tokens() {
+    let (endpoint, got) = receiver().await;
+    let certs = ok(conformance_tests::harness::certs())
+        .display()
+        .to_string();
+    let cfg = format!(
+        r#"
+[[municipalities]]
+orgnr = "{BERGEN}"
+name = "Bergen kommune"
+
+[[municipalities]]
+orgnr = "{OSLO}"
+name = "Oslo kommune"
+
+[[municipalities.destinations]]
+name = "oslo-vakt"
+kind = "pull"
+lease_secs = 60
+
+[[auth.clients]]
+id = "oslo-vakt"
+municipality = "{OSLO}"
+scopes = ["system/pending.rs"]
+jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
+consumer = "oslo-vakt"
+"#
+    );
+    let dir = ok(tempfile::tempdir());
+    let mut hub = ok(Hub::start(
+        &dir.path().join("data"),
+        HubOptions {
+            config_extra: cfg,
+            env: vec![("KNUTEPUNKT_TELEMETRY__OTLP_ENDPOINT".into(), endpoint)],
+            ..HubOptions::default()
+        },
+    )
+    .await);
+
+    let mut c = ok(hub.client().await);
+    let mut refs = Vec::new();
+    for ev in [
+        events::heart_rate("t-hr", OSLO, 3),
+        events::alarm("t-al", OSLO, 3, "4.1", pb::Severity::Red),
+    ] {
+        let r = ok(c.submit(ev).await).into_inner();
+        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
+        refs.push(r.resource);
+    }
+    // Delivered by pull: $pending, then $confirm of both.
+    let base = hub.fhir_base(OSLO);
+    let (status, b) = ok(get_json(&format!("{base}/$pending?consumer=oslo-vakt&_count=10")).await);
+    assert_eq!(status, 200, "{b}");
+    let offered = entry_refs(&b);
+    assert_eq!(offered.len(), 2, "{b}");
+    let parts: Vec<_> = offered
+        .iter()
+        .map(|r| {
+            json!({"name": "confirmation", "part": [
+                {"name": "resource", "valueReference": {"reference": r}},
+                {"name": "outcome", "valueCode": "journaled"},
+            ]})
+        })
+        .collect();
+    let r = ok(ok(authed(
+        reqwest::Method::POST,
+        &format!("{base}/$confirm?consumer=oslo-vakt"),
+    )
+    .await)
+    .json(&json!({"resourceType": "Parameters", "parameter": parts}))
+    .send()
+    .await);
+    assert_eq!(r.status(), 200);
+    let origin = hub.url("");
+    let tokens = [
+        ok(token(&origin, "oslo-vakt").await),
+        ok(token(&origin, "oslo-epj").await),
+    ];
+
+    // A graceful stop sends what the exporter still buffers.
+    ok(hub.stop().await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bodies = loop {
+        let bodies = got.lock().map(|g| g.clone()).unwrap_or_default();
+        let names: Vec<String> = spans(&bodies).into_iter().map(|s| s.name).collect();
+        if names.iter().filter(|n| *n == "deliver.confirm").count() >= 2
+            || Instant::now() > deadline
+        {
+            break bodies;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !bodies.is_empty(),
+        "no OTLP request arrived; log:\n{}",
+        hub.logs()
+    );
+    let all = spans(&bodies);
+
+    for r in &refs {
+        let id = r.split('/').nth(1).unwrap_or_default();
+        let trace_id = id.replace('-', "");
+        let mine: Vec<&Span> = all.iter().filter(|s| s.trace == trace_id).collect();
+        let names: Vec<&str> = mine.iter().map(|s| s.name.as_str()).collect();
+        for want in ["ingest", "store.put", "deliver.confirm"] {
+            assert!(names.contains(&want), "{r}: no {want} span in {names:?}");
+        }
+        let ingest = mine.iter().find(|s| s.name == "ingest").map(|s| &s.attrs);
+        let ingest = ingest.unwrap_or_else(|| panic!("no ingest span"));
+        assert_eq!(ingest.get("resource_id").map(String::as_str), Some(id));
+        assert_eq!(
+            ingest.get("vendor").map(String::as_str),
+            Some("demo-vendor")
+        );
+        assert_eq!(ingest.get("municipality").map(String::as_str), Some(OSLO));
+        let confirm = mine.iter().find(|s| s.name == "deliver.confirm");
+        let confirm = confirm
+            .map(|s| &s.attrs)
+            .unwrap_or_else(|| panic!("no confirm"));
+        assert_eq!(
+            confirm.get("destination").map(String::as_str),
+            Some("oslo-vakt")
+        );
+        assert_eq!(
+            confirm.get("outcome").map(String::as_str),
+            Some("delivered")
+        );
+    }
+
+    // Nothing that identifies a person or grants access, in any byte sent.
+    let secrets = [synthetic::fnr(3)]
+        .into_iter()
+        .chain(tokens.iter().cloned())
+        .collect::<Vec<_>>();
+    for b in &bodies {
+        for s in &secrets {
+            let found = b.windows(s.len()).any(|w| w == s.as_bytes());
+            assert!(
+                !found,
+                "an exported trace payload contains a national id or a token"
+            );
+        }
+    }
+}
