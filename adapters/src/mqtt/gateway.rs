@@ -11,7 +11,9 @@
 //!   backoff; the message stays unacknowledged in the broker session. The
 //!   broker sends only its in-flight window of unacknowledged messages
 //!   (Mosquitto: `max_inflight_messages`, 20 by default); everything else
-//!   waits in the broker, not here. `max_in_flight` caps the tasks too.
+//!   waits in the broker, not here. `max_in_flight` caps the messages
+//!   being submitted at once; the loop that polls the broker connection
+//!   never waits for it, because that loop is what sends the acks.
 //! - Messages of one topic (one device and kind) are submitted in the
 //!   order they arrived; different devices go in parallel.
 
@@ -101,11 +103,12 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
-                let permit = permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| GatewayError::Mqtt(e.to_string()))?;
+                // Never wait here: this loop is what sends the acks that
+                // the tasks queue (rumqttc sends requests only while it is
+                // polled). Waiting for a permit here, while every permit
+                // was held by a task waiting for its ack to be queued,
+                // stopped the gateway for good once the ack queue filled.
+                let permits = permits.clone();
                 let (done, next) = oneshot::channel();
                 if chains.len() > 4 * ctx.cfg.max_in_flight {
                     chains.retain(|_, rx| {
@@ -118,6 +121,10 @@ pub async fn run(
                     if let Some(prev) = prev {
                         let _ = prev.await;
                     }
+                    // Closed only if the gateway is gone; then nothing to do.
+                    let Ok(permit) = permits.acquire_owned().await else {
+                        return;
+                    };
                     handle(&ctx, p).await;
                     drop(done);
                     drop(permit);

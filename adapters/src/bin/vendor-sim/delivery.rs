@@ -762,8 +762,14 @@ fn markdown(
     let _ = writeln!(s, "- command: `vendor-sim {}`", args.join(" "));
     let _ = writeln!(
         s,
-        "- hub with TLS and vendor mutual TLS; Oslo has one push destination to `epj-adapter` over HTTPS (max_batch {}, max_rate {}); times from the adapter's `received.log` vs the vendor's ack, same clock\n",
-        a.max_batch, a.max_rate
+        "- hub with TLS and vendor mutual TLS; Oslo has one push destination to `epj-adapter` over HTTPS (max_batch {}, max_rate {}){}; times from the adapter's `received.log` vs the vendor's ack, same clock\n",
+        a.max_batch,
+        a.max_rate,
+        if a.no_pull {
+            ", no pull destination (--no-pull)"
+        } else {
+            " and a pull destination drained by the bench's own client"
+        }
     );
     let _ = writeln!(s, "| measurement | setting | result | ratio |");
     let _ = writeln!(s, "|---|---|---|---|");

@@ -65,10 +65,10 @@ enum Command {
     )]
     Bench(bench::BenchArgs),
     /// Delivery to an EPJ: end-to-end latency at a steady rate, a RED alarm
-    /// behind a backlog, and the drain rate after an outage (issue 4).
+    /// behind a backlog, the drain rate after an outage, pull and a memory soak.
     #[command(
         name = "bench-delivery",
-        after_help = "Starts the real hub (TLS, vendor mutual TLS) with a push destination for Oslo\nto the real epj-adapter (HTTPS, self-signed, trusted as the destination's ca_file),\nboth on free loopback ports in a temporary directory under --work-dir that is\nremoved at the end. Times come from the adapter's received.log against the\nvendor's ack time (same machine, same clock). Outages use POST /_admin/mode\n{\"mode\":\"down\"}. Progress on stderr once a second; a Markdown table on stdout.\nDisk: about 10 KB per backlog event (hub store + one adapter file); removing\nthe temporary directory at the end takes minutes after a 1M drain.\n\nExamples:\n  vendor-sim bench-delivery                                   # 1M drain: ~15 min, ~11 GB\n  vendor-sim bench-delivery --drain-backlog 200000 --intake-events 50000\n  vendor-sim bench-delivery --e2e-secs 5 --alarm-backlog 10000 --drain-backlog 0 --intake-events 0"
+        after_help = "Starts the real hub (TLS, vendor mutual TLS) with, for Oslo, a push destination\nto the real epj-adapter (HTTPS, self-signed, trusted as the destination's ca_file)\nand a pull destination (unless --no-pull), all on free loopback ports in a\ntemporary directory under --work-dir that is removed at the end. Times come from\nthe adapter's received.log against the vendor's ack time (same machine, same\nclock); acked events that never reach the adapter are counted as missing.\nOutages use POST /_admin/mode {\"mode\":\"down\"}. Phases: end-to-end at a steady\nrate, a RED alarm behind a backlog, a drain after an outage, the pull drain (the\nbench's own EPJ client: $pending?_count=500 + $confirm, OAuth2 bearer token), the\nsoak (--soak-events: push and pull at once, hub RSS after every --soak-chunk),\nthe adapter's intake baseline. Progress on stderr once a second; Markdown on\nstdout. Disk: about 10 KB per backlog event (hub store + one adapter file).\n\nExamples:\n  vendor-sim bench-delivery                                   # 1M drain: ~15 min, ~11 GB\n  vendor-sim bench-delivery --drain-backlog 300000 --soak-events 1500000\n  vendor-sim bench-delivery --e2e-secs 20 --alarm-backlog 0 --drain-backlog 0 --intake-events 0 --no-pull\n  vendor-sim bench-delivery --e2e-secs 3 --alarm-backlog 3000 --drain-backlog 5000 --intake-events 3000 --soak-events 6000 --soak-chunk 3000"
     )]
     BenchDelivery(delivery::DeliveryArgs),
     /// The MQTT gateway end to end (publish → gateway → hub receipt → MQTT ack)
@@ -138,6 +138,14 @@ pub fn fresh_dir(p: &std::path::Path) -> Result<PathBuf> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Library logs (the in-process MQTT gateway's, say) only when asked for
+    // with RUST_LOG; stdout stays the report.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match cli.command {
         Command::Send(a) => send::run(a).await,
         Command::Load(a) => load::run_cli(a).await,

@@ -145,6 +145,7 @@ async fn broker_only(a: &MqttBenchArgs, run_id: &str) -> Result<f64> {
         &mut publisher,
         |i| format!("{run_id}/broker/d{}", i % a.devices as u64),
         got,
+        String::new,
     )
     .await?;
     publisher.finish(Duration::from_secs(5)).await;
@@ -206,6 +207,17 @@ async fn end_to_end(
             )
         },
         acked,
+        || {
+            format!(
+                "; gateway: received {}, accepted {}, duplicate {}, dead letters {}, waiting for the hub {}, acked {}",
+                Stats::get(&stats.received),
+                Stats::get(&stats.accepted),
+                Stats::get(&stats.duplicate),
+                Stats::get(&stats.dead_lettered),
+                Stats::get(&stats.waiting),
+                Stats::get(&stats.acked)
+            )
+        },
     )
     .await;
     publisher.finish(Duration::from_secs(5)).await;
@@ -216,41 +228,60 @@ async fn end_to_end(
 
 /// Publishes `a.messages` readings with at most `a.window` not yet
 /// `done()`, and returns messages/s from the first publish to the last
-/// `done()`. Progress on stderr once a second.
+/// `done()`. Progress on stderr once a second, also while it waits, with
+/// `status()` (the gateway's counters) so a stall shows where it stands.
 async fn publish_all(
     a: &MqttBenchArgs,
     publisher: &mut Publisher,
     topic: impl Fn(u64) -> String,
     done: impl Fn() -> u64,
+    status: impl Fn() -> String,
 ) -> Result<f64> {
     let t0 = mqtt::sim::now_secs() - 3600.0;
     let start = Instant::now();
     let mut last_report = Instant::now();
     let deadline = start + Duration::from_secs(600);
+    let acked_by_broker = std::sync::atomic::AtomicU64::new(0);
+    let publisher_acked = || acked_by_broker.load(std::sync::atomic::Ordering::Relaxed);
+    let mut report = |published: u64| {
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "  {published} published, {} acked by the broker, {} done{}",
+                publisher_acked(),
+                done(),
+                status()
+            );
+            last_report = Instant::now();
+        }
+    };
     for i in 0..a.messages {
         while i.saturating_sub(done()) >= a.window {
             if Instant::now() > deadline {
                 bail!(
-                    "stalled: {} of {i} published messages done after 600 s",
-                    done()
+                    "stalled: {} of {i} published messages done after 600 s{}",
+                    done(),
+                    status()
                 );
             }
+            acked_by_broker.store(publisher.acked(), std::sync::atomic::Ordering::Relaxed);
+            report(i);
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         publisher.publish(&topic(i), reading(i, t0)).await?;
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            eprintln!("  {} published, {} done", i + 1, done());
-            last_report = Instant::now();
-        }
+        acked_by_broker.store(publisher.acked(), std::sync::atomic::Ordering::Relaxed);
+        report(i + 1);
     }
     while done() < a.messages {
         if Instant::now() > deadline {
             bail!(
-                "stalled: {} of {} messages done after 600 s",
+                "stalled: {} of {} messages done after 600 s{}",
                 done(),
-                a.messages
+                a.messages,
+                status()
             );
         }
+        acked_by_broker.store(publisher.acked(), std::sync::atomic::Ordering::Relaxed);
+        report(a.messages);
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(a.messages as f64 / start.elapsed().as_secs_f64())

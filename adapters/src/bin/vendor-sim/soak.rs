@@ -130,7 +130,19 @@ pub async fn run(
     .await?;
     let push_lag_secs = last_ack.elapsed().as_secs_f64();
     let pull = match follower {
-        Some(f) => Some(f.await.context("the pull client task failed")??),
+        Some(mut f) => {
+            let mut last = confirmed.load(Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    r = &mut f => break Some(r.context("the pull client task failed")??),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let c = confirmed.load(Ordering::Relaxed);
+                        eprintln!("  soak pull: {c}/{} confirmed ({}/s)", plan.events, c - last);
+                        last = c;
+                    }
+                }
+            }
+        }
         None => None,
     };
     Ok(SoakResult {
@@ -165,9 +177,11 @@ pub fn markdown(
 ) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "- {}\n", loads.join("; "));
-    let _ = writeln!(s, "| measurement | setting | result |");
-    let _ = writeln!(s, "|---|---|---|");
+    let _ = writeln!(s, "- {}", loads.join("; "));
+    if m.pull.is_some() || m.soak.is_some() {
+        let _ = writeln!(s, "\n| measurement | setting | result |");
+        let _ = writeln!(s, "|---|---|---|");
+    }
     if let Some((p, expected)) = &m.pull {
         let _ = writeln!(
             s,
