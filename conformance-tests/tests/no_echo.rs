@@ -268,10 +268,10 @@ async fn admin_http(hub: &Hub) {
             "{\"reason\":\"r\"}".into(),
         ),
         (
-            format!("/admin/dlq/x/1/discard"),
+            "/admin/dlq/x/1/discard".to_string(),
             format!("{{\"{f}\":\"r\"}}"),
         ),
-        (format!("/admin/dlq/x/1/discard"), f.clone()),
+        ("/admin/dlq/x/1/discard".to_string(), f.clone()),
     ];
     for (path, body) in posts {
         let req = client
