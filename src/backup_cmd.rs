@@ -5,6 +5,11 @@
 //! A backup is written to `FILE.tmp` (mode 0600: it holds national ids in
 //! clear), synced, read back through once to check it, and only then
 //! renamed to `FILE`; so `FILE` is always a whole, checked backup.
+//!
+//! Progress: an online backup shows bytes as they arrive (the hub does not
+//! know the record count before it has read the snapshot); the counts per
+//! keyspace come from the check at the end. An offline backup and a
+//! restore show bytes and records as they go.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};

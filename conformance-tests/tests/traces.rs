@@ -1,7 +1,8 @@
 //! OpenTelemetry traces with the real binary: a hub configured with an
 //! OTLP/HTTP endpoint (here a small receiver in the test) exports one trace
-//! per event — ingest, store put and delivery spans under the trace id that
-//! is the resource id — and no national id or token is in what it sends.
+//! per event — ingest, store put and delivery spans (push and pull) under
+//! the trace id that is the resource id — and no national id or token is in
+//! what it sends.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use axum::extract::State;
 use axum::routing::post;
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
 use conformance_tests::harness::{
-    Hub, HubOptions, ReceiptStatus, authed, entry_refs, get_json, ok, token,
+    EpjAdapter, Hub, HubOptions, ReceiptStatus, authed, entry_refs, get_json, ok, token,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -93,6 +94,7 @@ fn spans(bodies: &[Bytes]) -> Vec<Span> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_is_one_trace_without_national_ids_or_tokens() {
     let (endpoint, got) = receiver().await;
+    let epj = ok(EpjAdapter::start("ok").await);
     let certs = ok(conformance_tests::harness::certs())
         .display()
         .to_string();
@@ -107,6 +109,12 @@ orgnr = "{OSLO}"
 name = "Oslo kommune"
 
 [[municipalities.destinations]]
+name = "oslo-epj"
+kind = "push"
+url = "{url}"
+ca_file = "{ca}"
+
+[[municipalities.destinations]]
 name = "oslo-vakt"
 kind = "pull"
 lease_secs = 60
@@ -117,7 +125,9 @@ municipality = "{OSLO}"
 scopes = ["system/pending.rs"]
 jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
 consumer = "oslo-vakt"
-"#
+"#,
+        url = epj.fhir_url(),
+        ca = epj.cert.display()
     );
     let dir = ok(tempfile::tempdir());
     let mut hub = ok(Hub::start(
@@ -140,7 +150,8 @@ consumer = "oslo-vakt"
         assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
         refs.push(r.resource);
     }
-    // Delivered by pull: $pending, then $confirm of both.
+    // Delivered by push, and by pull: $pending, then $confirm of both.
+    ok(epj.wait_created(2, Duration::from_secs(20)).await);
     let base = hub.fhir_base(OSLO);
     let (status, b) = ok(get_json(&format!("{base}/$pending?consumer=oslo-vakt&_count=10")).await);
     assert_eq!(status, 200, "{b}");
@@ -195,7 +206,7 @@ consumer = "oslo-vakt"
         let trace_id = id.replace('-', "");
         let mine: Vec<&Span> = all.iter().filter(|s| s.trace == trace_id).collect();
         let names: Vec<&str> = mine.iter().map(|s| s.name.as_str()).collect();
-        for want in ["ingest", "store.put", "deliver.confirm"] {
+        for want in ["ingest", "store.put", "deliver.push", "deliver.confirm"] {
             assert!(names.contains(&want), "{r}: no {want} span in {names:?}");
         }
         let ingest = mine.iter().find(|s| s.name == "ingest").map(|s| &s.attrs);
@@ -218,6 +229,11 @@ consumer = "oslo-vakt"
             confirm.get("outcome").map(String::as_str),
             Some("delivered")
         );
+        let pushed = mine
+            .iter()
+            .filter(|s| s.name == "deliver.push")
+            .any(|s| s.attrs.get("outcome").map(String::as_str) == Some("delivered"));
+        assert!(pushed, "{r}: no delivered push span");
     }
 
     // Nothing that identifies a person or grants access, in any byte sent.
