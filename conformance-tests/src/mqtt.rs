@@ -56,6 +56,8 @@ pub struct Gateway {
     registry: PathBuf,
     grpc: String,
     log: PathBuf,
+    /// More `mqtt-gateway run` flags, on every (re)start.
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -64,6 +66,16 @@ impl Gateway {
     /// until its subscription is confirmed (before that, a first-time
     /// gateway has no session that could keep messages).
     pub async fn start(test: &str, hub: &Hub, registry: &str) -> Result<Gateway> {
+        Gateway::start_with(test, hub, registry, &[]).await
+    }
+
+    /// [`Gateway::start`] with more `mqtt-gateway run` flags.
+    pub async fn start_with(
+        test: &str,
+        hub: &Hub,
+        registry: &str,
+        extra: &[&str],
+    ) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let name = unique(test);
         let path = dir.path().join("devices.toml");
@@ -76,6 +88,7 @@ impl Gateway {
             registry: path,
             grpc: hub.grpc.to_string(),
             log: dir.path().join("gateway.log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
         g.spawn()?;
@@ -99,6 +112,7 @@ impl Gateway {
             .args(["--topic-prefix", &self.prefix])
             .args(["--dead-letter-prefix", &self.dead_letter_prefix])
             .args(["--client-id", &self.client_id])
+            .args(&self.extra)
             .env("RUST_LOG", "info,knutepunkt_adapters=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

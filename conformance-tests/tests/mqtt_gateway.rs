@@ -327,3 +327,45 @@ async fn while_the_hub_is_down_messages_wait_in_the_broker_and_arrive_after() {
     assert_eq!(obs.len(), 6, "every reading, once");
     dev.disconnect().await;
 }
+
+/// A burst far larger than `--max-in-flight` (what a device fleet queued
+/// in the broker session while the gateway was down) all arrives. The
+/// gateway's broker loop once waited for a work permit while the permits'
+/// holders waited for that loop to send their acks, and stopped for good
+/// (`vendor-sim bench-mqtt` stalled on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_max_in_flight_all_arrives() {
+    if !broker_available("mqtt_gateway::burst") {
+        return;
+    }
+    const DEVICES: u64 = 30;
+    const PER_DEVICE: u64 = 30;
+    let dir = ok(tempfile::tempdir());
+    let hub = ok(Hub::start(dir.path(), HubOptions::default()).await);
+    let registry: String = (0..DEVICES)
+        .map(|d| {
+            device(
+                &format!("hr-{d}"),
+                "pulse-oximeter",
+                OSLO,
+                &synthetic::fnr(7400 + d as u32),
+            )
+        })
+        .collect();
+    let mut gw = ok(Gateway::start_with("burst", &hub, &registry, &["--max-in-flight", "2"]).await);
+    // Down while the devices publish: the broker keeps it all in the session.
+    ok(gw.kill9());
+    let mut dev = ok(Client::connect(&unique("burst-dev"), true).await);
+    let t = now();
+    for i in 0..PER_DEVICE {
+        for d in 0..DEVICES {
+            let topic = gw.topic(OSLO, &format!("hr-{d}"), "measurement");
+            let body =
+                json!([{"bt": t + i as f64, "n": "heart-rate", "u": "beat/min", "v": 60 + i}]);
+            ok(dev.publish(&topic, body.to_string()).await);
+        }
+    }
+    ok(gw.restart());
+    gw.ok(wait_accepted(&hub, DEVICES * PER_DEVICE).await);
+    dev.disconnect().await;
+}

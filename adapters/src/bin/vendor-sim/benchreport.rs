@@ -270,7 +270,7 @@ impl Report<'_> {
             Err(why) => {
                 let _ = writeln!(
                     s,
-                    "| 2× NATS JetStream (`sync_interval: always`) | not measured: {why} | — |"
+                    "| 2× NATS JetStream (`sync_interval: always`) | not measured ({why}) | — |"
                 );
             }
         }

@@ -21,7 +21,6 @@
 //! Progress goes to stderr once a second; the Markdown table to stdout.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,61 +42,61 @@ use crate::soak;
 pub struct DeliveryArgs {
     /// The hub binary; default: `knutepunkt` next to this executable.
     #[arg(long)]
-    hub_bin: Option<PathBuf>,
+    pub(crate) hub_bin: Option<PathBuf>,
     /// The EPJ adapter binary; default: `epj-adapter` next to this executable.
     #[arg(long)]
-    epj_bin: Option<PathBuf>,
+    pub(crate) epj_bin: Option<PathBuf>,
     /// Where the temporary directories go; default: the system temp directory.
     #[arg(long)]
-    work_dir: Option<PathBuf>,
+    pub(crate) work_dir: Option<PathBuf>,
     /// End-to-end phase: events per second (Oslo, the municipality with the
     /// push destination).
     #[arg(long, default_value = "1000", value_parser = crate::parse_rate)]
-    e2e_rate: f64,
+    pub(crate) e2e_rate: f64,
     /// End-to-end phase: seconds.
     #[arg(long, default_value = "20", value_parser = crate::parse_secs)]
-    e2e_secs: Duration,
+    pub(crate) e2e_secs: Duration,
     /// End-to-end phase: streams sharing the rate.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    e2e_clients: u32,
+    pub(crate) e2e_clients: u32,
     /// Alarm phase: measurements queued ahead of the RED alarm (0 skips the phase).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
-    alarm_backlog: u64,
+    pub(crate) alarm_backlog: u64,
     /// Drain phase: backlog size (0 skips the phase).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
-    drain_backlog: u64,
+    pub(crate) drain_backlog: u64,
     /// Backlog fills: concurrent streams.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    fill_clients: u32,
+    pub(crate) fill_clients: u32,
     /// The destination's max_batch (entries per Bundle while draining).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    max_batch: u64,
+    pub(crate) max_batch: u64,
     /// The destination's max_rate (events/s while draining).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
-    max_rate: u32,
+    pub(crate) max_rate: u32,
     /// Intake baseline: resources re-sent to a fresh adapter as pre-built
     /// Bundles of max_batch (0 skips it).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
-    intake_events: u64,
+    pub(crate) intake_events: u64,
     /// No pull destination (push only): no pull and no pull in the soak.
     #[arg(long)]
-    no_pull: bool,
+    pub(crate) no_pull: bool,
     /// Pull phase: `_count` of each `$pending`.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
-    pull_count: u32,
+    pub(crate) pull_count: u32,
     /// Soak: events for Oslo after the other phases, pushed and pulled at
     /// the same time (0 skips it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=50_000_000))]
-    soak_events: u64,
+    pub(crate) soak_events: u64,
     /// Soak: events per chunk; the hub's RSS is sampled after each.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
-    soak_chunk: u64,
+    pub(crate) soak_chunk: u64,
     /// Give up a phase after this many seconds.
     #[arg(long, default_value = "1800", value_parser = crate::parse_secs)]
-    phase_timeout: Duration,
+    pub(crate) phase_timeout: Duration,
     /// Keep the temporary directory (hub data and log, adapter files).
     #[arg(long)]
-    keep: bool,
+    pub(crate) keep: bool,
 }
 
 /// `received.log`, read incrementally: `(Type/id, received µs since epoch)`.
@@ -325,18 +324,18 @@ pub(crate) struct E2e {
     pub(crate) missing: u64,
 }
 
-struct AlarmResult {
-    backlog: u64,
-    fill: LoadReport,
+pub(crate) struct AlarmResult {
+    pub(crate) backlog: u64,
+    pub(crate) fill: LoadReport,
     /// Submitted while down: up-switch → at the adapter, ms.
-    while_down_ms: f64,
+    pub(crate) while_down_ms: f64,
     /// Submitted while draining: ack → at the adapter, ms.
-    draining_ms: f64,
+    pub(crate) draining_ms: f64,
     /// Backlog left when the draining alarm was acked.
-    left_at_submit: u64,
+    pub(crate) left_at_submit: u64,
     /// Resources that arrived between the up-switch and the draining alarm.
-    ahead: u64,
-    drain_secs: f64,
+    pub(crate) ahead: u64,
+    pub(crate) drain_secs: f64,
 }
 
 pub(crate) struct DrainResult {
@@ -413,7 +412,7 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
 
     println!(
         "{}",
-        markdown(
+        crate::deliveryreport::markdown(
             &a,
             &e2e,
             alarm.as_ref(),
@@ -426,7 +425,7 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
     );
     println!(
         "{}",
-        soak::markdown(
+        crate::deliveryreport::more_markdown(
             &more,
             &e2e,
             drain.as_ref(),
@@ -737,125 +736,4 @@ fn prebuild(out: &Path, want: usize, batch: usize) -> Result<Vec<(u64, String)>>
             (c.len() as u64, b.to_string())
         })
         .collect())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn markdown(
-    a: &DeliveryArgs,
-    e2e: &E2e,
-    alarm: Option<&AlarmResult>,
-    drain: Option<&DrainResult>,
-    intake: Option<&Intake>,
-    hub_mem: Option<(u64, u64)>,
-    epj_mem: Option<(u64, u64)>,
-    started_at: chrono::DateTime<Utc>,
-) -> String {
-    let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let intake_rate = intake.map(|i| i.events as f64 / i.secs.max(1e-9));
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "## Knutepunkt delivery bench, {}\n",
-        started_at.format("%Y-%m-%d %H:%M UTC")
-    );
-    let _ = writeln!(s, "- command: `vendor-sim {}`", args.join(" "));
-    let _ = writeln!(
-        s,
-        "- hub with TLS and vendor mutual TLS; Oslo has one push destination to `epj-adapter` over HTTPS (max_batch {}, max_rate {}){}; times from the adapter's `received.log` vs the vendor's ack, same clock\n",
-        a.max_batch,
-        a.max_rate,
-        if a.no_pull {
-            ", no pull destination (--no-pull)"
-        } else {
-            " and a pull destination drained by the bench's own client"
-        }
-    );
-    let _ = writeln!(s, "| measurement | setting | result | ratio |");
-    let _ = writeln!(s, "|---|---|---|---|");
-    let l = &e2e.load;
-    let _ = writeln!(
-        s,
-        "| end-to-end: ack → resource at the EPJ adapter | {} events/s for {:.0} s, {} streams, Oslo | p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.2} ms over {} events ({} at the adapter before the ack reached the vendor, counted as 0; {} missing); hub ack p99 {:.2} ms, {:.0} events/s achieved | — |",
-        a.e2e_rate,
-        a.e2e_secs.as_secs_f64(),
-        l.clients,
-        q(&e2e.latency_us, 0.5),
-        q(&e2e.latency_us, 0.99),
-        q(&e2e.latency_us, 0.999),
-        e2e.latency_us.max() as f64 / 1000.0,
-        e2e.latency_us.len(),
-        e2e.before_ack,
-        e2e.missing,
-        l.ms(0.99),
-        l.accepted_per_sec()
-    );
-    if let Some(al) = alarm {
-        let _ = writeln!(
-            s,
-            "| RED alarm (4.1) submitted while draining | behind {} measurements queued with the adapter down; {} still queued at its ack; {} resources arrived before it | ack → at the adapter {:.1} ms | — |",
-            al.backlog, al.left_at_submit, al.ahead, al.draining_ms
-        );
-        let _ = writeln!(
-            s,
-            "| RED alarm (4.1) submitted while down | same backlog, alarm queued last | adapter back up → alarm at the adapter {:.1} ms (includes the hub noticing: breaker 1 s, backoff cap 0.5 s) | — |",
-            al.while_down_ms
-        );
-        let _ = writeln!(
-            s,
-            "| drain of the alarm backlog | {} events | {:.1} s after the switch → {:.0} events/s (fill: {:.0} events/s ingest) | {} |",
-            al.backlog + 2,
-            al.drain_secs,
-            (al.backlog + 2) as f64 / al.drain_secs.max(1e-9),
-            al.fill.accepted_per_sec(),
-            intake_rate
-                .map(|r| format!(
-                    "{:.2} of intake",
-                    (al.backlog + 2) as f64 / al.drain_secs.max(1e-9) / r
-                ))
-                .unwrap_or_else(|| "—".into())
-        );
-    }
-    if let Some(d) = drain {
-        let rate = d.backlog as f64 / d.from_first_secs.max(1e-9);
-        let _ = writeln!(
-            s,
-            "| drain | backlog {} events (balanced mix) built with the adapter down | {:.0} events/s from first to last delivery ({:.1} s; {:.1} s from the switch to ok) | {:.2} of the hub's ingest ({:.0} events/s filling this backlog){} |",
-            d.backlog,
-            rate,
-            d.from_first_secs,
-            d.from_switch_secs,
-            rate / d.fill.accepted_per_sec().max(1e-9),
-            d.fill.accepted_per_sec(),
-            intake_rate
-                .map(|r| format!("; {:.2} of the adapter's intake", rate / r))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(i) = intake {
-        let _ = writeln!(
-            s,
-            "| baseline: EPJ adapter intake of pre-built Bundles | {} resources in {} Bundles, one request at a time | {:.0} events/s ({:.1} s, {} failed) | 1.00 |",
-            i.events,
-            i.bundles,
-            i.events as f64 / i.secs.max(1e-9),
-            i.secs,
-            i.failed
-        );
-    }
-    let mem = |m: Option<(u64, u64)>| match m {
-        Some((rss, hwm)) => format!(
-            "VmRSS {:.0} MiB, VmHWM {:.0} MiB",
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0
-        ),
-        None => "n/a".into(),
-    };
-    let _ = writeln!(s, "| hub memory | at the end | {} | — |", mem(hub_mem));
-    let _ = writeln!(
-        s,
-        "| EPJ adapter memory | at the end | {} | — |",
-        mem(epj_mem)
-    );
-    s
 }

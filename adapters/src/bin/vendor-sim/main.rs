@@ -12,6 +12,7 @@ mod baseline;
 mod bench;
 mod benchreport;
 mod delivery;
+mod deliveryreport;
 mod hubenv;
 mod load;
 mod mqttbench;
