@@ -63,5 +63,10 @@ pub fn promtool() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&unpack.stderr).trim()
         ));
     }
+    // Only promtool is used: drop the server and the rest of the package.
+    for extra in ["usr/bin/prometheus", "usr/share", "etc", "lib", "var"] {
+        let p = dir.join(extra);
+        let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+    }
     Ok(cached)
 }
