@@ -1,6 +1,6 @@
 //! Gauges for the operator's alerts that no request path updates: time
-//! left on the TLS certificates, room on the data directory's disk, the
-//! delivery deadlines, and a zero for every per-destination counter (so
+//! left on the TLS certificates, room on the data directory's disk and the
+//! store's reserve, the delivery deadlines, and a zero for every per-destination counter (so
 //! `increase()` sees the first dead letter). See `deploy/prometheus/`.
 //!
 //! Refreshed every [`EVERY`] by one task, until its stop token.
@@ -25,6 +25,7 @@ pub fn spawn(cfg: &Config, stop: CancellationToken) -> tokio::task::JoinHandle<(
         .set(cfg.delivery.deadline_red_secs as f64);
     metrics::gauge!("knutepunkt_delivery_deadline_seconds", "class" => "yellow")
         .set(cfg.delivery.deadline_yellow_secs as f64);
+    metrics::gauge!("knutepunkt_store_min_free_bytes").set(cfg.store.min_free_bytes as f64);
     for (_, d) in cfg.destinations() {
         for name in [
             "knutepunkt_delivery_delivered_total",

@@ -278,6 +278,12 @@ impl Hub {
                     })?,
             );
         }
+        // The hub refuses a data directory open to others, and
+        // `tempfile::tempdir()` makes directories 0777 minus the umask.
+        if data_dir.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let logs = tempfile::tempdir()?;
         let mut hub = Hub {
             child: None,

@@ -9,3 +9,4 @@ pub mod fhirgw;
 pub mod harness;
 pub mod mqtt;
 pub mod pg;
+pub mod promtool;

@@ -8,8 +8,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use conformance_tests::harness::{Hub, HubOptions, events, ok, search_all};
+use conformance_tests::harness::{Hub, HubOptions, binary, events, ok, search_all};
 use knutepunkt::proto::v1 as pb;
 
 /// Every path under `dir` (itself included) with its permission bits.
@@ -35,19 +37,32 @@ fn chmod(p: &Path, mode: u32) {
     ));
 }
 
+/// Starts the binary on `data` (insecure dev mode, port 0: the refusal
+/// comes before any listener) and expects it to exit with the chmod hint.
+/// Not through `Hub::start`, which makes its data directory private.
 async fn refused(data: &Path, what: &str) {
-    let opts = HubOptions {
-        umask: Some(0o022),
-        ..HubOptions::default()
-    };
-    match Hub::start(data, opts).await {
-        Ok(_) => panic!("{what}: the hub started on a data directory open to others"),
-        Err(e) => {
-            let msg = format!("{e:#}");
-            let hint = format!("chmod -R go-rwx {}", data.display());
-            assert!(msg.contains(&hint), "{what}: no `{hint}` in:\n{msg}");
+    let mut child = ok(Command::new(ok(binary("knutepunkt")))
+        .args(["serve", "--insecure-dev", "--data-dir"])
+        .arg(data)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .env_remove("KNUTEPUNKT_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ok(child.try_wait()).is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}: the hub started on a data directory open to others");
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let out = ok(child.wait_with_output());
+    assert!(!out.status.success(), "{what}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hint = format!("chmod -R go-rwx {}", data.display());
+    assert!(stderr.contains(&hint), "{what}: no `{hint}` in:\n{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
