@@ -68,3 +68,20 @@ fn one_hub_at_a_time_holds_a_push_destination() {
             .unwrap_or_else(|e| panic!("{e}"));
     });
 }
+
+#[test]
+fn printed_urls_hide_the_password() {
+    use super::redact_url;
+    assert_eq!(
+        redact_url("postgres://kp:s3cret@db:5432/kp"),
+        "postgres://kp:***@db:5432/kp"
+    );
+    assert_eq!(
+        redact_url("postgres://kp@db:5432/kp"),
+        "postgres://kp@db:5432/kp"
+    );
+    assert_eq!(
+        redact_url("host=db user=kp password=s3cret"),
+        "host=db user=kp password=***"
+    );
+}
