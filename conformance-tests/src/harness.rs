@@ -350,6 +350,10 @@ impl Hub {
         }
         cmd.env("RUST_LOG", "info")
             .env_remove("KNUTEPUNKT_CONFIG")
+            // The tests' own switches, not hub config (which refuses
+            // unknown KNUTEPUNKT_* keys).
+            .env_remove("KNUTEPUNKT_TEST_BACKEND")
+            .env_remove("KNUTEPUNKT_TEST_PG_URL")
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

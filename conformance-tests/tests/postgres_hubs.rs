@@ -230,3 +230,78 @@ async fn kill_9_of_one_hub_under_load_loses_no_acknowledged_event() {
         accepted.len()
     );
 }
+
+async fn submit20(hub: &Hub, prefix: &str) {
+    let mut c = ok(hub.client().await);
+    for i in 0..20 {
+        let r = ok(c
+            .submit(events::heart_rate(&format!("{prefix}-{i}"), OSLO, i % 3))
+            .await);
+        assert_eq!(r.into_inner().status, ReceiptStatus::Accepted as i32);
+    }
+}
+
+const TAKEN: &str = "this hub delivers to the destination now";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_hub_pushes_to_a_destination_and_another_takes_over_within_10_s() {
+    let Some(schema) = ok(pg::schema("push_takeover").await) else {
+        return;
+    };
+    let epj = ok(conformance_tests::harness::EpjAdapter::start("ok").await);
+    let cfg = format!(
+        r#"
+[[municipalities]]
+orgnr = "964338531"
+name = "Bergen kommune"
+
+[[municipalities]]
+orgnr = "{OSLO}"
+name = "Oslo kommune"
+
+[[municipalities.destinations]]
+name = "oslo-epj"
+kind = "push"
+url = "{}"
+ca_file = "{}"
+max_batch = 20
+timeout_ms = 1000
+"#,
+        epj.fhir_url(),
+        epj.cert.display()
+    );
+    let mut hubs = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..2 {
+        let dir = ok(tempfile::tempdir());
+        let opts = HubOptions {
+            pg: Some(schema.clone()),
+            hub_id: Some(format!("hub-{i}")),
+            config_extra: cfg.clone(),
+            ..HubOptions::default()
+        };
+        hubs.push(ok(Hub::start(dir.path(), opts).await));
+        dirs.push(dir);
+    }
+    submit20(&hubs[0], "before").await;
+    ok(epj.wait_created(20, Duration::from_secs(20)).await);
+    let holders: Vec<usize> = (0..2).filter(|&i| hubs[i].logs().contains(TAKEN)).collect();
+    assert_eq!(holders.len(), 1, "exactly one hub delivers: {holders:?}");
+    let (holder, other) = (holders[0], 1 - holders[0]);
+    ok(hubs[holder].kill9());
+    let killed = std::time::Instant::now();
+    submit20(&hubs[other], "after").await;
+    ok(epj.wait_created(40, Duration::from_secs(10)).await);
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(10),
+        "delivery resumed only after {took:?}"
+    );
+    assert!(hubs[other].logs().contains(TAKEN), "the survivor took over");
+    let received = epj.received();
+    let distinct: HashSet<String> = received
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(distinct.len(), 40, "every event delivered once");
+}

@@ -15,6 +15,7 @@
 //! Pull destinations need no worker: the EPJ takes from its consumer
 //! through `$pending`/`$confirm` in `api`.
 
+pub mod lease;
 pub mod push;
 pub mod retry;
 

@@ -176,9 +176,13 @@ pub async fn run(
     let mut next_send = Instant::now();
     let labels = [("destination", name.clone())];
     tracing::info!(destination = %name, %url, "push delivery started");
+    let mut lease = super::lease::DeliveryLease::new(&name);
     loop {
         if stop.is_cancelled() {
             break;
+        }
+        if !lease.hold(&store, &stop).await {
+            continue;
         }
         let now = Instant::now();
         metrics::gauge!("knutepunkt_delivery_breaker_state", &labels)
@@ -333,6 +337,7 @@ pub async fn run(
             s.breaker = format!("{:?}", breaker.state(Instant::now())).to_lowercase();
         });
     }
+    lease.release(&store).await;
     tracing::info!(destination = %name, "push delivery stopped");
 }
 

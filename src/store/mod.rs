@@ -448,6 +448,21 @@ pub trait Consumers: Send + Sync {
     /// Where one resource stands with one destination; `None` if it was
     /// never meant for it.
     fn delivery_state(&self, consumer: &str, seq: u64) -> StoreFuture<'_, Option<DeliveryState>>;
+
+    /// Takes or renews, for `ttl_us`, the right to deliver to push
+    /// destination `consumer`; `false`: another hub holds it. A store one
+    /// hub owns always grants it; a shared store grants it to one hub at a
+    /// time (see `deliver::lease`).
+    fn delivery_lease(&self, consumer: &str, ttl_us: u64) -> StoreFuture<'_, bool> {
+        let _ = (consumer, ttl_us);
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// Gives the delivery lease up (at shutdown) so another hub takes over.
+    fn delivery_lease_release(&self, consumer: &str) -> StoreFuture<'_, ()> {
+        let _ = consumer;
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The append-only audit trail.

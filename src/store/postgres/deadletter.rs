@@ -173,3 +173,42 @@ pub(crate) async fn delivery_state(
     }
     Ok(in_scope.then_some(DeliveryState::Delivered { at: None }))
 }
+
+/// Takes or renews the push delivery lease of `name` for this hub: granted
+/// when no hub holds it, this hub holds it, or the holder's lease ran out
+/// (by the database's clock, so hubs' clocks need not agree).
+pub(crate) async fn delivery_lease(
+    s: &Shared,
+    name: &str,
+    ttl_us: u64,
+) -> Result<bool, StoreError> {
+    s.consumer(name)?;
+    let client = s.client().await?;
+    let rows = client
+        .query(
+            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us) \
+             INSERT INTO kp_push_leases AS p (consumer, hub_id, lease_until) \
+             SELECT $1, $2, now.us + $3 FROM now \
+             ON CONFLICT (consumer) DO UPDATE SET hub_id = EXCLUDED.hub_id, \
+               lease_until = EXCLUDED.lease_until \
+             WHERE p.hub_id = EXCLUDED.hub_id \
+               OR p.lease_until < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint \
+             RETURNING 1",
+            &[&name, &s.hub_id, &sql_i64(ttl_us)],
+        )
+        .await
+        .map_err(write_err(s))?;
+    Ok(!rows.is_empty())
+}
+
+pub(crate) async fn delivery_lease_release(s: &Shared, name: &str) -> Result<(), StoreError> {
+    let client = s.client().await?;
+    client
+        .execute(
+            "DELETE FROM kp_push_leases WHERE consumer = $1 AND hub_id = $2",
+            &[&name, &s.hub_id],
+        )
+        .await
+        .map_err(write_err(s))?;
+    Ok(())
+}

@@ -416,6 +416,16 @@ impl Consumers for PostgresStore {
         let name = consumer.to_string();
         Box::pin(async move { deadletter::delivery_state(&self.shared, &name, seq).await })
     }
+
+    fn delivery_lease(&self, consumer: &str, ttl_us: u64) -> StoreFuture<'_, bool> {
+        let name = consumer.to_string();
+        Box::pin(async move { deadletter::delivery_lease(&self.shared, &name, ttl_us).await })
+    }
+
+    fn delivery_lease_release(&self, consumer: &str) -> StoreFuture<'_, ()> {
+        let name = consumer.to_string();
+        Box::pin(async move { deadletter::delivery_lease_release(&self.shared, &name).await })
+    }
 }
 
 impl AuditLog for PostgresStore {
@@ -476,3 +486,6 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;
