@@ -173,6 +173,9 @@ fn offline(data_dir: &Path, tmp: &Path) -> anyhow::Result<()> {
 
 /// `knutepunkt restore`.
 pub fn run_restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    // Whatever the caller's umask, the restored store is private (0700/0600),
+    // as the hub requires at start.
+    knutepunkt::private_files::restrict_umask();
     let mut progress = Progress::new();
     eprintln!("checking {} …", from.display());
     let report = restore(from, data_dir, &mut |b, r| {

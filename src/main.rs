@@ -517,6 +517,8 @@ async fn main() -> anyhow::Result<()> {
                 ..Overrides::default()
             };
             let cfg = Config::load(config.as_deref(), &overrides)?;
+            // The new store must pass the hub's private-files check.
+            knutepunkt::private_files::restrict_umask();
             migrate(&cfg)?;
         }
         Command::CheckConfig { config } => {
