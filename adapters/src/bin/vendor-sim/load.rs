@@ -622,7 +622,9 @@ mod tests {
         Fut: std::future::Future<Output = ()>,
     {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let hub = Hub::start(Config::for_dev(dir.path().to_path_buf()))
+        // The hub refuses a data dir open to others; tempdir() makes 0755.
+        let data = dir.path().join("data");
+        let hub = Hub::start(Config::for_dev(data))
             .await
             .unwrap_or_else(|e| panic!("hub: {e}"));
         let grpc = hub.grpc_addr();
