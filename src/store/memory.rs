@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::future::BoxFuture;
 
 use super::audit::{AuditPage, AuditQuery, AuditRecord, StoredAudit};
-use super::embedded::MAX_RECORD_BYTES;
 use super::{
     AuditLog, ConsumerSpec, DataClass, EventLog, NewRecord, PutError, PutOutcome, ReplayGuard,
     ResourceRef, RetentionPolicy, RetentionReport, SearchPage, SearchQuery, StoreError,
@@ -226,12 +225,7 @@ impl MemoryStore {
     }
 
     fn put_sync(&self, rec: NewRecord) -> Result<PutOutcome, PutError> {
-        if rec.resource.json.len() > MAX_RECORD_BYTES {
-            return Err(PutError::Unavailable(format!(
-                "the resource is {} bytes, more than the {MAX_RECORD_BYTES} the store takes; shorten the texts",
-                rec.resource.json.len()
-            )));
-        }
+        rec.check_size()?;
         let now = self.now();
         let mut inner = self.lock();
         let key = (rec.vendor.0.clone(), rec.event_id.clone());

@@ -69,6 +69,21 @@ pub struct NewRecord {
     pub class: Class,
 }
 
+impl NewRecord {
+    /// The one size rule every backend applies before writing: a resource
+    /// larger than [`embedded::MAX_RECORD_BYTES`] is refused.
+    pub fn check_size(&self) -> Result<(), PutError> {
+        let len = self.resource.json.len();
+        if len > embedded::MAX_RECORD_BYTES {
+            return Err(PutError::Unavailable(format!(
+                "the resource is {len} bytes, more than the {} the store takes; shorten the texts",
+                embedded::MAX_RECORD_BYTES
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Delivery class. RED and YELLOW alarms go ahead of every routine item and
 /// have deadlines. The numbers are part of the store's key layout: never
 /// change them.

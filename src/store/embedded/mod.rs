@@ -394,12 +394,7 @@ pub(crate) fn now_micros() -> u64 {
 impl EventLog for EmbeddedStore {
     fn put(&self, rec: NewRecord) -> BoxFuture<'_, Result<PutOutcome, PutError>> {
         Box::pin(async move {
-            if rec.resource.json.len() > MAX_RECORD_BYTES {
-                return Err(PutError::Unavailable(format!(
-                    "the resource is {} bytes, more than the {MAX_RECORD_BYTES} the store takes; shorten the texts",
-                    rec.resource.json.len()
-                )));
-            }
+            rec.check_size()?;
             let stopped = || PutError::Unavailable("the store's writer has stopped".into());
             let (reply, rx) = oneshot::channel();
             self.tx

@@ -42,7 +42,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::audit::{AuditPage, AuditQuery, AuditRecord};
-use super::embedded::MAX_RECORD_BYTES;
 use super::{
     AuditLog, ConsumerSpec, ConsumerStats, Consumers, DeadLetter, DeadLetterFilter, DeliveryState,
     Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReplayGuard,
@@ -308,12 +307,7 @@ pub(crate) fn from_i64(v: i64) -> u64 {
 impl EventLog for PostgresStore {
     fn put(&self, rec: NewRecord) -> BoxFuture<'_, Result<PutOutcome, PutError>> {
         Box::pin(async move {
-            if rec.resource.json.len() > MAX_RECORD_BYTES {
-                return Err(PutError::Unavailable(format!(
-                    "the resource is {} bytes, more than the {MAX_RECORD_BYTES} the store takes; shorten the texts",
-                    rec.resource.json.len()
-                )));
-            }
+            rec.check_size()?;
             let stopped = || PutError::Unavailable("the store's writer has stopped".into());
             let (reply, rx) = oneshot::channel();
             self.tx
