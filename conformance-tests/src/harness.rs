@@ -676,6 +676,14 @@ pub mod events {
         }
     }
 
+    /// The device time every builder uses: the first call's `now()`, fixed
+    /// for the test process. A resend built a second later must be the same
+    /// event, or the hub rightly calls it a conflict (CI failed once on that).
+    pub fn device_time() -> prost_types::Timestamp {
+        static AT: std::sync::OnceLock<prost_types::Timestamp> = std::sync::OnceLock::new();
+        AT.get_or_init(now).clone()
+    }
+
     fn base(event_id: &str, org: &str, resident: u32, payload: pb::event::Payload) -> pb::Event {
         pb::Event {
             event_id: event_id.into(),
@@ -688,7 +696,7 @@ pub mod events {
                 id: format!("dev-{resident}"),
                 kind: "sensor".into(),
             }),
-            occurred_at: Some(now()),
+            occurred_at: Some(device_time()),
             payload: Some(payload),
         }
     }
