@@ -435,7 +435,11 @@ async fn an_alarm_behind_a_large_backlog_of_its_patient_arrives_within_a_second(
 async fn a_restart_after_kill9_rebuilds_every_consumer_from_its_floor() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 300})).await);
+    // Slow enough that the kill finds most items undelivered, also on the
+    // PostgreSQL backend, whose submits take longer than the embedded store's.
+    ok(epj
+        .set_mode(json!({"mode": "slow", "delay_ms": 1000}))
+        .await);
     let setup = Setup {
         epj: &epj,
         max_batch: 20,
