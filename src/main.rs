@@ -344,16 +344,25 @@ async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow::Res
     Ok(())
 }
 
+/// `RUST_LOG`, or `default` without it, with one cap that no setting lifts:
+/// tokio-postgres logs every statement's parameters (national ids, FHIR
+/// JSON) at DEBUG, so it never logs below INFO.
+fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A directive for the same target replaces one from RUST_LOG.
+    ["tokio_postgres=info", "tokio_postgres::query=info"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive)
+}
+
 /// Logs to stderr and, when `traces` is given, this crate's spans to OTLP.
 fn init_logging(format: LogFormat, traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn",
-        )
-    });
+    let filter = log_filter("info,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn");
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -473,10 +482,7 @@ async fn main() -> anyhow::Result<()> {
             mqtt_broker,
         } => {
             // The demo prints its own story; keep the hub's log to warnings.
-            let filter =
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,knutepunkt::server=error")
-                });
+            let filter = log_filter("warn,knutepunkt::server=error");
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)

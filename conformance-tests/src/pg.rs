@@ -105,3 +105,15 @@ fn fastrand_u64() -> u64 {
     );
     h.finish()
 }
+
+/// For tests of the embedded store's own files (backup of `data_dir`, a
+/// full disk, a power cut): under `KNUTEPUNKT_TEST_BACKEND=postgres` they
+/// have nothing to test, so they say so and the caller returns. This is not
+/// a skip: the default (embedded) pass of the same suite runs them.
+pub fn embedded_store_only(test: &str) -> bool {
+    if backend_is_postgres() {
+        eprintln!("NOT ON POSTGRES {test}: it tests the embedded store's own files");
+        return true;
+    }
+    false
+}

@@ -154,6 +154,11 @@ fn keep_submitting(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_under_load_restores_resources_floors_and_audit() {
+    if conformance_tests::pg::embedded_store_only(
+        "a_backup_taken_under_load_restores_resources_floors_and_audit",
+    ) {
+        return;
+    }
     let dir = ok(tempfile::tempdir());
     let a = start(&dir.path().join("a")).await;
     let mut c = ok(a.client().await);
@@ -299,6 +304,11 @@ async fn a_backup_taken_under_load_restores_resources_floors_and_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_backup_is_refused_before_anything_is_written() {
+    if conformance_tests::pg::embedded_store_only(
+        "a_damaged_backup_is_refused_before_anything_is_written",
+    ) {
+        return;
+    }
     let dir = ok(tempfile::tempdir());
     let data = dir.path().join("a");
     let mut a = start(&data).await;

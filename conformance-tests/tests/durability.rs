@@ -115,6 +115,9 @@ fn free_bytes(p: &std::path::Path) -> u64 {
 
 #[tokio::test]
 async fn full_disk_is_refused_cleanly_and_recovered() {
+    if conformance_tests::pg::embedded_store_only("full_disk_is_refused_cleanly_and_recovered") {
+        return;
+    }
     let Some(disk) = SmallDisk::mount(96) else {
         conformance_tests::harness::skip(
             "full_disk_is_refused_cleanly_and_recovered",

@@ -47,6 +47,9 @@ async fn refused(data: &Path, what: &str) {
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--admin-addr", "127.0.0.1:0"])
         .env_remove("KNUTEPUNKT_CONFIG")
+        // The tests' own switch, not a hub setting (the hub refuses
+        // unknown KNUTEPUNKT_* variables).
+        .env_remove("KNUTEPUNKT_TEST_BACKEND")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn());
@@ -85,7 +88,14 @@ async fn data_is_private_under_umask_022_and_an_open_directory_is_refused() {
     ok(hub.stop().await);
 
     let all = modes(&data);
-    assert!(all.len() > 3, "the store wrote nothing? {all:?}");
+    // On PostgreSQL the store's files are the database's; the data dir
+    // still holds the hub's own (the audit pseudonym key).
+    let least = if conformance_tests::pg::backend_is_postgres() {
+        1
+    } else {
+        3
+    };
+    assert!(all.len() > least, "the hub wrote nothing? {all:?}");
     for (p, mode, is_dir) in &all {
         let want = if *is_dir { 0o700 } else { 0o600 };
         assert_eq!(

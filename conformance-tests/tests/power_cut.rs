@@ -176,6 +176,11 @@ fn sample<'a>(missing: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_lose_no_acknowledged_event_and_delivery_resumes() {
+    if conformance_tests::pg::embedded_store_only(
+        "power_cuts_lose_no_acknowledged_event_and_delivery_resumes",
+    ) {
+        return;
+    }
     let mnt = ok(tempfile::tempdir());
     let Some(mut fs) = mount_or_skip(mnt.path()) else {
         return;
