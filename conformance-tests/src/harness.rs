@@ -681,7 +681,7 @@ pub mod events {
     /// event, or the hub rightly calls it a conflict (CI failed once on that).
     pub fn device_time() -> prost_types::Timestamp {
         static AT: std::sync::OnceLock<prost_types::Timestamp> = std::sync::OnceLock::new();
-        AT.get_or_init(now).clone()
+        *AT.get_or_init(now)
     }
 
     fn base(event_id: &str, org: &str, resident: u32, payload: pb::event::Payload) -> pb::Event {
