@@ -139,20 +139,9 @@ async fn wait_accepting(hub: &Hub, id: &str, since: Instant) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_postgresql_crash_and_restart_under_load_loses_no_ack_and_the_hubs_heal() {
-    let t_test = Instant::now();
-    let phase = |what: &str| eprintln!("{TEST}: {what} at {:?}", t_test.elapsed());
-    let server = match ok(tokio::task::spawn_blocking(PgServer::start).await) {
-        Ok(Ok(s)) => s,
-        Ok(Err(why)) => return conformance_tests::harness::skip(TEST, &why.0),
-        Err(e) => panic!("{TEST}: the private PostgreSQL did not start: {e:#}"),
-    };
-    let server = Arc::new(server);
-    phase("server up");
-    let schema = ok(pg::schema_in(&server.url()).await);
-    let mut hubs = Vec::new();
-    let mut dirs = Vec::new();
+/// Two hubs on `schema`, each with its own data directory.
+async fn start_hubs(schema: &Arc<pg::Schema>) -> (Vec<Hub>, Vec<tempfile::TempDir>) {
+    let (mut hubs, mut dirs) = (Vec::new(), Vec::new());
     for i in 0..2 {
         let dir = ok(tempfile::tempdir());
         let opts = HubOptions {
@@ -163,35 +152,43 @@ async fn a_postgresql_crash_and_restart_under_load_loses_no_ack_and_the_hubs_hea
         hubs.push(ok(Hub::start(dir.path(), opts).await));
         dirs.push(dir);
     }
-    let pids: Vec<_> = hubs.iter().map(Hub::pid).collect();
-    phase("hubs up");
-    let hubs = Arc::new(hubs);
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..hubs.len() * CLIENTS_PER_HUB)
-        .map(|k| {
-            let (hubs, stop) = (hubs.clone(), stop.clone());
-            let n = hubs.len();
-            tokio::spawn(load(hubs, k % n, k / n, stop))
-        })
-        .collect();
-    let mut probes_acked = Vec::new();
-    let mut probes_failed = Vec::new();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    (hubs, dirs)
+}
 
-    // 1. A crash: every server process gone at once, mid-transaction.
+/// Runs a blocking server command off the runtime.
+async fn on_server(server: &Arc<PgServer>, f: fn(&PgServer) -> anyhow::Result<()>) {
     let pg = server.clone();
-    ok(ok(tokio::task::spawn_blocking(move || pg.crash()).await));
+    ok(ok(tokio::task::spawn_blocking(move || f(&pg)).await));
+}
+
+/// What the test itself sent beside the load: event id -> resource id of
+/// the acknowledged ones, and the refused ones (event, hub) to resend.
+#[derive(Default)]
+struct Probes {
+    acked: HashMap<String, String>,
+    failed: Vec<(pb::Event, usize)>,
+}
+
+/// The window in which the server was down for certain.
+struct Outage {
+    down: Instant,
+    up: Instant,
+}
+
+/// `pg_ctl stop -m immediate`; then both hubs must say 503 and refuse a
+/// submit with UNAVAILABLE in bounded time; after 3 s `pg_ctl start`, and
+/// both hubs must be ready and take a write within [`HEAL_BOUND`].
+async fn crash_and_recover(server: &Arc<PgServer>, hubs: &[Hub], probes: &mut Probes) -> Outage {
+    on_server(server, PgServer::crash).await;
     let down = Instant::now();
-    phase("server crashed");
-    for hub in hubs.iter() {
+    for hub in hubs {
         wait_readyz(hub, 503, Duration::from_secs(10)).await;
     }
     for (h, hub) in hubs.iter().enumerate() {
         let ev = events::heart_rate(&format!("probe-down-{h}"), OSLO, 2);
-        let t0 = Instant::now();
         let mut c = ok(hub.client().await);
         match submit(&mut c, ev.clone()).await {
-            Outcome::Failed(tonic::Code::Unavailable, _) => probes_failed.push((ev, h)),
+            Outcome::Failed(tonic::Code::Unavailable, _) => probes.failed.push((ev, h)),
             Outcome::Failed(code, msg) => {
                 panic!("submit while down: {code:?} ({msg}), not UNAVAILABLE")
             }
@@ -203,35 +200,145 @@ async fn a_postgresql_crash_and_restart_under_load_loses_no_ack_and_the_hubs_hea
                 panic!("hub {h} answered status {s} while the database was down")
             }
         }
-        assert!(t0.elapsed() < SUBMIT_BOUND);
     }
     // Let the load clients run into the outage too.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(down.elapsed())).await;
-    let pg = server.clone();
-    let up_at = Instant::now();
-    ok(ok(
-        tokio::task::spawn_blocking(move || pg.start_again()).await
-    ));
     let up = Instant::now();
-    phase("server back");
+    on_server(server, PgServer::start_again).await;
+    heal(hubs, "up", probes).await;
+    Outage { down, up }
+}
+
+/// Both hubs ready and taking a write within [`HEAL_BOUND`] from now.
+async fn heal(hubs: &[Hub], tag: &str, probes: &mut Probes) {
+    let since = Instant::now();
     for (h, hub) in hubs.iter().enumerate() {
         let took = wait_readyz(hub, 200, HEAL_BOUND).await;
-        probes_acked.push(wait_accepting(hub, &format!("probe-up-{h}"), up).await);
-        eprintln!("{TEST}: hub {h} ready {took:?} after the server was back");
+        let id = format!("probe-{tag}-{h}");
+        let r = wait_accepting(hub, &id, since).await;
+        probes.acked.insert(id, r);
+        eprintln!("{TEST}: hub {h} ready {took:?} after the server was back ({tag})");
     }
+}
 
+/// Sorts what the load clients saw: the acknowledged ones into `acked`,
+/// the failed ones (all of them UNAVAILABLE) to resend. Returns how many
+/// failed entirely inside the outage.
+fn classify(sent: &[Sent], o: &Outage, probes: &mut Probes) -> usize {
+    let mut during_outage = 0;
+    for s in sent {
+        let id = &s.event.event_id;
+        let inside = s.started > o.down && s.ended < o.up;
+        match &s.result {
+            Outcome::Acked(r) => {
+                assert!(!inside, "{id} acknowledged while the database was down");
+                probes.acked.insert(id.clone(), r.clone());
+            }
+            Outcome::Failed(tonic::Code::Unavailable, _) => {
+                during_outage += usize::from(inside);
+                probes.failed.push((s.event.clone(), s.hub));
+            }
+            Outcome::Failed(code, msg) => {
+                panic!("{id}: {code:?} ({msg}); a database outage must be UNAVAILABLE")
+            }
+            Outcome::Hung => panic!("{id}: no answer within {SUBMIT_BOUND:?}"),
+            Outcome::Refused(st) => panic!("{id}: receipt status {st}"),
+        }
+    }
+    during_outage
+}
+
+/// Resends every failed submit through the other hub: ACCEPTED or
+/// DUPLICATE (committed, answer lost), never ALREADY_EXISTS. Returns the
+/// number of DUPLICATEs.
+async fn resend(hubs: &[Hub], probes: &mut Probes) -> usize {
+    let mut clients = Vec::new();
+    for hub in hubs {
+        clients.push(ok(hub.client().await));
+    }
+    let mut duplicates = 0;
+    for (ev, h) in std::mem::take(&mut probes.failed) {
+        let c = &mut clients[(h + 1) % hubs.len()];
+        let r = ok(c
+            .submit(ev.clone())
+            .await
+            .map_err(|s| format!("resend {}: {s}", ev.event_id)));
+        let r = r.into_inner();
+        duplicates += usize::from(r.status == ReceiptStatus::Duplicate as i32);
+        assert!(
+            r.status == ReceiptStatus::Accepted as i32
+                || r.status == ReceiptStatus::Duplicate as i32,
+            "resend of {} answered status {} (ALREADY_EXISTS would mean the hub stored something else under it)",
+            ev.event_id,
+            r.status
+        );
+        let res = r.resource.trim_start_matches("Observation/").to_string();
+        probes.acked.insert(ev.event_id, res);
+    }
+    duplicates
+}
+
+/// Every acknowledged event is stored, and nothing else is. Returns the
+/// number stored.
+async fn check_stored(hub: &Hub, acked: &HashMap<String, String>, server: &PgServer) -> usize {
+    let url = format!("{}/Observation?_count=500", hub.fhir_base(OSLO));
+    let stored: HashSet<String> = ok(search_all(&url).await)
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .collect();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(_, r)| !stored.contains(*r))
+        .map(|(e, _)| e.clone())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events are not in the store after the restarts: {:?}\nserver log:\n{}",
+        lost.len(),
+        &lost[..lost.len().min(20)],
+        server.log()
+    );
+    let want: HashSet<&String> = acked.values().collect();
+    let extra: Vec<_> = stored.iter().filter(|r| !want.contains(r)).collect();
+    assert!(extra.is_empty(), "stored but never acknowledged: {extra:?}");
+    stored.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgresql_crash_and_restart_under_load_loses_no_ack_and_the_hubs_heal() {
+    let t_test = Instant::now();
+    let phase = |what: &str| eprintln!("{TEST}: {what} at {:?}", t_test.elapsed());
+    let server = match ok(tokio::task::spawn_blocking(PgServer::start).await) {
+        Ok(Ok(s)) => Arc::new(s),
+        Ok(Err(why)) => return conformance_tests::harness::skip(TEST, &why.0),
+        Err(e) => panic!("{TEST}: the private PostgreSQL did not start: {e:#}"),
+    };
+    phase("server up");
+    let schema = ok(pg::schema_in(&server.url()).await);
+    let (hubs, _dirs) = start_hubs(&schema).await;
+    let pids: Vec<_> = hubs.iter().map(Hub::pid).collect();
+    phase("hubs up");
+    let hubs = Arc::new(hubs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..hubs.len() * CLIENTS_PER_HUB)
+        .map(|k| {
+            let (hubs, stop) = (hubs.clone(), stop.clone());
+            let n = hubs.len();
+            tokio::spawn(load(hubs, k % n, k / n, stop))
+        })
+        .collect();
+    let mut probes = Probes::default();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. A crash: every server process gone at once, mid-transaction.
+    phase("crash");
+    let outage = crash_and_recover(&server, &hubs, &mut probes).await;
     // 2. A fast restart (sessions terminated, checkpoint, start) under load.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pg = server.clone();
-    ok(ok(
-        tokio::task::spawn_blocking(move || pg.restart_fast()).await
-    ));
-    let up2 = Instant::now();
-    phase("server restarted fast");
-    for (h, hub) in hubs.iter().enumerate() {
-        wait_readyz(hub, 200, HEAL_BOUND).await;
-        probes_acked.push(wait_accepting(hub, &format!("probe-up2-{h}"), up2).await);
-    }
+    phase("fast restart");
+    on_server(&server, PgServer::restart_fast).await;
+    let restarted = Instant::now();
+    heal(&hubs, "up2", &mut probes).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     phase("load stopped");
@@ -240,113 +347,27 @@ async fn a_postgresql_crash_and_restart_under_load_loses_no_ack_and_the_hubs_hea
         let mine = ok(c.await);
         assert!(
             mine.iter()
-                .any(|s| s.started > up2 && matches!(s.result, Outcome::Acked(_))),
-            "load client {k} got no ACCEPTED after the second restart"
+                .any(|s| s.started > restarted && matches!(s.result, Outcome::Acked(_))),
+            "load client {k} got no ACCEPTED after the fast restart"
         );
         sent.extend(mine);
     }
     // The same processes did all of it.
     assert_eq!(pids, hubs.iter().map(Hub::pid).collect::<Vec<_>>());
 
-    // What the load clients saw.
-    let mut acked: HashMap<String, String> = HashMap::new(); // event_id -> resource id
-    let mut to_resend = probes_failed;
-    let mut during_outage = 0;
-    for s in &sent {
-        match &s.result {
-            Outcome::Acked(r) => {
-                // Sent and answered entirely while the server was down.
-                assert!(
-                    !(s.started > down && s.ended < up_at),
-                    "{} acknowledged while the database was down",
-                    s.event.event_id
-                );
-                acked.insert(s.event.event_id.clone(), r.clone());
-            }
-            Outcome::Failed(tonic::Code::Unavailable, _) => {
-                if s.started > down && s.ended < up_at {
-                    during_outage += 1;
-                }
-                to_resend.push((s.event.clone(), s.hub));
-            }
-            Outcome::Failed(code, msg) => panic!(
-                "{}: {code:?} ({msg}); a database outage must be UNAVAILABLE",
-                s.event.event_id
-            ),
-            Outcome::Hung => panic!("{}: no answer within {SUBMIT_BOUND:?}", s.event.event_id),
-            Outcome::Refused(st) => {
-                panic!("{}: receipt status {st}", s.event.event_id)
-            }
-        }
-    }
+    let during_outage = classify(&sent, &outage, &mut probes);
     assert!(
         during_outage > 0,
         "no load submit fell into the outage: the test proved nothing"
     );
-
-    // 3. Resend every failed submit through the other hub.
-    let mut duplicates = 0;
-    let mut resenders = Vec::new();
-    for hub in hubs.iter() {
-        resenders.push(ok(hub.client().await));
-    }
-    for (ev, h) in &to_resend {
-        let c = &mut resenders[(h + 1) % hubs.len()];
-        let r = ok(c
-            .submit(ev.clone())
-            .await
-            .map_err(|s| format!("resend {}: {s}", ev.event_id)));
-        let st = r.get_ref().status;
-        if st == ReceiptStatus::Duplicate as i32 {
-            duplicates += 1;
-        }
-        assert!(
-            st == ReceiptStatus::Accepted as i32 || st == ReceiptStatus::Duplicate as i32,
-            "resend of {} answered status {st} (ALREADY_EXISTS would mean the hub stored something else under it)",
-            ev.event_id
-        );
-        acked.insert(
-            ev.event_id.clone(),
-            r.into_inner()
-                .resource
-                .trim_start_matches("Observation/")
-                .to_string(),
-        );
-    }
-
-    // 4. Every acknowledged event is there, and nothing else is.
+    let failed = probes.failed.len();
+    // 3. Resend every failed submit; 4. all acknowledged, nothing else.
+    let duplicates = resend(&hubs, &mut probes).await;
     phase("resent");
-    let stored = ok(search_all(&format!(
-        "{}/Observation?_count=500",
-        hubs[1].fhir_base(OSLO)
-    ))
-    .await);
-    let stored: HashSet<String> = stored
-        .iter()
-        .filter_map(|r| r["id"].as_str().map(str::to_string))
-        .collect();
-    let mut want: HashSet<String> = acked.values().cloned().collect();
-    want.extend(probes_acked);
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|(_, r)| !stored.contains(*r))
-        .map(|(e, _)| e.clone())
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged events are not in the store after the restart: {:?}\nserver log:\n{}",
-        lost.len(),
-        &lost[..lost.len().min(20)],
-        server.log()
-    );
-    let extra: Vec<_> = stored.difference(&want).collect();
-    assert!(extra.is_empty(), "stored but never acknowledged: {extra:?}");
+    let stored = check_stored(&hubs[1], &probes.acked, &server).await;
     eprintln!(
-        "{TEST}: {} submits, {} failed during the outage ({} resends were DUPLICATE: committed, answer lost), {} stored, {:?} in all",
+        "{TEST}: {} load submits, {failed} failed and resent ({duplicates} of them DUPLICATE: committed, answer lost), {stored} stored, {:?} in all",
         sent.len(),
-        to_resend.len(),
-        duplicates,
-        stored.len(),
         t_test.elapsed()
     );
 }
