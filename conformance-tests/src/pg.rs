@@ -22,13 +22,13 @@ pub fn backend_is_postgres() -> bool {
     std::env::var("KNUTEPUNKT_TEST_BACKEND").as_deref() == Ok("postgres")
 }
 
-async fn admin(sql: &str) -> Result<()> {
-    let mut cfg: tokio_postgres::Config = url().parse().context("KNUTEPUNKT_TEST_PG_URL")?;
+async fn admin(url: &str, sql: &str) -> Result<()> {
+    let mut cfg: tokio_postgres::Config = url.parse().context("KNUTEPUNKT_TEST_PG_URL")?;
     cfg.connect_timeout(std::time::Duration::from_secs(3));
     let (client, conn) = cfg
         .connect(tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("cannot reach PostgreSQL at {}", url()))?;
+        .with_context(|| format!("cannot reach PostgreSQL at {url}"))?;
     let task = tokio::spawn(conn);
     let r = client.batch_execute(sql).await;
     drop(client);
@@ -40,12 +40,14 @@ async fn admin(sql: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Schema {
     pub name: String,
+    /// The database it lives in ([`url`], or a test's own server).
+    db_url: String,
 }
 
 impl Schema {
     /// The store URL for hubs on this schema.
     pub fn store_url(&self) -> String {
-        let base = url();
+        let base = &self.db_url;
         let sep = if base.contains('?') { '&' } else { '?' };
         format!("{base}{sep}options=-csearch_path%3D{}", self.name)
     }
@@ -63,13 +65,14 @@ impl Schema {
 impl Drop for Schema {
     fn drop(&mut self) {
         let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        let url = self.db_url.clone();
         // Drop may run inside a runtime: do it on a thread of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             if let Ok(rt) = rt
-                && let Err(e) = rt.block_on(admin(&sql))
+                && let Err(e) = rt.block_on(admin(&url, &sql))
             {
                 eprintln!("could not drop a test schema: {e:#}");
             }
@@ -82,8 +85,9 @@ impl Drop for Schema {
 /// caller skips, and this said so); under `CI=true` that is an error.
 pub async fn schema(test: &str) -> Result<Option<Arc<Schema>>> {
     let name = format!("kp_ct_{:016x}", fastrand_u64());
-    match admin(&format!("CREATE SCHEMA {name}")).await {
-        Ok(()) => Ok(Some(Arc::new(Schema { name }))),
+    let db_url = url();
+    match admin(&db_url, &format!("CREATE SCHEMA {name}")).await {
+        Ok(()) => Ok(Some(Arc::new(Schema { name, db_url }))),
         Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
             bail!("{test}: PostgreSQL is required under CI=true: {e:#}")
         }
@@ -92,6 +96,17 @@ pub async fn schema(test: &str) -> Result<Option<Arc<Schema>>> {
             Ok(None)
         }
     }
+}
+
+/// A fresh schema in the database at `db_url` (a test's own server, see
+/// [`crate::pgserver`]); there it must work, so no skipping.
+pub async fn schema_in(db_url: &str) -> Result<Arc<Schema>> {
+    let name = format!("kp_ct_{:016x}", fastrand_u64());
+    admin(db_url, &format!("CREATE SCHEMA {name}")).await?;
+    Ok(Arc::new(Schema {
+        name,
+        db_url: db_url.to_string(),
+    }))
 }
 
 /// A random number from the standard library's hasher seed (no extra crate).
