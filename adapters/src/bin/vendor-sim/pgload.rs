@@ -200,32 +200,7 @@ pub async fn run(a: PgBenchArgs) -> Result<()> {
         settings.push(r?);
         dropped?;
     }
-    // pgbench rows as big as the hubs' event rows (the mean of the last setting).
-    let payload = settings
-        .iter()
-        .rev()
-        .find_map(|s| s.size.as_ref().map(|z| z.avg_row.round() as usize))
-        .unwrap_or(1500)
-        .max(64);
-    let rows = settings
-        .iter()
-        .rev()
-        .find(|s| s.hubs > 0)
-        .map(|s| s.rows_per_tx.mean().round().max(1.0) as u32)
-        .unwrap_or(64);
-    let pgbench = if a.no_pgbench {
-        Err("skipped (--no-pgbench)".to_string())
-    } else if !a.pgbench.is_file() {
-        Err(format!("skipped: {} not found", a.pgbench.display()))
-    } else {
-        let schema = format!("kp_bench_{run_id}_pgbench");
-        pg.create_schema(&schema).await?;
-        let r = pgbench_runs(&a, &pg, work.path(), &schema, payload, rows).await;
-        let dropped = pg.drop_schema(&schema).await;
-        let r = r.map_err(|e| format!("failed: {e:#}").replace('|', "/"));
-        dropped?;
-        r
-    };
+    let (pgbench, payload) = server_rate(&cx, &run_id, &settings).await?;
     pg.close();
     let report = PgReport {
         a: &a,
@@ -243,6 +218,43 @@ pub async fn run(a: PgBenchArgs) -> Result<()> {
         eprintln!("bench-postgres: kept {}", kept.display());
     }
     Ok(())
+}
+
+/// pgbench in a scratch schema of its own, with rows as big as the hubs'
+/// event rows (the mean of the last setting) and their rows per
+/// transaction: the runs (or why none ran) and the payload size.
+async fn server_rate(
+    cx: &Ctx<'_>,
+    run_id: &str,
+    settings: &[Setting],
+) -> Result<(Result<Vec<PgbenchRun>, String>, usize)> {
+    let (a, pg) = (cx.a, cx.pg);
+    let payload = settings
+        .iter()
+        .rev()
+        .find_map(|s| s.size.as_ref().map(|z| z.avg_row.round() as usize))
+        .unwrap_or(1500)
+        .max(64);
+    let rows = settings
+        .iter()
+        .rev()
+        .find(|s| s.hubs > 0)
+        .map(|s| s.rows_per_tx.mean().round().max(1.0) as u32)
+        .unwrap_or(64);
+    if a.no_pgbench {
+        return Ok((Err("skipped (--no-pgbench)".to_string()), payload));
+    }
+    if !a.pgbench.is_file() {
+        let why = format!("skipped: {} not found", a.pgbench.display());
+        return Ok((Err(why), payload));
+    }
+    let schema = format!("kp_bench_{run_id}_pgbench");
+    pg.create_schema(&schema).await?;
+    let r = pgbench_runs(a, pg, cx.work, &schema, payload, rows).await;
+    let dropped = pg.drop_schema(&schema).await;
+    let r = r.map_err(|e| format!("failed: {e:#}").replace('|', "/"));
+    dropped?;
+    Ok((r, payload))
 }
 
 /// The stream load of every setting, against `hubs` (clients take them in turn).
