@@ -43,7 +43,7 @@ fn mem(m: Option<(u64, u64)>) -> String {
     }
 }
 
-fn ack(r: &LoadReport) -> String {
+pub fn ack(r: &LoadReport) -> String {
     format!(
         "ack p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
         r.ms(0.5),
@@ -52,7 +52,7 @@ fn ack(r: &LoadReport) -> String {
     )
 }
 
-fn problems(r: &LoadReport) -> String {
+pub fn problems(r: &LoadReport) -> String {
     let mut s = String::new();
     if r.rejected + r.errors + r.duplicate > 0 || r.timed_out {
         let _ = write!(

@@ -214,6 +214,8 @@ pub struct HubProcess {
     pub pid: u32,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The admin listener (plain HTTP on loopback; `/metrics` is here).
+    pub admin: SocketAddr,
     pub certs: PathBuf,
     pub log: PathBuf,
     /// HTTPS client trusting the dev CA.
@@ -228,6 +230,19 @@ impl HubProcess {
         work: &Path,
         certs: &Path,
         push: Option<&PushDest>,
+    ) -> Result<HubProcess> {
+        Self::start_with_env(bin, work, certs, push, &[]).await
+    }
+
+    /// As [`HubProcess::start`], with `KNUTEPUNKT_*` settings in the
+    /// environment on top of the config file (e.g. `[store]` for the
+    /// PostgreSQL backend).
+    pub async fn start_with_env(
+        bin: &Path,
+        work: &Path,
+        certs: &Path,
+        push: Option<&PushDest>,
+        env: &[(String, String)],
     ) -> Result<HubProcess> {
         let grpc = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
         let http = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
@@ -253,6 +268,7 @@ impl HubProcess {
             .arg(admin.to_string())
             .env("RUST_LOG", "warn")
             .env_remove("KNUTEPUNKT_CONFIG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -288,6 +304,7 @@ impl HubProcess {
             pid,
             grpc,
             http,
+            admin,
             certs: certs.to_path_buf(),
             log,
             web,

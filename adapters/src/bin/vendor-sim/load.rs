@@ -85,6 +85,10 @@ pub struct LoadArgs {
     /// rate of the first and the last stretch of a long run).
     #[arg(skip)]
     pub mark_every: Option<u64>,
+    /// Bench only: more hubs (on one shared store); client `i` connects to
+    /// the `i mod n`-th of `grpc` followed by these.
+    #[arg(skip)]
+    pub more_hubs: Vec<SocketAddr>,
 }
 
 impl LoadArgs {
@@ -107,6 +111,7 @@ impl LoadArgs {
             mix: Mix::BALANCED,
             record_acks: false,
             mark_every: None,
+            more_hubs: Vec::new(),
         }
     }
 }
@@ -356,13 +361,18 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
     let clients = a.clients.max(1);
 
     // Connect first, so connection setup is not part of the measurement.
+    // With several hubs the clients take them in turn.
     let conn = a.conn.resolve()?;
+    let hubs: Vec<SocketAddr> = std::iter::once(a.grpc)
+        .chain(a.more_hubs.iter().copied())
+        .collect();
     let mut channels = Vec::with_capacity(clients as usize);
     for i in 0..clients {
+        let hub = hubs[i as usize % hubs.len()];
         let ch = conn
-            .connect(a.grpc)
+            .connect(hub)
             .await
-            .with_context(|| format!("client {i}"))?;
+            .with_context(|| format!("client {i} to {hub}"))?;
         channels.push(ch);
     }
 

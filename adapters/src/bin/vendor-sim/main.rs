@@ -11,12 +11,16 @@ mod addr;
 mod baseline;
 mod bench;
 mod benchreport;
+mod cpu;
 mod delivery;
 mod deliveryreport;
 mod hubenv;
 mod load;
 mod mqttbench;
 mod nats;
+mod pgload;
+mod pgreport;
+mod pgsql;
 mod pull;
 mod send;
 mod soak;
@@ -33,7 +37,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "vendor-sim",
     version,
     about = "Simulated vendor, load generator and benchmark for the Knutepunkt hub (loopback only)",
-    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/kp-baseline --events 200000\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000\n  vendor-sim bench-mqtt --messages 20000"
+    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/kp-baseline --events 200000\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000\n  vendor-sim bench-mqtt --messages 20000\n  vendor-sim bench-postgres --events 50000"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -79,6 +83,13 @@ enum Command {
         after_help = "Needs an MQTT broker on loopback (Mosquitto on 127.0.0.1:1883). Phase 1 publishes\nSenML readings with QoS 1 to a QoS 1 subscriber (the broker alone); phase 2\npublishes the same through the MQTT gateway (in this process) into a real hub\n(TLS, vendor mutual TLS, fresh store in --work-dir) and counts a message done\nwhen the gateway acknowledged it after the hub's receipt. Topics and client ids\nare unique per run; the gateway's persistent session is removed at the end.\nProgress on stderr once a second; a Markdown table on stdout.\n\nExamples:\n  vendor-sim bench-mqtt\n  vendor-sim bench-mqtt --messages 50000 --devices 200 --window 500"
     )]
     BenchMqtt(mqttbench::MqttBenchArgs),
+    /// 1, 2, 3 hubs on one PostgreSQL (`[store] backend = "postgres"`) beside
+    /// the embedded store and pgbench on the same server, in one run.
+    #[command(
+        name = "bench-postgres",
+        after_help = "Needs PostgreSQL (default: postgres://postgres@127.0.0.1:5432/test; the user must be\nallowed to create schemas) and, for the server's own rate, pgbench. First the load\nagainst one hub on the embedded store. Then per setting: a fresh schema\nkp_bench_<run>_<N>, N real hubs on it (TLS, vendor mutual TLS, store.url with\nsearch_path=<schema>, hub_id bench-hub-1..N), the same SubmitStream load with the\nclients taking the hubs in turn, each hub's /metrics (rows per group transaction),\nCPU seconds of the hubs, of PostgreSQL and of the load generator, the schema's size\nand row count, then DROP SCHEMA. Last, pgbench in a scratch schema: one row per\ntransaction and the hubs' mean rows per transaction, rows as big as the hubs' event\nrows, as many clients as each hub count. Progress on stderr once a second; Markdown\non stdout.\n\nExamples:\n  vendor-sim bench-postgres                       # 3 x 50k events + embedded + pgbench: a few minutes\n  vendor-sim bench-postgres --events 200000 --hubs 1,3 --pgbench-secs 10\n  vendor-sim bench-postgres --pg-url postgres://kp@db.internal/bench --no-embedded --no-pgbench"
+    )]
+    BenchPostgres(pgload::PgBenchArgs),
 }
 
 /// How the load generator submits.
@@ -154,5 +165,6 @@ async fn main() -> Result<()> {
         Command::Bench(a) => bench::run(a).await,
         Command::BenchDelivery(a) => delivery::run(a).await,
         Command::BenchMqtt(a) => mqttbench::run(a).await,
+        Command::BenchPostgres(a) => pgload::run(a).await,
     }
 }
