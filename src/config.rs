@@ -366,6 +366,13 @@ pub struct StoreConfig {
     /// Example: "hub-1".
     #[serde(default)]
     pub hub_id: Option<String>,
+    /// CA certificate (PEM) that signed PostgreSQL's server certificate.
+    /// With it the hub requires TLS to PostgreSQL and verifies the server's
+    /// certificate and the host name in `url`; without it, plain text
+    /// (meant for a database on the same machine). Example:
+    /// "/etc/knutepunkt/pg-ca.pem".
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -402,6 +409,7 @@ impl Default for Config {
                 url: None,
                 pool_size: defaults::pool_size(),
                 hub_id: None,
+                ca_file: None,
             },
             retention: RetentionConfig::default(),
             delivery: DeliveryConfig {
@@ -629,6 +637,7 @@ impl Config {
                 .idempotency_window_days
                 .saturating_mul(86_400_000_000),
             queue_depth: defaults.queue_depth,
+            ca_file: self.store.ca_file.clone(),
         }
     }
 

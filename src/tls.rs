@@ -112,6 +112,19 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// A rustls client config that trusts only the CA certificates in
+/// `ca_file` (PEM), for the hub's own connections out (PostgreSQL).
+pub fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_file)? {
+        roots.add(c)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// The rustls config of one listener. `vendor_mtls`: require a client
 /// certificate signed by `vendor_ca_file` (gRPC).
 pub fn server_config(tls: &TlsConfig, vendor_mtls: bool) -> Result<ServerConfig, TlsError> {

@@ -125,6 +125,30 @@ impl PgServer {
         self.pg_ctl(&["restart", "-m", "fast", "-t", "30", "-l", &self.log_path()])
     }
 
+    /// Turns TLS on with the server certificate `cert` and its key `key`
+    /// (PEM files, e.g. from `knutepunkt dev-certs`) and restarts. Plain
+    /// connections stay allowed, so a test can see which ones used TLS in
+    /// `pg_stat_ssl`.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.dir.path().join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = data.join(to);
+            std::fs::copy(from, &dest)
+                .with_context(|| format!("cannot copy {} into the cluster", from.display()))?;
+            // PostgreSQL refuses a key others can read, and must own it.
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text)?;
+        self.restart_fast()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

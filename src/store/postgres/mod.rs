@@ -39,7 +39,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
 
 use super::audit::{AuditPage, AuditQuery, AuditRecord};
 use super::{
@@ -67,6 +66,10 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     pub queue_depth: usize,
     pub idempotency_window_us: u64,
+    /// CA (PEM) that signed PostgreSQL's server certificate. With it every
+    /// connection requires TLS and verifies the server's certificate and
+    /// host name; without it the hub connects in plain text.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -79,6 +82,7 @@ impl Default for PostgresOptions {
             max_batch: 256,
             queue_depth: 8192,
             idempotency_window_us: 30 * 24 * 3600 * 1_000_000,
+            ca_file: None,
         }
     }
 }
@@ -95,6 +99,8 @@ pub enum PgOpenError {
     Migrate(String),
     #[error("PostgreSQL store setup failed: {0}")]
     Setup(String),
+    #[error("TLS to PostgreSQL: {0}")]
+    Tls(String),
 }
 
 /// Bounds every wait on the database, so a dead server fails requests
@@ -150,9 +156,25 @@ pub struct PostgresStore {
     background: tokio_util::sync::CancellationToken,
 }
 
+/// How this hub reaches PostgreSQL: the connection settings and the TLS
+/// connector (rustls, through tokio-postgres-rustls).
+#[derive(Clone)]
+pub struct PgConnect {
+    pub cfg: tokio_postgres::Config,
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl PgConnect {
+    /// Where it points, for messages (never the password).
+    pub fn target(&self) -> String {
+        target(&self.cfg)
+    }
+}
+
 /// The connection settings of `opts`: URL, timeouts, `synchronous_commit`
-/// forced on, and the schema if one is given.
-pub fn pg_config(opts: &PostgresOptions) -> Result<tokio_postgres::Config, PgOpenError> {
+/// forced on, the schema if one is given, and TLS: required (and the
+/// server's certificate verified) when `ca_file` is set, off otherwise.
+pub fn pg_config(opts: &PostgresOptions) -> Result<PgConnect, PgOpenError> {
     let mut cfg: tokio_postgres::Config = opts
         .url
         .parse()
@@ -165,7 +187,49 @@ pub fn pg_config(opts: &PostgresOptions) -> Result<tokio_postgres::Config, PgOpe
     cfg.options(options.trim());
     cfg.connect_timeout(CONNECT_TIMEOUT);
     cfg.application_name("knutepunkt");
-    Ok(cfg)
+    let tls = match &opts.ca_file {
+        Some(ca) => {
+            // Never "prefer": a server that declines TLS is refused.
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            crate::tls::client_config(ca).map_err(|e| PgOpenError::Tls(e.to_string()))?
+        }
+        None => {
+            if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                return Err(PgOpenError::Tls(
+                    "store.url asks for sslmode=require, but store.ca_file is not set: \
+                     set it to the CA certificate (PEM) that signed PostgreSQL's certificate"
+                        .into(),
+                ));
+            }
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            plain_text_warning(&cfg);
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PgOpenError::Tls(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        }
+    };
+    Ok(PgConnect {
+        cfg,
+        tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+    })
+}
+
+/// Plain text is for a database on this machine (loopback or a Unix
+/// socket); anywhere else the operator hears about it once at start.
+fn plain_text_warning(cfg: &tokio_postgres::Config) {
+    let remote = cfg.get_hosts().iter().any(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            !matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
+        }
+        tokio_postgres::config::Host::Unix(_) => false,
+    });
+    if remote {
+        tracing::warn!(database = %target(cfg), "connecting to PostgreSQL without TLS; set store.ca_file to require TLS and verify the server");
+    }
 }
 
 /// Where `cfg` points, for messages (never the password).
@@ -188,11 +252,11 @@ impl PostgresStore {
         opts: PostgresOptions,
         specs: Vec<ConsumerSpec>,
     ) -> Result<PostgresStore, PgOpenError> {
-        let cfg = pg_config(&opts)?;
-        schema::migrate(&cfg).await?;
+        let pg = pg_config(&opts)?;
+        schema::migrate(&pg).await?;
         let mgr = Manager::from_config(
-            cfg.clone(),
-            NoTls,
+            pg.cfg.clone(),
+            pg.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -224,8 +288,8 @@ impl PostgresStore {
             let _ = closed_tx.send(true);
         });
         let background = tokio_util::sync::CancellationToken::new();
-        notify::spawn(shared.clone(), cfg.clone(), background.clone());
-        tracing::info!(database = %target(&cfg), hub_id = %opts.hub_id, last_seq, "store opened (PostgreSQL)");
+        notify::spawn(shared.clone(), pg.clone(), background.clone());
+        tracing::info!(database = %pg.target(), tls = opts.ca_file.is_some(), hub_id = %opts.hub_id, last_seq, "store opened (PostgreSQL)");
         Ok(PostgresStore {
             shared,
             tx,
@@ -286,7 +350,22 @@ pub(crate) fn write_err(s: &Shared) -> impl Fn(tokio_postgres::Error) -> StoreEr
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {} ({})", db.message(), db.code().code()),
-        None => format!("PostgreSQL connection: {e}"),
+        None => {
+            // The cause (a refused certificate, a reset) is in the source chain.
+            let mut msg = format!("PostgreSQL connection: {e}");
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            if msg.contains("TLS") || msg.contains("certificate") {
+                msg.push_str(
+                    " (store.ca_file must be the CA that signed the server's certificate, \
+                     and the host in store.url must be named in that certificate)",
+                );
+            }
+            msg
+        }
     }
 }
 

@@ -10,17 +10,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, describe, from_i64};
 
 const POLL: Duration = Duration::from_secs(1);
 
-pub(crate) fn spawn(shared: Arc<Shared>, cfg: tokio_postgres::Config, stop: CancellationToken) {
+pub(crate) fn spawn(shared: Arc<Shared>, pg: super::PgConnect, stop: CancellationToken) {
     tokio::spawn(async move {
         while !stop.is_cancelled() {
-            if let Err(e) = listen(&shared, &cfg, &stop).await {
+            if let Err(e) = listen(&shared, &pg, &stop).await {
                 shared.mark_unreachable(&e);
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -33,12 +33,12 @@ pub(crate) fn spawn(shared: Arc<Shared>, cfg: tokio_postgres::Config, stop: Canc
 
 /// One connection's life: LISTEN, forward notifications, poll. Returns why
 /// it ended (never while it works, until `stop`).
-async fn listen(
-    s: &Shared,
-    cfg: &tokio_postgres::Config,
-    stop: &CancellationToken,
-) -> Result<(), String> {
-    let (client, mut conn) = cfg.connect(NoTls).await.map_err(|e| describe(&e))?;
+async fn listen(s: &Shared, pg: &super::PgConnect, stop: &CancellationToken) -> Result<(), String> {
+    let (client, mut conn) = pg
+        .cfg
+        .connect(pg.tls.clone())
+        .await
+        .map_err(|e| describe(&e))?;
     let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
     // The connection must be polled for the client to work; its messages
     // are the notifications.

@@ -2,9 +2,7 @@
 //! the binary and applied at open by refinery. Hubs starting together take
 //! a session advisory lock around it, so only one migrates.
 
-use tokio_postgres::NoTls;
-
-use super::{PgOpenError, target};
+use super::{PgConnect, PgOpenError};
 
 refinery::embed_migrations!("migrations/postgres");
 
@@ -12,12 +10,16 @@ refinery::embed_migrations!("migrations/postgres");
 const MIGRATE_LOCK: i64 = 7_403_250;
 
 async fn connect(
-    cfg: &tokio_postgres::Config,
+    pg: &PgConnect,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgOpenError> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| PgOpenError::Connect {
-        target: target(cfg),
-        msg: super::describe(&e),
-    })?;
+    let (client, conn) =
+        pg.cfg
+            .connect(pg.tls.clone())
+            .await
+            .map_err(|e| PgOpenError::Connect {
+                target: pg.target(),
+                msg: super::describe(&e),
+            })?;
     let task = tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL set-up connection ended");
@@ -27,8 +29,8 @@ async fn connect(
 }
 
 /// Applies every migration not yet applied.
-pub async fn migrate(cfg: &tokio_postgres::Config) -> Result<(), PgOpenError> {
-    let (mut client, task) = connect(cfg).await?;
+pub async fn migrate(pg: &PgConnect) -> Result<(), PgOpenError> {
+    let (mut client, task) = connect(pg).await?;
     let m = |e: tokio_postgres::Error| PgOpenError::Migrate(super::describe(&e));
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
@@ -71,8 +73,8 @@ pub struct SchemaStatus {
 }
 
 /// Connects and reads the applied schema version, changing nothing.
-pub async fn status(cfg: &tokio_postgres::Config) -> Result<SchemaStatus, PgOpenError> {
-    let (client, task) = connect(cfg).await?;
+pub async fn status(pg: &PgConnect) -> Result<SchemaStatus, PgOpenError> {
+    let (client, task) = connect(pg).await?;
     let q = |e: tokio_postgres::Error| PgOpenError::Setup(super::describe(&e));
     let server_version: String = client
         .query_one("SHOW server_version", &[])
@@ -100,7 +102,7 @@ pub async fn status(cfg: &tokio_postgres::Config) -> Result<SchemaStatus, PgOpen
     drop(client);
     task.abort();
     Ok(SchemaStatus {
-        target: target(cfg),
+        target: pg.target(),
         server_version,
         applied,
         known: known_version(),
