@@ -388,6 +388,38 @@ impl Hub {
         }
     }
 
+    /// `GET /readyz`: its status, or 0 when the hub does not answer.
+    pub async fn readyz(&self) -> u16 {
+        let Ok(client) = http_client() else { return 0 };
+        match client
+            .get(self.url("/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Waits until `/readyz` answers `want`; how long that took. Panics
+    /// (with the hub's log) after `within`.
+    pub async fn wait_readyz(&self, want: u16, within: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let got = self.readyz().await;
+            if got == want {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < within,
+                "/readyz answered {got}, not {want}, for {within:?}; log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         let scheme = if self.opts.insecure { "http" } else { "https" };
         format!("{scheme}://{}{}", self.http, path)

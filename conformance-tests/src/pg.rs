@@ -132,3 +132,25 @@ pub fn embedded_store_only(test: &str) -> bool {
     }
     false
 }
+
+/// `n` hubs sharing `schema` as `hub-0`, `hub-1`, …, each with its own data
+/// directory and `config_extra` (e.g. destinations) in its config.
+pub async fn hubs_on(
+    schema: &Arc<Schema>,
+    n: usize,
+    config_extra: &str,
+) -> Result<(Vec<crate::harness::Hub>, Vec<tempfile::TempDir>)> {
+    let (mut hubs, mut dirs) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let dir = tempfile::tempdir()?;
+        let opts = crate::harness::HubOptions {
+            pg: Some(schema.clone()),
+            hub_id: Some(format!("hub-{i}")),
+            config_extra: config_extra.to_string(),
+            ..crate::harness::HubOptions::default()
+        };
+        hubs.push(crate::harness::Hub::start(dir.path(), opts).await?);
+        dirs.push(dir);
+    }
+    Ok((hubs, dirs))
+}

@@ -9,25 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use conformance_tests::harness::events::{self, OSLO};
-use conformance_tests::harness::{Hub, HubOptions, ReceiptStatus, get_json, ok};
+use conformance_tests::harness::{Hub, ReceiptStatus, get_json, ok};
 use conformance_tests::pg;
-
-/// Three hubs sharing `schema`, each with its own data directory.
-async fn three_hubs(schema: &Arc<pg::Schema>) -> (Vec<Hub>, Vec<tempfile::TempDir>) {
-    let mut hubs = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..3 {
-        let dir = ok(tempfile::tempdir());
-        let opts = HubOptions {
-            pg: Some(schema.clone()),
-            hub_id: Some(format!("hub-{i}")),
-            ..HubOptions::default()
-        };
-        hubs.push(ok(Hub::start(dir.path(), opts).await));
-        dirs.push(dir);
-    }
-    (hubs, dirs)
-}
 
 fn next_link(b: &serde_json::Value) -> Option<String> {
     b["link"]
@@ -94,7 +77,7 @@ async fn three_hubs_write_one_log_that_a_pager_sees_exactly_once() {
     let Some(schema) = ok(pg::schema("three_hubs_write_one_log").await) else {
         return;
     };
-    let (hubs, _dirs) = three_hubs(&schema).await;
+    let (hubs, _dirs) = ok(pg::hubs_on(&schema, 3, "").await);
     let hubs = Arc::new(hubs);
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..3)
@@ -151,7 +134,7 @@ async fn kill_9_of_one_hub_under_load_loses_no_acknowledged_event() {
     let Some(schema) = ok(pg::schema("kill_9_of_one_hub").await) else {
         return;
     };
-    let (hubs, _dirs) = three_hubs(&schema).await;
+    let (hubs, _dirs) = ok(pg::hubs_on(&schema, 3, "").await);
     let mut hubs: Vec<Option<Hub>> = hubs.into_iter().map(Some).collect();
     let victim = Arc::new(tokio::sync::Mutex::new(hubs[1].take()));
     let survivors: Arc<Vec<Hub>> = Arc::new(

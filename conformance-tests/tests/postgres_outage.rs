@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conformance_tests::harness::events::{self, OSLO};
-use conformance_tests::harness::{Hub, HubOptions, ReceiptStatus, http_client, ok};
+use conformance_tests::harness::{Hub, HubOptions, ReceiptStatus, ok};
 use conformance_tests::pg;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,33 +60,6 @@ impl Proxy {
     }
 }
 
-async fn readyz(hub: &Hub) -> u16 {
-    match ok(http_client())
-        .get(hub.url("/readyz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
-        Ok(r) => r.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
-async fn wait_readyz(hub: &Hub, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = readyz(hub).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz answered {got}, not {want}, for {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_refuses_writes_turns_readyz_503_and_heals_itself() {
     let Some(schema) = ok(pg::schema("postgres_outage").await) else {
@@ -122,7 +95,7 @@ async fn a_database_outage_refuses_writes_turns_readyz_503_and_heals_itself() {
     }
 
     proxy.cut();
-    wait_readyz(&hub, 503, Duration::from_secs(10)).await;
+    hub.wait_readyz(503, Duration::from_secs(10)).await;
     for i in 0..3 {
         match c
             .submit(events::heart_rate(&format!("during-{i}"), OSLO, 1))
@@ -138,7 +111,7 @@ async fn a_database_outage_refuses_writes_turns_readyz_503_and_heals_itself() {
     }
 
     proxy.restore();
-    wait_readyz(&hub, 200, Duration::from_secs(20)).await;
+    hub.wait_readyz(200, Duration::from_secs(20)).await;
     let mut healed = false;
     for _ in 0..50 {
         if let Ok(r) = c.submit(events::heart_rate("after", OSLO, 1)).await

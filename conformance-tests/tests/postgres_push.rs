@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
-use conformance_tests::harness::{EpjAdapter, Hub, HubOptions, ReceiptStatus, ok};
+use conformance_tests::harness::{EpjAdapter, Hub, ReceiptStatus, ok};
 use conformance_tests::pg;
 use knutepunkt::proto::client::EventClient;
 use serde_json::json;
@@ -51,20 +51,7 @@ name = "Oslo kommune"
             String::new()
         },
     );
-    let mut hubs = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..n {
-        let dir = ok(tempfile::tempdir());
-        let opts = HubOptions {
-            pg: Some(schema.clone()),
-            hub_id: Some(format!("hub-{i}")),
-            config_extra: cfg.clone(),
-            ..HubOptions::default()
-        };
-        hubs.push(ok(Hub::start(dir.path(), opts).await));
-        dirs.push(dir);
-    }
-    (hubs, dirs)
+    ok(pg::hubs_on(schema, n, &cfg).await)
 }
 
 fn destination(epj: &EpjAdapter) -> String {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use conformance_tests::harness::events::{self, OSLO};
-use conformance_tests::harness::{Hub, HubOptions, ReceiptStatus, http_client, ok, search_all};
+use conformance_tests::harness::{Hub, ReceiptStatus, ok, search_all};
 use conformance_tests::pg;
 use conformance_tests::pgserver::PgServer;
 use knutepunkt::proto::client::EventClient;
@@ -49,34 +49,6 @@ enum Outcome {
     Refused(i32),
     Failed(tonic::Code, String),
     Hung,
-}
-
-async fn readyz(hub: &Hub) -> u16 {
-    match ok(http_client())
-        .get(hub.url("/readyz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
-        Ok(r) => r.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
-async fn wait_readyz(hub: &Hub, want: u16, within: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        let got = readyz(hub).await;
-        if got == want {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < within,
-            "/readyz answered {got}, not {want}, for {within:?}; log:\n{}",
-            hub.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn submit(c: &mut EventClient, ev: pb::Event) -> Outcome {
@@ -139,22 +111,6 @@ async fn wait_accepting(hub: &Hub, id: &str, since: Instant) -> String {
     }
 }
 
-/// Two hubs on `schema`, each with its own data directory.
-async fn start_hubs(schema: &Arc<pg::Schema>) -> (Vec<Hub>, Vec<tempfile::TempDir>) {
-    let (mut hubs, mut dirs) = (Vec::new(), Vec::new());
-    for i in 0..2 {
-        let dir = ok(tempfile::tempdir());
-        let opts = HubOptions {
-            pg: Some(schema.clone()),
-            hub_id: Some(format!("hub-{i}")),
-            ..HubOptions::default()
-        };
-        hubs.push(ok(Hub::start(dir.path(), opts).await));
-        dirs.push(dir);
-    }
-    (hubs, dirs)
-}
-
 /// Runs a blocking server command off the runtime.
 async fn on_server(server: &Arc<PgServer>, f: fn(&PgServer) -> anyhow::Result<()>) {
     let pg = server.clone();
@@ -182,7 +138,7 @@ async fn crash_and_recover(server: &Arc<PgServer>, hubs: &[Hub], probes: &mut Pr
     on_server(server, PgServer::crash).await;
     let down = Instant::now();
     for hub in hubs {
-        wait_readyz(hub, 503, Duration::from_secs(10)).await;
+        hub.wait_readyz(503, Duration::from_secs(10)).await;
     }
     for (h, hub) in hubs.iter().enumerate() {
         let ev = events::heart_rate(&format!("probe-down-{h}"), OSLO, 2);
@@ -213,7 +169,7 @@ async fn crash_and_recover(server: &Arc<PgServer>, hubs: &[Hub], probes: &mut Pr
 async fn heal(hubs: &[Hub], tag: &str, probes: &mut Probes) {
     let since = Instant::now();
     for (h, hub) in hubs.iter().enumerate() {
-        let took = wait_readyz(hub, 200, HEAL_BOUND).await;
+        let took = hub.wait_readyz(200, HEAL_BOUND).await;
         let id = format!("probe-{tag}-{h}");
         let r = wait_accepting(hub, &id, since).await;
         probes.acked.insert(id, r);
@@ -315,7 +271,7 @@ async fn a_postgresql_crash_and_restart_under_load_loses_no_ack_and_the_hubs_hea
     };
     phase("server up");
     let schema = ok(pg::schema_in(&server.url()).await);
-    let (hubs, _dirs) = start_hubs(&schema).await;
+    let (hubs, _dirs) = ok(pg::hubs_on(&schema, 2, "").await);
     let pids: Vec<_> = hubs.iter().map(Hub::pid).collect();
     phase("hubs up");
     let hubs = Arc::new(hubs);
