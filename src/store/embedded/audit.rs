@@ -136,16 +136,21 @@ pub(crate) fn prune(s: &Shared, before: u64) -> Result<usize, StoreError> {
     Ok(pruned)
 }
 
-pub(crate) fn jti_prune(s: &Shared, now: u64) -> Result<usize, StoreError> {
+/// Adds the removal of every jti expired at `now` (except those `skip`
+/// names) to the writer's `batch`; how many.
+pub(crate) fn stage_jti_prune(
+    s: &Shared,
+    batch: &mut fjall::OwnedWriteBatch,
+    now: u64,
+    skip: impl Fn(&[u8]) -> bool,
+) -> Result<usize, StoreError> {
     let mut n = 0;
-    let mut batch = s.db.batch();
     for g in s.ks.jti.iter() {
         let (k, v) = g.into_inner().map_err(read)?;
-        if be_u64(&v).is_none_or(|exp| exp < now) {
+        if be_u64(&v).is_none_or(|exp| exp < now) && !skip(&k) {
             batch.remove(&s.ks.jti, k);
             n += 1;
         }
     }
-    s.commit(batch)?;
     Ok(n)
 }

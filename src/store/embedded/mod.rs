@@ -531,7 +531,7 @@ impl ReplayGuard for EmbeddedStore {
     }
 
     fn jti_prune(&self, now: u64) -> StoreFuture<'_, usize> {
-        self.blocking(move |s| audit::jti_prune(s, now))
+        self.send(move |reply| Req::JtiPrune { now, reply })
     }
 }
 

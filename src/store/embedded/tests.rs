@@ -324,6 +324,36 @@ async fn retention_never_drops_what_a_consumer_has_not_settled() {
     assert_eq!(take(&s, "epj", 10).await.first(), Some(&b));
 }
 
+/// The prune goes through the writer: it removes only what has expired,
+/// and a jti claimed again after its expiry survives a prune in the same
+/// group (the claim's new expiry must not be removed with the old entry).
+#[tokio::test]
+async fn jti_prune_removes_only_the_expired_and_never_a_fresh_claim() {
+    let dir = tmp();
+    let s = open(dir.path());
+    assert!(matches!(s.jti_claim("c", "old", 100, 50).await, Ok(true)));
+    assert!(matches!(
+        s.jti_claim("c", "live", 1_000, 50).await,
+        Ok(true)
+    ));
+    assert!(matches!(s.jti_claim("c", "again", 100, 50).await, Ok(true)));
+    // "again" is claimed anew and pruned at once, maybe in one group.
+    let (claim, pruned) = tokio::join!(s.jti_claim("c", "again", 2_000, 500), s.jti_prune(500));
+    assert!(matches!(claim, Ok(true)), "{claim:?}");
+    assert!(matches!(pruned, Ok(1 | 2)), "{pruned:?}");
+    // Expired "old" may be claimed again; "live" and "again" may not.
+    assert!(matches!(
+        s.jti_claim("c", "live", 1_000, 600).await,
+        Ok(false)
+    ));
+    assert!(matches!(
+        s.jti_claim("c", "again", 2_000, 600).await,
+        Ok(false)
+    ));
+    assert!(matches!(s.jti_claim("c", "old", 900, 600).await, Ok(true)));
+    s.close().await;
+}
+
 #[tokio::test]
 async fn audit_and_jti_share_the_group_commit_and_survive_a_restart() {
     use crate::store::audit::{AuditAction, AuditAgent, AuditOutcome, AuditQuery};

@@ -38,6 +38,13 @@ pub(crate) enum Req {
         now: u64,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Removes expired jtis. Through the writer, so it never races a claim:
+    /// pruning outside it could delete a jti claimed again between the
+    /// prune's read and its commit, and open a replay window.
+    JtiPrune {
+        now: u64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
 }
 
 /// One answer per request, sent after the group is durable.
@@ -45,6 +52,7 @@ enum Answer {
     Put(Result<PutOutcome, PutError>),
     Audit(Result<Vec<u64>, StoreError>),
     Jti(Result<bool, StoreError>),
+    JtiPrune(Result<usize, StoreError>),
 }
 
 pub(crate) struct Writer {
@@ -100,6 +108,7 @@ impl Writer {
                     (Req::Put(_, reply), Answer::Put(a)) => drop(reply.send(a)),
                     (Req::Audit(_, reply), Answer::Audit(a)) => drop(reply.send(a)),
                     (Req::Jti { reply, .. }, Answer::Jti(a)) => drop(reply.send(a)),
+                    (Req::JtiPrune { reply, .. }, Answer::JtiPrune(a)) => drop(reply.send(a)),
                     _ => {}
                 }
             }
@@ -145,7 +154,7 @@ impl Writer {
                     Answer::Put(Ok(PutOutcome::Accepted(_))) | Answer::Audit(Ok(_)) => {
                         refuse(r, &err)
                     }
-                    Answer::Jti(Ok(true)) => refuse(r, &err),
+                    Answer::Jti(Ok(true)) | Answer::JtiPrune(Ok(_)) => refuse(r, &err),
                     other => other,
                 })
                 .collect();
@@ -223,6 +232,19 @@ impl Writer {
                 group.jtis.insert(key, *exp);
                 group.writes += 1;
                 Answer::Jti(Ok(true))
+            }
+            Req::JtiPrune { now, .. } => {
+                // Not the ones this group claims: their new expiry is in the
+                // batch, and a later remove of the same key would win.
+                let claimed = &group.jtis;
+                match audit::stage_jti_prune(&self.shared, batch, *now, |k| claimed.contains_key(k))
+                {
+                    Ok(n) => {
+                        group.writes += usize::from(n > 0);
+                        Answer::JtiPrune(Ok(n))
+                    }
+                    Err(e) => Answer::JtiPrune(Err(e)),
+                }
             }
         }
     }
@@ -402,6 +424,7 @@ fn refuse(req: &Req, e: &PutError) -> Answer {
         Req::Put(..) => Answer::Put(Err(e.clone())),
         Req::Audit(..) => Answer::Audit(Err(StoreError::Write(e.to_string()))),
         Req::Jti { .. } => Answer::Jti(Err(StoreError::Write(e.to_string()))),
+        Req::JtiPrune { .. } => Answer::JtiPrune(Err(StoreError::Write(e.to_string()))),
     }
 }
 
