@@ -21,15 +21,12 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     let dir = BUILT
         .get_or_init(|| {
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "knutepunkt",
-                "-p",
-                "knutepunkt-adapters",
-                "--bins",
-            ]);
+            // The same packages and targets as `cargo test --workspace`:
+            // a narrower set resolves crate features differently (dev-only
+            // features such as tokio's test-util), and cargo would then
+            // compile every dependency again and overwrite the binaries the
+            // outer run built. With the same set this is a no-op there.
+            cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
             if !cfg!(debug_assertions) {
                 cmd.arg("--release");
             }
