@@ -132,17 +132,8 @@ enum Command {
         after_help = "Examples:\n  knutepunkt dlq list\n  knutepunkt dlq list --destination oslo-epj --code 4.1\n  knutepunkt dlq show oslo-epj 1763868000123456\n  knutepunkt dlq replay oslo-epj 1763868000123456\n  knutepunkt dlq replay-all --destination oslo-epj --from 2026-11-23T00:00:00Z\n  knutepunkt dlq discard oslo-epj 1763868000123456 --reason \"registered by hand in the EPJ\""
     )]
     Dlq {
-        /// Base URL of the hub's admin API.
-        #[arg(
-            long,
-            env = "KNUTEPUNKT_ADMIN_URL",
-            default_value = "http://127.0.0.1:8081"
-        )]
-        admin: String,
-        /// The admin API's bearer token (its SHA-256 is admin.token_sha256
-        /// in the hub's config).
-        #[arg(long, env = "KNUTEPUNKT_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
+        #[command(flatten)]
+        admin: AdminApi,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -157,16 +148,8 @@ enum Command {
         /// The backup file to write (written as FILE.tmp, checked, then renamed).
         #[arg(long)]
         out: PathBuf,
-        /// Base URL of the running hub's admin API.
-        #[arg(
-            long,
-            env = "KNUTEPUNKT_ADMIN_URL",
-            default_value = "http://127.0.0.1:8081"
-        )]
-        admin: String,
-        /// The admin API's bearer token.
-        #[arg(long, env = "KNUTEPUNKT_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
+        #[command(flatten)]
+        admin: AdminApi,
         /// Back up this stopped hub's data directory instead of asking the admin API.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -344,6 +327,22 @@ async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow::Res
     Ok(())
 }
 
+/// Where a running hub's admin API is and its token (`dlq`, `backup`).
+#[derive(clap::Args, Debug)]
+struct AdminApi {
+    /// Base URL of the hub's admin API.
+    #[arg(
+        long,
+        env = "KNUTEPUNKT_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    admin: String,
+    /// The admin API's bearer token (its SHA-256 is admin.token_sha256 in
+    /// the hub's config).
+    #[arg(long, env = "KNUTEPUNKT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
 /// `RUST_LOG`, or `default` without it, with one cap that no setting lifts:
 /// tokio-postgres logs every statement's parameters (national ids, FHIR
 /// JSON) at DEBUG, so it never logs below INFO.
@@ -439,17 +438,22 @@ async fn main() -> anyhow::Result<()> {
             }
             served?;
         }
-        Command::Dlq {
-            admin,
-            admin_token,
-            action,
-        } => dlq(&admin, admin_token.as_deref(), action).await?,
+        Command::Dlq { admin, action } => {
+            dlq(&admin.admin, admin.admin_token.as_deref(), action).await?
+        }
         Command::Backup {
             out,
             admin,
-            admin_token,
             data_dir,
-        } => backup_cmd::backup(&out, &admin, admin_token.as_deref(), data_dir.as_deref()).await?,
+        } => {
+            backup_cmd::backup(
+                &out,
+                &admin.admin,
+                admin.admin_token.as_deref(),
+                data_dir.as_deref(),
+            )
+            .await?
+        }
         Command::Restore { from, data_dir } => backup_cmd::run_restore(&from, &data_dir)?,
         Command::DevCerts {
             out,

@@ -687,6 +687,54 @@ pub fn entry_refs(bundle: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Config (TOML, for [`HubOptions::config_extra`]) that many tests share:
+/// Bergen and Oslo, Oslo pulled by the EPJ client `oslo-vakt` (a pull
+/// destination with a 60 s lease and its `[[auth.clients]]` entry) and, with
+/// `push`, also pushed to `oslo-epj` at that adapter, with the extra
+/// destination lines given (e.g. `"timeout_ms = 2000"`).
+pub fn oslo_pulled_by_vakt(push: Option<(&EpjAdapter, &str)>) -> Result<String> {
+    let certs = certs()?.display().to_string();
+    let push = push.map_or(String::new(), |(epj, extra)| {
+        format!(
+            r#"
+[[municipalities.destinations]]
+name = "oslo-epj"
+kind = "push"
+url = "{url}"
+ca_file = "{ca}"
+{extra}
+"#,
+            url = epj.fhir_url(),
+            ca = epj.cert.display()
+        )
+    });
+    Ok(format!(
+        r#"
+[[municipalities]]
+orgnr = "{bergen}"
+name = "Bergen kommune"
+
+[[municipalities]]
+orgnr = "{oslo}"
+name = "Oslo kommune"
+{push}
+[[municipalities.destinations]]
+name = "oslo-vakt"
+kind = "pull"
+lease_secs = 60
+
+[[auth.clients]]
+id = "oslo-vakt"
+municipality = "{oslo}"
+scopes = ["system/pending.rs"]
+jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
+consumer = "oslo-vakt"
+"#,
+        bergen = events::BERGEN,
+        oslo = events::OSLO,
+    ))
+}
+
 /// Builders for valid events; tests change one field to break a rule.
 pub mod events {
     use super::pb;

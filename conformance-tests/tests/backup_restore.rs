@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use conformance_tests::harness::events::{self, BERGEN, OSLO};
+use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
     ADMIN_TOKEN, Hub, HubOptions, ReceiptStatus, authed, binary, entry_refs, get_json, ok,
     search_all,
@@ -25,32 +25,7 @@ const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 
 /// Oslo, pulled by `oslo-vakt`.
 async fn start(data: &Path) -> Hub {
-    let certs = ok(conformance_tests::harness::certs())
-        .display()
-        .to_string();
-    let cfg = format!(
-        r#"
-[[municipalities]]
-orgnr = "{BERGEN}"
-name = "Bergen kommune"
-
-[[municipalities]]
-orgnr = "{OSLO}"
-name = "Oslo kommune"
-
-[[municipalities.destinations]]
-name = "oslo-vakt"
-kind = "pull"
-lease_secs = 60
-
-[[auth.clients]]
-id = "oslo-vakt"
-municipality = "{OSLO}"
-scopes = ["system/pending.rs"]
-jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
-consumer = "oslo-vakt"
-"#
-    );
+    let cfg = ok(conformance_tests::harness::oslo_pulled_by_vakt(None));
     let opts = HubOptions {
         config_extra: cfg,
         ..HubOptions::default()

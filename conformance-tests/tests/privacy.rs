@@ -21,41 +21,10 @@ const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 const DNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.2";
 
 async fn hub_with(dir: &std::path::Path, epj: &EpjAdapter) -> Hub {
-    let certs = ok(conformance_tests::harness::certs())
-        .display()
-        .to_string();
-    let cfg = format!(
-        r#"
-[[municipalities]]
-orgnr = "{BERGEN}"
-name = "Bergen kommune"
-
-[[municipalities]]
-orgnr = "{OSLO}"
-name = "Oslo kommune"
-
-[[municipalities.destinations]]
-name = "oslo-epj"
-kind = "push"
-url = "{url}"
-ca_file = "{ca}"
-timeout_ms = 2000
-
-[[municipalities.destinations]]
-name = "oslo-vakt"
-kind = "pull"
-lease_secs = 60
-
-[[auth.clients]]
-id = "oslo-vakt"
-municipality = "{OSLO}"
-scopes = ["system/pending.rs"]
-jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
-consumer = "oslo-vakt"
-"#,
-        url = epj.fhir_url(),
-        ca = epj.cert.display()
-    );
+    let cfg = ok(conformance_tests::harness::oslo_pulled_by_vakt(Some((
+        epj,
+        "timeout_ms = 2000",
+    ))));
     ok(Hub::start(
         &dir.join("data"),
         HubOptions {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use conformance_tests::harness::events::{self, BERGEN, OSLO};
+use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
     EpjAdapter, Hub, HubOptions, ReceiptStatus, authed, entry_refs, get_json, ok, token,
 };
@@ -95,40 +95,9 @@ fn spans(bodies: &[Bytes]) -> Vec<Span> {
 async fn each_event_is_one_trace_without_national_ids_or_tokens() {
     let (endpoint, got) = receiver().await;
     let epj = ok(EpjAdapter::start("ok").await);
-    let certs = ok(conformance_tests::harness::certs())
-        .display()
-        .to_string();
-    let cfg = format!(
-        r#"
-[[municipalities]]
-orgnr = "{BERGEN}"
-name = "Bergen kommune"
-
-[[municipalities]]
-orgnr = "{OSLO}"
-name = "Oslo kommune"
-
-[[municipalities.destinations]]
-name = "oslo-epj"
-kind = "push"
-url = "{url}"
-ca_file = "{ca}"
-
-[[municipalities.destinations]]
-name = "oslo-vakt"
-kind = "pull"
-lease_secs = 60
-
-[[auth.clients]]
-id = "oslo-vakt"
-municipality = "{OSLO}"
-scopes = ["system/pending.rs"]
-jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
-consumer = "oslo-vakt"
-"#,
-        url = epj.fhir_url(),
-        ca = epj.cert.display()
-    );
+    let cfg = ok(conformance_tests::harness::oslo_pulled_by_vakt(Some((
+        &epj, "",
+    ))));
     let dir = ok(tempfile::tempdir());
     let mut hub = ok(Hub::start(
         &dir.path().join("data"),

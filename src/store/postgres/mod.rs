@@ -203,13 +203,13 @@ pub fn pg_config(opts: &PostgresOptions) -> Result<PgConnect, PgOpenError> {
             }
             cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
             plain_text_warning(&cfg);
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| PgOpenError::Tls(e.to_string()))?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
+            // Never used for a handshake (TLS is off), but the connector
+            // type is one for both cases.
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| PgOpenError::Tls(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
         }
     };
     Ok(PgConnect {
