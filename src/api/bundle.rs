@@ -84,6 +84,45 @@ pub fn searchset(
     serde_json::to_string(&bundle).map_err(|_| CorruptResource("Bundle".into()))
 }
 
+#[derive(Serialize)]
+struct Collection {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    // FHIR JSON has no empty arrays: an empty Bundle has no `entry`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entry: Vec<CollectionEntry>,
+}
+
+#[derive(Serialize)]
+struct CollectionEntry {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    resource: Box<RawValue>,
+}
+
+/// Builds a `collection` Bundle (what `$pending` answers) of stored
+/// resources, each with `fullUrl` `urn:uuid:<id>`, spliced in as for
+/// [`searchset`].
+pub fn collection(items: Vec<StoredResource>) -> Result<String, CorruptResource> {
+    let mut entry = Vec::with_capacity(items.len());
+    for item in items {
+        let resource = RawValue::from_string(item.json)
+            .map_err(|_| CorruptResource(item.resource.to_string()))?;
+        entry.push(CollectionEntry {
+            full_url: format!("urn:uuid:{}", item.resource.id),
+            resource,
+        });
+    }
+    let bundle = Collection {
+        resource_type: "Bundle",
+        kind: "collection",
+        entry,
+    };
+    serde_json::to_string(&bundle).map_err(|_| CorruptResource("Bundle".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +203,28 @@ mod tests {
                 "Observation/00000000-0000-0000-0000-000000000009".into()
             ))
         );
+    }
+
+    #[test]
+    fn collection_splices_resources_under_urn_uuids() {
+        let a = stored(
+            1,
+            1,
+            r#"{"resourceType":"Observation","id":"00000000-0000-0000-0000-000000000001","valueQuantity":{"value":72.50}}"#,
+        );
+        let out = collection(vec![a]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.contains(r#""value":72.50"#), "{out}");
+        let v = parse(&out);
+        assert_eq!(v["resourceType"], "Bundle");
+        assert_eq!(v["type"], "collection");
+        assert_eq!(
+            v["entry"][0]["fullUrl"],
+            "urn:uuid:00000000-0000-0000-0000-000000000001"
+        );
+        assert_eq!(v["entry"][0]["resource"]["resourceType"], "Observation");
+        let empty = parse(&collection(vec![]).unwrap_or_else(|e| panic!("{e}")));
+        assert!(empty.get("entry").is_none(), "{empty}");
+        let bad = stored(1, 9, r#"{"resourceType":"#);
+        assert!(collection(vec![bad]).is_err());
     }
 }

@@ -204,17 +204,9 @@ pub async fn pending(
     // At most `_count`, as asked. The rest of a longer answer stays leased
     // and is offered again when the lease ends.
     items.truncate(count);
-    let mut entries = Vec::with_capacity(items.len());
-    for i in &items {
-        if i.resource.municipality != org {
-            tracing::error!("$pending: store returned another municipality's item; refusing");
-            return Err(ApiError::internal());
-        }
-        let raw = serde_json::value::RawValue::from_string(i.resource.json.clone())
-            .map_err(|_| ApiError::internal())?;
-        entries.push(
-            json!({ "fullUrl": format!("urn:uuid:{}", i.resource.resource.id), "resource": raw }),
-        );
+    if items.iter().any(|i| i.resource.municipality != org) {
+        tracing::error!("$pending: store returned another municipality's item; refusing");
+        return Err(ApiError::internal());
     }
     let mut rec = audit_record(&caller, org, AuditAction::Pending);
     rec.query = Some(format!("$pending?consumer={}&_count={count}", c.name));
@@ -225,12 +217,12 @@ pub async fn pending(
         .audit
         .patients_of(items.iter().map(|i| i.resource.json.as_str()));
     st.audit(rec).await?;
-    // FHIR JSON has no empty arrays: an empty Bundle has no `entry`.
-    let mut body = json!({ "resourceType": "Bundle", "type": "collection" });
-    if !entries.is_empty() {
-        body["entry"] = Value::Array(entries);
-    }
-    Ok(fhir_response(StatusCode::OK, body.to_string()))
+    let body = super::bundle::collection(items.into_iter().map(|i| i.resource).collect())
+        .map_err(|e| {
+            tracing::error!(error = %e, "$pending: corrupt record in the store");
+            ApiError::internal()
+        })?;
+    Ok(fhir_response(StatusCode::OK, body))
 }
 
 pub async fn confirm(
@@ -259,44 +251,43 @@ pub async fn confirm(
     rec.query = Some(format!("$confirm?consumer={}", c.name));
     let mut outcomes = Vec::new();
     let mut spans = Vec::new();
+    let confirmations = parse_confirm(&body)?;
+    let refs = confirmations
+        .iter()
+        .map(|c| ResourceRef {
+            resource_type: c.resource_type,
+            id: c.id,
+        })
+        .collect();
+    // One store call for the whole body, not one per confirmation.
+    let found = st.store.get_many(org, refs).await.map_err(|e| {
+        tracing::error!(error = %e, "$confirm: store error");
+        ApiError::internal()
+    })?;
     let mut unknown = 0usize;
-    for Confirmation {
-        resource_type: rtype,
-        id,
-        settle,
-    } in parse_confirm(&body)?
-    {
-        match st.store.get(org, rtype, id).await {
-            Ok(Some(found)) => {
-                rec.add_resource(found.resource);
-                if let Some(p) = st.audit.patient_of(&found.json)
-                    && !rec.patients.iter().any(|q| q.key == p.key)
-                {
-                    rec.patients.push(p);
-                }
-                let span = crate::telemetry::item_span(
-                    "deliver.confirm",
-                    &c.name,
-                    &found.resource,
-                    found.seq,
-                );
-                span.record(
-                    "outcome",
-                    match &settle {
-                        Settle::Delivered => "delivered",
-                        Settle::DeadLetter { .. } => "dead_lettered",
-                        Settle::Release => "released",
-                    },
-                );
-                spans.push(span);
-                outcomes.push((found.seq, settle));
-            }
-            Ok(None) => unknown += 1,
-            Err(e) => {
-                tracing::error!(error = %e, "$confirm: store error");
-                return Err(ApiError::internal());
-            }
+    for (Confirmation { settle, .. }, found) in confirmations.into_iter().zip(found) {
+        let Some(found) = found else {
+            unknown += 1;
+            continue;
+        };
+        rec.add_resource(found.resource);
+        if let Some(p) = st.audit.patient_of(&found.json)
+            && !rec.patients.iter().any(|q| q.key == p.key)
+        {
+            rec.patients.push(p);
         }
+        let span =
+            crate::telemetry::item_span("deliver.confirm", &c.name, &found.resource, found.seq);
+        span.record(
+            "outcome",
+            match &settle {
+                Settle::Delivered => "delivered",
+                Settle::DeadLetter { .. } => "dead_lettered",
+                Settle::Release => "released",
+            },
+        );
+        spans.push(span);
+        outcomes.push((found.seq, settle));
     }
     let confirmed = outcomes.len();
     st.audit(rec).await?;

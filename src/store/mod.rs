@@ -394,6 +394,24 @@ pub trait EventLog: Send + Sync {
         id: uuid::Uuid,
     ) -> StoreFuture<'_, Option<StoredResource>>;
 
+    /// Reads several resources of one municipality in one call: answer `i`
+    /// is what [`EventLog::get`] gives for `refs[i]`. A backend overrides
+    /// this when one round trip is cheaper than many (`$confirm` asks for
+    /// up to 1,000 at a time).
+    fn get_many(
+        &self,
+        municipality: Orgnr,
+        refs: Vec<ResourceRef>,
+    ) -> StoreFuture<'_, Vec<Option<StoredResource>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(refs.len());
+            for r in refs {
+                out.push(self.get(municipality, r.resource_type, r.id).await?);
+            }
+            Ok(out)
+        })
+    }
+
     fn search(&self, q: SearchQuery) -> StoreFuture<'_, SearchPage>;
 
     /// Readiness: `Err` says why the store cannot take writes now.

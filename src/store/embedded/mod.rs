@@ -42,7 +42,7 @@ use super::{
     AuditLog, ConsumerSpec, ConsumerStats, Consumers, DeadLetter, DeadLetterFilter, DeliveryState,
     Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReplayGuard,
     RetentionPolicy, RetentionReport, SearchPage, SearchQuery, Settle, SettleReport, StoreError,
-    StoreFuture, StoredResource,
+    ResourceRef, StoreFuture, StoredResource,
 };
 use crate::domain::{Orgnr, ResourceType};
 use consumer::Cons;
@@ -412,6 +412,18 @@ impl EventLog for EmbeddedStore {
         id: uuid::Uuid,
     ) -> StoreFuture<'_, Option<StoredResource>> {
         self.blocking(move |s| read::get(s, municipality, resource_type, id))
+    }
+
+    fn get_many(
+        &self,
+        municipality: Orgnr,
+        refs: Vec<ResourceRef>,
+    ) -> StoreFuture<'_, Vec<Option<StoredResource>>> {
+        self.blocking(move |s| {
+            refs.into_iter()
+                .map(|r| read::get(s, municipality, r.resource_type, r.id))
+                .collect()
+        })
     }
 
     fn search(&self, q: SearchQuery) -> StoreFuture<'_, SearchPage> {

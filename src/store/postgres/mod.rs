@@ -45,7 +45,7 @@ use super::{
     AuditLog, ConsumerSpec, ConsumerStats, Consumers, DeadLetter, DeadLetterFilter, DeliveryState,
     Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReplayGuard,
     RetentionPolicy, RetentionReport, SearchPage, SearchQuery, Settle, SettleReport, StoreError,
-    StoreFuture, StoredResource,
+    ResourceRef, StoreFuture, StoredResource,
 };
 use crate::domain::{Orgnr, ResourceType};
 use writer::Req;
@@ -404,6 +404,14 @@ impl EventLog for PostgresStore {
         id: uuid::Uuid,
     ) -> StoreFuture<'_, Option<StoredResource>> {
         Box::pin(read::get(&self.shared, municipality, resource_type, id))
+    }
+
+    fn get_many(
+        &self,
+        municipality: Orgnr,
+        refs: Vec<ResourceRef>,
+    ) -> StoreFuture<'_, Vec<Option<StoredResource>>> {
+        Box::pin(read::get_many(&self.shared, municipality, refs))
     }
 
     fn search(&self, q: SearchQuery) -> StoreFuture<'_, SearchPage> {

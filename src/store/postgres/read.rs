@@ -56,6 +56,36 @@ pub(crate) async fn get(
     row.map(|r| resource(&r, 0)).transpose()
 }
 
+/// One query for many ids; per asked (type, id) the newest event, as [`get`].
+pub(crate) async fn get_many(
+    s: &Shared,
+    org: Orgnr,
+    refs: Vec<ResourceRef>,
+) -> Result<Vec<Option<StoredResource>>, StoreError> {
+    if refs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<uuid::Uuid> = refs.iter().map(|r| r.id).collect();
+    let client = s.client().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {RESOURCE_COLS} FROM kp_events e \
+                 WHERE e.id = ANY($1) AND e.municipality = $2 ORDER BY e.seq"
+            ),
+            &[&ids, &(org.as_u32() as i32)],
+        )
+        .await
+        .map_err(read_err(s))?;
+    // Ascending seq: a later row for the same (type, id) replaces an earlier one.
+    let mut newest = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let r = resource(row, 0)?;
+        newest.insert(r.resource, r);
+    }
+    Ok(refs.iter().map(|r| newest.get(r).cloned()).collect())
+}
+
 pub(crate) async fn search(s: &Shared, q: &SearchQuery) -> Result<SearchPage, StoreError> {
     let count = q.count.max(1);
     let (mut lo, mut hi) = (q.min_seq, q.max_seq);
