@@ -198,6 +198,9 @@ const ALLOCATOR: [&str; 24] = [
 /// `(crate or module prefix, stage)`, the first match wins; a prefix ends
 /// at `::` (or is the whole path).
 const RULES: &[(&str, Stage)] = &[
+    // jemalloc, should the hub link it.
+    ("tikv_jemallocator", Stage::Allocator),
+    ("tikv_jemalloc_sys", Stage::Allocator),
     // Hashing inside other stages' modules first.
     ("knutepunkt::domain::resource_id", Stage::Hashing),
     ("knutepunkt::store::patient_key", Stage::Hashing),
@@ -338,6 +341,9 @@ pub fn classify(name: &str) -> Option<Stage> {
             "__rdl_",
             "__rg_",
             "tcache_",
+            // jemalloc (tikv-jemalloc-sys prefixes its symbols with _rjem_).
+            "_rjem_",
+            "je_",
         ]
         .iter()
         .any(|p| name.starts_with(p))
@@ -1124,6 +1130,11 @@ mod tests {
             ("malloc", Some(Stage::Allocator)),
             ("__rust_dealloc", Some(Stage::Allocator)),
             ("__rustc::__rdl_alloc", Some(Stage::Allocator)),
+            ("_rjem_malloc", Some(Stage::Allocator)),
+            (
+                "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc",
+                Some(Stage::Allocator),
+            ),
             (
                 "knutepunkt::ingest::Inner::process::{{closure}}",
                 Some(Stage::Other),
