@@ -244,6 +244,31 @@ impl HubProcess {
         push: Option<&PushDest>,
         env: &[(String, String)],
     ) -> Result<HubProcess> {
+        Self::start_full(bin, work, certs, push, env, None).await
+    }
+
+    /// As [`HubProcess::start`], with the hub run under `wrapper` (a program
+    /// and its arguments, e.g. `valgrind --tool=callgrind ...`): the hub's
+    /// command line follows the wrapper's. A wrapped hub starts slowly, so it
+    /// gets 10 minutes to become ready instead of 30 s.
+    pub async fn start_wrapped(
+        bin: &Path,
+        work: &Path,
+        certs: &Path,
+        push: Option<&PushDest>,
+        wrapper: &[std::ffi::OsString],
+    ) -> Result<HubProcess> {
+        Self::start_full(bin, work, certs, push, &[], Some(wrapper)).await
+    }
+
+    async fn start_full(
+        bin: &Path,
+        work: &Path,
+        certs: &Path,
+        push: Option<&PushDest>,
+        env: &[(String, String)],
+        wrapper: Option<&[std::ffi::OsString]>,
+    ) -> Result<HubProcess> {
         let grpc = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
         let http = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], addr::free_port()?));
@@ -254,7 +279,15 @@ impl HubProcess {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("log file handle")?;
-        let mut child = Command::new(bin)
+        let (mut cmd, ready_within) = match wrapper {
+            Some([program, args @ ..]) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                (c, Duration::from_secs(600))
+            }
+            _ => (Command::new(bin), Duration::from_secs(30)),
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&cfg)
@@ -278,7 +311,7 @@ impl HubProcess {
         let pid = child.id().context("the hub exited at once")?;
         let web = crate::token::https_client(&certs.join("ca.pem"))?;
         let ready = format!("https://{http}/readyz");
-        let until = Instant::now() + Duration::from_secs(30);
+        let until = Instant::now() + ready_within;
         loop {
             if let Some(status) = child.try_wait().context("checking the hub process")? {
                 bail!(
@@ -293,7 +326,8 @@ impl HubProcess {
             }
             if Instant::now() > until {
                 bail!(
-                    "the hub was not ready after 30 s; its log:\n{}",
+                    "the hub was not ready after {} s; its log:\n{}",
+                    ready_within.as_secs(),
                     tail(&log, 40)
                 );
             }
@@ -327,9 +361,15 @@ impl HubProcess {
     }
 
     /// SIGTERM, then up to 20 s for a graceful stop, then SIGKILL.
-    pub async fn stop(mut self) -> Result<String> {
+    pub async fn stop(self) -> Result<String> {
+        self.stop_within(Duration::from_secs(20)).await
+    }
+
+    /// SIGTERM, then up to `grace` for a graceful stop, then SIGKILL (a hub
+    /// under valgrind needs minutes to stop and write its profile).
+    pub async fn stop_within(mut self, grace: Duration) -> Result<String> {
         let what = format!("hub (log {})", self.log.display());
-        stop_child(&mut self.child, self.pid, &what).await
+        stop_child(&mut self.child, self.pid, &what, grace).await
     }
 }
 
@@ -345,11 +385,11 @@ pub fn proc_memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-async fn stop_child(child: &mut Child, pid: u32, what: &str) -> Result<String> {
+async fn stop_child(child: &mut Child, pid: u32, what: &str, grace: Duration) -> Result<String> {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     }
-    match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+    match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => Ok(format!("{what} stopped on SIGTERM ({status})")),
         Ok(Err(e)) => Err(e).with_context(|| format!("waiting for the {what}")),
         Err(_) => {
@@ -358,7 +398,8 @@ async fn stop_child(child: &mut Child, pid: u32, what: &str) -> Result<String> {
                 .await
                 .with_context(|| format!("killing the {what}"))?;
             Ok(format!(
-                "{what} did not stop within 20 s of SIGTERM; killed"
+                "{what} did not stop within {} s of SIGTERM; killed",
+                grace.as_secs()
             ))
         }
     }
@@ -493,6 +534,12 @@ impl EpjProcess {
     }
 
     pub async fn stop(mut self) -> Result<String> {
-        stop_child(&mut self.child, self.pid, "EPJ adapter").await
+        stop_child(
+            &mut self.child,
+            self.pid,
+            "EPJ adapter",
+            Duration::from_secs(20),
+        )
+        .await
     }
 }

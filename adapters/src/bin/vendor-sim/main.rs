@@ -11,6 +11,7 @@ mod addr;
 mod baseline;
 mod bench;
 mod benchreport;
+mod cgbench;
 mod cpu;
 mod delivery;
 mod deliveryreport;
@@ -37,7 +38,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "vendor-sim",
     version,
     about = "Simulated vendor, load generator and benchmark for the Knutepunkt hub (loopback only)",
-    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/kp-baseline --events 200000\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000\n  vendor-sim bench-mqtt --messages 20000\n  vendor-sim bench-postgres --events 50000"
+    after_help = "Examples:\n  vendor-sim send --grpc 127.0.0.1:50051 --certs dev-certs --vendor demo-vendor --rate 5 --duration 30\n  vendor-sim load --grpc 127.0.0.1:50051 --certs dev-certs --clients 64 --events 200000 --mode stream\n  vendor-sim load --grpc 127.0.0.1:50051 --plain --events 10000   # hub started with --insecure-dev\n  vendor-sim baseline --dir /tmp/kp-baseline --events 200000\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 50000 --search --search-stored 100000\n  vendor-sim bench-delivery --drain-backlog 200000\n  vendor-sim bench-mqtt --messages 20000\n  vendor-sim bench-callgrind --events 20000\n  vendor-sim bench-postgres --events 50000"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -90,6 +91,14 @@ enum Command {
         after_help = "Needs PostgreSQL (default: postgres://postgres@127.0.0.1:5432/test; the user must be\nallowed to create schemas) and, for the server's own rate, pgbench. First the load\nagainst one hub on the embedded store. Then per setting: a fresh schema\nkp_bench_<run>_<N>, N real hubs on it (TLS, vendor mutual TLS, store.url with\nsearch_path=<schema>, hub_id bench-hub-1..N), the same SubmitStream load with the\nclients taking the hubs in turn, each hub's /metrics (rows per group transaction),\nCPU seconds of the hubs, of PostgreSQL and of the load generator, the schema's size\nand row count, then DROP SCHEMA. Last, pgbench in a scratch schema: one row per\ntransaction and the hubs' mean rows per transaction, rows as big as the hubs' event\nrows, as many clients as each hub count. Progress on stderr once a second; Markdown\non stdout.\n\nExamples:\n  vendor-sim bench-postgres                       # 3 x 50k events + embedded + pgbench: a few minutes\n  vendor-sim bench-postgres --events 200000 --hubs 1,3 --pgbench-secs 10\n  vendor-sim bench-postgres --pg-url postgres://kp@db.internal/bench --no-embedded --no-pgbench"
     )]
     BenchPostgres(pgload::PgBenchArgs),
+    /// CPU instructions per accepted event, per stage of ingest and delivery
+    /// (TLS, protobuf/gRPC, validation, FHIR JSON, hashing, store, delivery,
+    /// allocator, other), counted by valgrind's callgrind.
+    #[command(
+        name = "bench-callgrind",
+        after_help = "Needs valgrind (apt-get install valgrind) and a release build with symbols (the\nworkspace's release profile has debug = \"line-tables-only\"). Two runs of the real hub\n(TLS, vendor mutual TLS, fresh store in a temporary directory under --work-dir)\nunder `valgrind --tool=callgrind --separate-threads=no`: a baseline that starts,\nidles --idle-secs and stops, and a load run of --events SubmitStream events for Oslo,\neach pushed to the real epj-adapter (HTTPS, not under valgrind) before the hub is\nstopped. Instructions of the load run minus the baseline, divided by the events\naccepted, split into stages by function name: a function's own instructions go to\nits stage, those of a function without one (memcpy, Vec, futures) to its callers'\nstages in proportion to the calls. The hub runs 10-20x slower under callgrind:\n20,000 events take one to two minutes. Instruction counts hardly change with the\nmachine's load, unlike times. Progress on stderr; Markdown on stdout.\n\nExamples:\n  vendor-sim bench-callgrind                          # 20,000 events: about 2 minutes\n  vendor-sim bench-callgrind --events 5000 --no-delivery --keep\n  vendor-sim bench-callgrind --analyze /tmp/kp/load/callgrind.out --analyze-baseline /tmp/kp/idle/callgrind.out --events 20000"
+    )]
+    BenchCallgrind(cgbench::CallgrindArgs),
 }
 
 /// How the load generator submits.
@@ -166,5 +175,6 @@ async fn main() -> Result<()> {
         Command::BenchDelivery(a) => delivery::run(a).await,
         Command::BenchMqtt(a) => mqttbench::run(a).await,
         Command::BenchPostgres(a) => pgload::run(a).await,
+        Command::BenchCallgrind(a) => cgbench::run(a).await,
     }
 }
