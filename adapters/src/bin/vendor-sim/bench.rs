@@ -6,8 +6,10 @@
 //! temporary data directory and free loopback ports, measures the sled +
 //! fdatasync baseline in a sibling directory, then stream load, unary load,
 //! a steady 1,000 events/s for ack latency, optionally FHIR search latency
-//! with many events stored, and the hub's memory, and prints one Markdown
-//! table with ratios. Progress goes to stderr; the table to stdout.
+//! with many events stored, and the hub's memory; after the hub stopped,
+//! a retention pass on its store and the disk it gives back (see
+//! [`crate::retention`]). It prints one Markdown table with ratios.
+//! Progress goes to stderr; the table to stdout.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use crate::benchreport::{self, Report};
 use crate::hubenv::{self, EPJ_BERGEN, EPJ_OSLO, HubProcess};
 use crate::load::{self, LoadArgs, LoadReport};
 use crate::nats::{self, NatsReport};
+use crate::retention;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -91,7 +94,13 @@ pub struct BenchArgs {
     /// Give up a phase after this many seconds.
     #[arg(long, default_value = "1800", value_parser = crate::parse_secs)]
     pub phase_timeout: Duration,
-    /// Keep the temporary directories (hub data, hub log) for inspection.
+    /// Skip the retention step (after the hub stopped: a retention pass
+    /// removing the older half of the stored events, then a flush + major
+    /// compaction; `du` of the store before and after each).
+    #[arg(long)]
+    pub no_retention: bool,
+    /// Keep the temporary directories (hub data, hub log) for inspection
+    /// (the store as the retention step left it).
     #[arg(long)]
     pub keep: bool,
 }
@@ -237,6 +246,16 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let p = result?;
     eprintln!("bench: {}", stopped?);
     let disk_end = hubenv::du_bytes(&work.path().join("hub"));
+    let retention = if a.no_retention {
+        Err("skipped (--no-retention)".to_string())
+    } else {
+        retention::run(&work.path().join("hub").join("store"))
+            .await
+            .map_err(|e| {
+                eprintln!("bench: retention step failed: {e:#}");
+                format!("failed: {e:#}").replace('|', "/")
+            })
+    };
     let report = Report {
         a: &a,
         bin: &bin,
@@ -246,6 +265,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         p: &p,
         mem_end,
         disk_end,
+        retention: &retention,
         loads: [load_start, load_hub, hubenv::loadavg_line("at the end")],
         started_at,
     };

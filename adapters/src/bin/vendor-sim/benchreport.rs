@@ -11,6 +11,7 @@ use crate::baseline::BaselineReport;
 use crate::bench::{BenchArgs, Phases};
 use crate::load::LoadReport;
 use crate::nats::NatsReport;
+use crate::retention::RetentionBench;
 
 /// Everything one bench run measured.
 pub struct Report<'a> {
@@ -23,6 +24,8 @@ pub struct Report<'a> {
     pub p: &'a Phases,
     pub mem_end: Option<(u64, u64)>,
     pub disk_end: u64,
+    /// The retention step, or why it did not run.
+    pub retention: &'a Result<RetentionBench, String>,
     /// Load average at the start, when the hub started, at the end.
     pub loads: [String; 3],
     pub started_at: chrono::DateTime<Utc>,
@@ -225,6 +228,79 @@ impl Report<'_> {
         );
     }
 
+    fn retention_rows(&self, s: &mut String) {
+        let r = match self.retention {
+            Ok(r) => r,
+            Err(why) => {
+                let _ = writeln!(s, "| retention pass | — | {why} | — |");
+                return;
+            }
+        };
+        let rate = r.removed_per_sec();
+        let _ = writeln!(
+            s,
+            "| retention pass (the stopped hub's store opened as a library, no destinations) | every data class kept 1 day, clock 1 day after the median stored event: the older half of {} events | {} removed, {} held in {:.1} s = {:.0} removed/s | {:.2} of SubmitStream's accepted/s |",
+            r.stored,
+            r.removed,
+            r.held,
+            r.pass.as_secs_f64(),
+            rate,
+            rate / self.p.stream.accepted_per_sec().max(1e-9)
+        );
+        let [left, yard, pass, compacted] = r.du;
+        let per_event = |b: u64| b as f64 / r.stored.max(1) as f64;
+        let back = |b: u64, a: u64| (b as f64 - a as f64) / r.removed.max(1) as f64;
+        let [c0, c1] = r.compaction;
+        let _ = writeln!(
+            s,
+            "| disk given back by retention (`du` of the store, journal included) | as the hub left it; flushed + major-compacted with fjall alone before the pass ({:.1} s: the yardstick); after the pass (store closed); flushed + major-compacted after it ({:.1} s; the hub does neither) | {:.0} MiB = {:.0} B per event; {:.0} MiB = {:.0} B per event; {:.0} MiB; {:.0} MiB: {:.0} B per removed event back from the yardstick ({:.0} from as left) | after ÷ yardstick: {:.2} after the pass, {:.2} compacted |",
+            c0.as_secs_f64(),
+            c1.as_secs_f64(),
+            mib(left),
+            per_event(left),
+            mib(yard),
+            per_event(yard),
+            mib(pass),
+            mib(compacted),
+            back(yard, compacted),
+            back(left, compacted),
+            pass as f64 / yard.max(1) as f64,
+            compacted as f64 / yard.max(1) as f64
+        );
+        let [tl, tb, tp, tc] = r.tables();
+        let _ = writeln!(
+            s,
+            "| table bytes given back (every keyspace; journal left out) | as the hub left them (memtables in the journal only); compacted before the pass; after the pass; compacted after it | {:.0} MiB; {:.0} MiB = {:.0} B per event; {:.0} MiB; {:.0} MiB: {:.0} B per removed event | after ÷ before: {:.2} after the pass, {:.2} compacted |",
+            mib(tl),
+            mib(tb),
+            per_event(tb),
+            mib(tp),
+            mib(tc),
+            back(tb, tc),
+            tp as f64 / tb.max(1) as f64,
+            tc as f64 / tb.max(1) as f64
+        );
+        let spaces: Vec<String> = r
+            .spaces
+            .iter()
+            .map(|(n, [l, b, p, a])| {
+                let shrank = if a < b { "" } else { " (did not shrink)" };
+                format!(
+                    "{n} {:.1} → {:.1} → {:.1} → {:.1} MiB{shrank}",
+                    mib(*l),
+                    mib(*b),
+                    mib(*p),
+                    mib(*a)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| keyspaces (table bytes) and journal | as left → compacted before the pass → after the pass → compacted after it | {} | — |",
+            spaces.join("; ")
+        );
+    }
+
     fn stored_end(&self) -> u64 {
         let p = self.p;
         let loads = p.stream.accepted + p.unary.accepted + p.steady.accepted;
@@ -306,6 +382,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "|---|---|---|---|");
     r.baseline_rows(&mut s);
     r.hub_rows(&mut s);
+    r.retention_rows(&mut s);
     r.targets(&mut s);
     s
 }

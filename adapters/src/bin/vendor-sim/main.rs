@@ -23,6 +23,7 @@ mod pgload;
 mod pgreport;
 mod pgsql;
 mod pull;
+mod retention;
 mod send;
 mod soak;
 mod token;
@@ -67,7 +68,7 @@ enum Command {
     /// a steady 1,000 ev/s and (optionally) FHIR search against a freshly started
     /// hub, and print a Markdown table with issue 8's targets.
     #[command(
-        after_help = "Everything runs in one process run on one disk (a temporary directory under\n--work-dir), so the ratios compare like with like. The hub runs as in production:\nTLS from a fresh `knutepunkt dev-certs` set, vendor mutual TLS, and FHIR searches\nwith an EPJ bearer token (private_key_jwt). The NATS JetStream baseline starts its\nown nats-server (2.10 or later: `sync_interval: always`; the bench looks in\n~/.cache/knutepunkt/nats-venv/bin, PATH and /usr/sbin, or --nats-server PATH) on a\nfree loopback port with its store in the work directory; without one it says so\nand goes on. Progress on stderr once a second (baselines every 5 s).\n\nExamples:\n  vendor-sim bench                                  # defaults: 64 clients, 200k events\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 20000 --mark-every 5000 --unary-events 2000 --steady-secs 3 --nats-events 2000\n  vendor-sim bench --search --search-stored 1000000 --searches 500 --no-nats"
+        after_help = "Everything runs in one process run on one disk (a temporary directory under\n--work-dir), so the ratios compare like with like. The hub runs as in production:\nTLS from a fresh `knutepunkt dev-certs` set, vendor mutual TLS, and FHIR searches\nwith an EPJ bearer token (private_key_jwt). The NATS JetStream baseline starts its\nown nats-server (2.10 or later: `sync_interval: always`; the bench looks in\n~/.cache/knutepunkt/nats-venv/bin, PATH and /usr/sbin, or --nats-server PATH) on a\nfree loopback port with its store in the work directory; without one it says so\nand goes on. Last, unless --no-retention, the retention step on the stopped hub's\nstore: flush + major compaction (the yardstick), a retention pass removing the\nolder half of the events, flush + major compaction again; `du` after each.\nProgress on stderr once a second (baselines and retention every 5 s).\n\nExamples:\n  vendor-sim bench                                  # defaults: 64 clients, 200k events\n  vendor-sim bench --events 200000 --no-nats --no-retention\n  vendor-sim bench --events 1000000 --nats-events 20000\n  vendor-sim bench --stream-events 20000 --mark-every 5000 --unary-events 2000 --steady-secs 3 --nats-events 2000\n  vendor-sim bench --search --search-stored 1000000 --searches 500 --no-nats"
     )]
     Bench(bench::BenchArgs),
     /// Delivery to an EPJ: end-to-end latency at a steady rate, a RED alarm
