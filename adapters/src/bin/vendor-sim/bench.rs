@@ -94,9 +94,10 @@ pub struct BenchArgs {
     /// Give up a phase after this many seconds.
     #[arg(long, default_value = "1800", value_parser = crate::parse_secs)]
     pub phase_timeout: Duration,
-    /// Skip the retention step (after the hub stopped: a retention pass
-    /// removing the older half of the stored events, then a flush + major
-    /// compaction; `du` of the store before and after each).
+    /// Skip the retention step (after the hub stopped, on its store: flush +
+    /// major compaction as the yardstick, a retention pass removing the
+    /// older half of the stored events, flush + major compaction again; `du`
+    /// of the store after each).
     #[arg(long)]
     pub no_retention: bool,
     /// Keep the temporary directories (hub data, hub log) for inspection
