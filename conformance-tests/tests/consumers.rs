@@ -146,8 +146,8 @@ async fn pull(hub: &Hub, count: usize) -> Vec<String> {
     entry_refs(&b)
 }
 
-/// `$confirm` of oslo-vakt: every reference journaled.
-async fn confirm(hub: &Hub, refs: &[String]) {
+/// `$confirm` of oslo-vakt: every reference journaled. The OperationOutcome.
+async fn confirm(hub: &Hub, refs: &[String]) -> Value {
     let parts: Vec<Value> = refs
         .iter()
         .map(|r| {
@@ -166,7 +166,10 @@ async fn confirm(hub: &Hub, refs: &[String]) {
     .json(&body)
     .send()
     .await);
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{text}");
+    ok(serde_json::from_str(&text))
 }
 
 /// The livelock of issue 8: one patient with a routine backlog, a RED alarm,
@@ -508,4 +511,14 @@ async fn a_restart_after_kill9_rebuilds_every_consumer_from_its_floor() {
     );
     let union: HashSet<String> = after_set.union(&confirmed_set).cloned().collect();
     assert_eq!(union, all, "pull: items lost or skipped across the restart");
+
+    // One body with a settled item and an unknown one: the settled one is
+    // found (and skipped by the store), the unknown one is reported.
+    let settled = after.first().cloned().unwrap_or_default();
+    let unknown = "Observation/00000000-0000-4000-8000-00000000beef".to_string();
+    let outcome = confirm(&hub, &[settled, unknown]).await;
+    let said = outcome.to_string();
+    assert!(said.contains("1 confirmation(s) recorded"), "{said}");
+    assert!(said.contains("1 resource(s) are not known"), "{said}");
+    assert!(pull(&hub, 500).await.is_empty(), "a confirmation re-offered an item");
 }

@@ -213,15 +213,14 @@ pub async fn pending(
     for i in &items {
         rec.add_resource(i.resource.resource);
     }
-    rec.patients = st
-        .audit
-        .patients_of(items.iter().map(|i| i.resource.json.as_str()));
+    rec.patients = st.audit.patients_of_items(&items);
     st.audit(rec).await?;
-    let body = super::bundle::collection(items.into_iter().map(|i| i.resource).collect())
-        .map_err(|e| {
+    let body = super::bundle::collection(items.into_iter().map(|i| i.resource).collect()).map_err(
+        |e| {
             tracing::error!(error = %e, "$pending: corrupt record in the store");
             ApiError::internal()
-        })?;
+        },
+    )?;
     Ok(fhir_response(StatusCode::OK, body))
 }
 
@@ -271,11 +270,7 @@ pub async fn confirm(
             continue;
         };
         rec.add_resource(found.resource);
-        if let Some(p) = st.audit.patient_of(&found.json)
-            && !rec.patients.iter().any(|q| q.key == p.key)
-        {
-            rec.patients.push(p);
-        }
+        st.audit.add_patient(&mut rec.patients, None, &found.json);
         let span =
             crate::telemetry::item_span("deliver.confirm", &c.name, &found.resource, found.seq);
         span.record(

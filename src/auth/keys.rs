@@ -79,7 +79,16 @@ impl HubKey {
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    // By table, not `format!` per byte: every audit pseudonym goes through
+    // here, and the formatting machinery was 7 % of the instructions per
+    // delivered event (BENCHMARKS.md, callgrind).
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 0x0f)]));
+    }
+    s
 }
 
 /// The verification key and the one algorithm a client's JWK allows:

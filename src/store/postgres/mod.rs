@@ -43,9 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::audit::{AuditPage, AuditQuery, AuditRecord};
 use super::{
     AuditLog, ConsumerSpec, ConsumerStats, Consumers, DeadLetter, DeadLetterFilter, DeliveryState,
-    Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReplayGuard,
+    Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReplayGuard, ResourceRef,
     RetentionPolicy, RetentionReport, SearchPage, SearchQuery, Settle, SettleReport, StoreError,
-    ResourceRef, StoreFuture, StoredResource,
+    StoreFuture, StoredResource,
 };
 use crate::domain::{Orgnr, ResourceType};
 use writer::Req;
