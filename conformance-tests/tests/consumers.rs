@@ -520,5 +520,8 @@ async fn a_restart_after_kill9_rebuilds_every_consumer_from_its_floor() {
     let said = outcome.to_string();
     assert!(said.contains("1 confirmation(s) recorded"), "{said}");
     assert!(said.contains("1 resource(s) are not known"), "{said}");
-    assert!(pull(&hub, 500).await.is_empty(), "a confirmation re-offered an item");
+    assert!(
+        pull(&hub, 500).await.is_empty(),
+        "a confirmation re-offered an item"
+    );
 }
