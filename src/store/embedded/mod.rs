@@ -294,15 +294,8 @@ pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spa
         path: dir.to_path_buf(),
         source,
     })?;
-    // One background worker. In fjall 3.1, with two or more, worker 0
-    // hands every compaction request back to the queue and takes it again
-    // at once while another worker compacts: a busy loop that burned a
-    // core during every compaction (callgrind: 56 % of the hub's
-    // instructions in `worker_tick` and the channel; BENCHMARKS.md). One
-    // worker does flushes and compactions in turn.
     let db = Database::builder(dir)
         .cache_size(cache_bytes)
-        .worker_threads(1)
         .open()
         .map_err(engine(dir))?;
     // Small memtables: nine keyspaces each flush on their own, and their
