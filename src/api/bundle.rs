@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::store::StoredResource;
+use crate::store::{ResourceRef, StoredResource};
 
 #[derive(Serialize)]
 struct Bundle<'a> {
@@ -46,6 +46,14 @@ struct Search {
 #[error("stored resource {0} is not valid JSON")]
 pub struct CorruptResource(pub String);
 
+/// A stored resource as a piece of the Bundle, checked to be one JSON value.
+fn splice(item: StoredResource) -> Result<(ResourceRef, Box<RawValue>), CorruptResource> {
+    let reference = item.resource;
+    let raw =
+        RawValue::from_string(item.json).map_err(|_| CorruptResource(reference.to_string()))?;
+    Ok((reference, raw))
+}
+
 /// Builds a `searchset` Bundle. `base` is the municipality's FHIR base
 /// (`https://host/fhir/r4/958935420`, no trailing slash); links are absolute.
 pub fn searchset(
@@ -66,9 +74,7 @@ pub fn searchset(
     }
     let mut entry = Vec::with_capacity(items.len());
     for item in items {
-        let reference = item.resource.to_string();
-        let resource =
-            RawValue::from_string(item.json).map_err(|_| CorruptResource(reference.clone()))?;
+        let (reference, resource) = splice(item)?;
         entry.push(Entry {
             full_url: format!("{base}/{reference}"),
             resource,
@@ -108,10 +114,9 @@ struct CollectionEntry {
 pub fn collection(items: Vec<StoredResource>) -> Result<String, CorruptResource> {
     let mut entry = Vec::with_capacity(items.len());
     for item in items {
-        let resource = RawValue::from_string(item.json)
-            .map_err(|_| CorruptResource(item.resource.to_string()))?;
+        let (reference, resource) = splice(item)?;
         entry.push(CollectionEntry {
-            full_url: format!("urn:uuid:{}", item.resource.id),
+            full_url: format!("urn:uuid:{}", reference.id),
             resource,
         });
     }
