@@ -26,16 +26,12 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, Readable};
 
 use super::keys::LAYOUT_VERSION;
+use super::spaces::MEMTABLES;
 use super::{EmbeddedStore, OpenError, Shared, Spaces, now_micros, open_spaces};
 use crate::backup::format::{BackupError, Decoder, Encoder, Header, Item, Summary, verify};
 
 /// Files of the data directory a backup may carry next to the store.
 pub const DATA_FILES: &[&str] = &["audit-pseudonym.key"];
-
-/// The keyspaces a backup of this layout holds (as [`Spaces::named`]).
-const KEYSPACES: [&str; 9] = [
-    "log", "ids", "idx", "alarms", "cons", "dlq", "audit", "jti", "meta",
-];
 
 /// Called with (bytes, records) every so often.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
@@ -44,23 +40,6 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 const PROGRESS_EVERY: u64 = 10_000;
 /// Bytes of records per restore batch.
 const RESTORE_BATCH_BYTES: usize = 8 * 1024 * 1024;
-
-impl Spaces {
-    /// Every keyspace with its name, in backup order.
-    pub(crate) fn named(&self) -> [(&'static str, &Keyspace); 9] {
-        [
-            ("log", &self.log),
-            ("ids", &self.ids),
-            ("idx", &self.idx),
-            ("alarms", &self.alarms),
-            ("cons", &self.cons),
-            ("dlq", &self.dlq),
-            ("audit", &self.audit),
-            ("jti", &self.jti),
-            ("meta", &self.meta),
-        ]
-    }
-}
 
 fn store_err(e: impl std::fmt::Display) -> BackupError {
     BackupError::Store(e.to_string())
@@ -187,7 +166,7 @@ pub fn restore(
     if let Some(k) = summary
         .per_keyspace
         .keys()
-        .find(|k| !KEYSPACES.contains(&k.as_str()))
+        .find(|k| !MEMTABLES.iter().any(|(n, _)| n == k))
     {
         return Err(BackupError::Refused(format!(
             "the backup holds keyspace {k:?}, unknown to this build; restore it with knutepunkt {}",

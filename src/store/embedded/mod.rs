@@ -26,6 +26,7 @@ pub mod keys;
 pub mod migrate;
 mod read;
 mod retention;
+mod spaces;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use fjall::{Database, Keyspace};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +47,7 @@ use super::{
 };
 use crate::domain::{Orgnr, ResourceType};
 use consumer::Cons;
+pub(crate) use spaces::{Spaces, open_spaces};
 use writer::{Req, Writer};
 
 /// Largest resource JSON the store takes.
@@ -106,20 +108,6 @@ pub enum OpenError {
     Layout { path: PathBuf, found: u8, known: u8 },
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
-}
-
-/// The keyspaces (see [`keys`]).
-#[derive(Clone)]
-pub(crate) struct Spaces {
-    pub log: Keyspace,
-    pub ids: Keyspace,
-    pub idx: Keyspace,
-    pub alarms: Keyspace,
-    pub cons: Keyspace,
-    pub dlq: Keyspace,
-    pub audit: Keyspace,
-    pub jti: Keyspace,
-    pub meta: Keyspace,
 }
 
 pub(crate) struct Shared {
@@ -286,39 +274,6 @@ impl EmbeddedStore {
                 .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?
         })
     }
-}
-
-/// Creates `dir` if needed and opens the database with every keyspace.
-pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spaces), OpenError> {
-    std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let db = Database::builder(dir)
-        .cache_size(cache_bytes)
-        .open()
-        .map_err(engine(dir))?;
-    // Small memtables: nine keyspaces each flush on their own, and their
-    // sum bounds the memory writes hold before they reach tables.
-    let space = |name: &str, memtable: u64| {
-        db.keyspace(name, || {
-            KeyspaceCreateOptions::default().max_memtable_size(memtable)
-        })
-        .map_err(engine(dir))
-    };
-    const MIB: u64 = 1024 * 1024;
-    let ks = Spaces {
-        log: space("log", 16 * MIB)?,
-        ids: space("ids", 8 * MIB)?,
-        idx: space("idx", 8 * MIB)?,
-        alarms: space("alarms", 2 * MIB)?,
-        cons: space("cons", 2 * MIB)?,
-        dlq: space("dlq", 2 * MIB)?,
-        audit: space("audit", 4 * MIB)?,
-        jti: space("jti", 2 * MIB)?,
-        meta: space("meta", MIB)?,
-    };
-    Ok((db, ks))
 }
 
 /// The engine exactly as [`EmbeddedStore::open`] opens it (default block

@@ -1,0 +1,91 @@
+//! The keyspaces, their memtable sizes, and how the database is opened.
+//!
+//! fjall keeps its defaults for background work (one worker per core, up
+//! to four). Tried and measured (BENCHMARKS.md, "2026-12-07"): one worker
+//! with the hub rotating memtables itself (no busy loop, but flushes wait
+//! behind compactions, so writes halt after a big load), and the workers at
+//! a lower CPU priority; neither lowered the ack tail.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use super::{OpenError, engine};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Each keyspace in backup order, with its memtable size. Small memtables:
+/// nine keyspaces each flush on their own, and their sum bounds the memory
+/// writes hold before they reach tables.
+pub(crate) const MEMTABLES: [(&str, u64); 9] = [
+    ("log", 16 * MIB),
+    ("ids", 8 * MIB),
+    ("idx", 8 * MIB),
+    ("alarms", 2 * MIB),
+    ("cons", 2 * MIB),
+    ("dlq", 2 * MIB),
+    ("audit", 4 * MIB),
+    ("jti", 2 * MIB),
+    ("meta", MIB),
+];
+
+/// The keyspaces (see [`super::keys`]).
+#[derive(Clone)]
+pub(crate) struct Spaces {
+    pub log: Keyspace,
+    pub ids: Keyspace,
+    pub idx: Keyspace,
+    pub alarms: Keyspace,
+    pub cons: Keyspace,
+    pub dlq: Keyspace,
+    pub audit: Keyspace,
+    pub jti: Keyspace,
+    pub meta: Keyspace,
+}
+
+impl Spaces {
+    /// Every keyspace with its name, in backup order (as [`MEMTABLES`]).
+    pub(crate) fn named(&self) -> [(&'static str, &Keyspace); 9] {
+        [
+            ("log", &self.log),
+            ("ids", &self.ids),
+            ("idx", &self.idx),
+            ("alarms", &self.alarms),
+            ("cons", &self.cons),
+            ("dlq", &self.dlq),
+            ("audit", &self.audit),
+            ("jti", &self.jti),
+            ("meta", &self.meta),
+        ]
+    }
+}
+
+/// Creates `dir` if needed and opens the database with every keyspace.
+pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spaces), OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let db = Database::builder(dir)
+        .cache_size(cache_bytes)
+        .open()
+        .map_err(engine(dir))?;
+    let [log, ids, idx, alarms, cons, dlq, audit, jti, meta] = MEMTABLES.map(|(name, size)| {
+        db.keyspace(name, || {
+            KeyspaceCreateOptions::default().max_memtable_size(size)
+        })
+        .map_err(engine(dir))
+    });
+    let ks = Spaces {
+        log: log?,
+        ids: ids?,
+        idx: idx?,
+        alarms: alarms?,
+        cons: cons?,
+        dlq: dlq?,
+        audit: audit?,
+        jti: jti?,
+        meta: meta?,
+    };
+    Ok((db, ks))
+}
