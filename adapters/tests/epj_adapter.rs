@@ -320,6 +320,44 @@ async fn create_duplicate_and_restart_keep_one_file_per_identifier() -> Res {
 }
 
 #[tokio::test]
+async fn ndjson_layout_writes_one_file_per_bundle_and_survives_a_restart() -> Res {
+    let dir = tempfile::tempdir()?;
+    let epj = Epj::start(dir.path(), &["--layout", "ndjson"]).await?;
+    let r = epj
+        .post_bundle(&transaction(&[alarm(1, "4.1", "stat"), pulse(2)]))
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert!(epj.resource_files()?.is_empty());
+    let first = std::fs::read_to_string(epj.out().join("bundle-000000000000.ndjson"))?;
+    let lines: Vec<Value> = first
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines, vec![alarm(1, "4.1", "stat"), pulse(2)]);
+    assert_eq!(epj.stats().await?["created"], 2);
+    epj.stop().await?;
+
+    // After a restart the identifiers are still known, and the next Bundle
+    // file follows the last.
+    let epj = Epj::start(dir.path(), &["--layout", "ndjson"]).await?;
+    let r = epj
+        .post_bundle(&transaction(&[alarm(1, "4.1", "stat"), pulse(3)]))
+        .await?;
+    let st = statuses(&r.json().await?);
+    assert_eq!(
+        (st[0].0.as_str(), st[1].0.as_str()),
+        ("200 OK", "201 Created")
+    );
+    let second = std::fs::read_to_string(epj.out().join("bundle-000000000001.ndjson"))?;
+    assert_eq!(second.lines().count(), 1);
+    let log = std::fs::read_to_string(epj.out().join("received.log"))?;
+    assert_eq!(log.lines().count(), 3);
+    assert!(!log.contains(&fnr(1)) && !log.contains(&fnr(3)));
+    epj.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn down_drops_the_connection_without_an_answer() -> Res {
     let dir = tempfile::tempdir()?;
     let epj = Epj::start(dir.path(), &["--fsync"]).await?;

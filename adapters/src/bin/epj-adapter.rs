@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use knutepunkt_adapters::epj::layout::Layout;
 use knutepunkt_adapters::epj::{Adapter, Config, Identity, Mode};
 
 const AFTER_HELP: &str = "\
@@ -40,7 +41,8 @@ Admin API (same listener, never affected by the mode):
   curl --cacert /tmp/epj/tls/cert.pem -X POST https://127.0.0.1:PORT/_admin/mode \\
        -d '{\"mode\":\"error429\",\"retry_after_secs\":2}'
 
-Files in --out: <Type>-<id>.json per resource, received.log (one JSON line per
+Files in --out: <Type>-<id>.json per resource (or, with --layout ndjson,
+bundle-<n>.ndjson per Bundle, a resource per line), received.log (one JSON line per
 created resource: received, type, id, subject pseudonym, priority, codes),
 .identifier-index.jsonl and .pseudonym-key (hidden; keep them with the files).";
 
@@ -95,6 +97,12 @@ struct Args {
     #[arg(long)]
     fsync: bool,
 
+    /// How new resources are written: `files` (one <Type>-<id>.json each) or
+    /// `ndjson` (one bundle-<n>.ndjson per Bundle, a resource per line; much
+    /// faster, for load tests). Example: --layout ndjson
+    #[arg(long, value_enum, default_value_t = Layout::Files)]
+    layout: Layout,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -138,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         identity,
         mode,
         fsync: args.fsync,
+        layout: args.layout,
         max_body_bytes: args.max_body_bytes,
         pseudonym_key: args.pseudonym_key,
     };

@@ -2,7 +2,8 @@
 //! municipality's patient-record system that the hub pushes to.
 //!
 //! It receives FHIR R4 `transaction` Bundles of conditional creates over
-//! HTTPS (`POST /fhir`), writes each new resource to a folder as one file,
+//! HTTPS (`POST /fhir`), writes each new resource to a folder as one file
+//! (or each Bundle's new resources as one NDJSON file),
 //! answers with a `transaction-response`, and can be switched at run time to
 //! look down, slow, overloaded or picky (`POST /_admin/mode`), while counting
 //! what it was sent (`GET /_admin/stats`).
@@ -10,6 +11,7 @@
 //! Map of the module:
 //! - [`bundle`]: checks a transaction Bundle; builds the answers (FHIR edge).
 //! - [`outbox`]: the import folder, identifier index and `received.log`.
+//! - [`layout`]: how resources land there: a file each, or NDJSON per Bundle.
 //! - [`mode`]: the failure switches.
 //! - [`stats`]: the counters.
 //! - [`http`]: the routes.
@@ -25,6 +27,7 @@
 
 pub mod bundle;
 pub mod http;
+pub mod layout;
 pub mod mode;
 pub mod outbox;
 pub mod server;
@@ -68,6 +71,8 @@ pub struct Config {
     pub mode: Mode,
     /// Sync every file and the folder before answering.
     pub fsync: bool,
+    /// How new resources are written.
+    pub layout: layout::Layout,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Key for subject pseudonyms in `received.log`; `None` uses
@@ -122,10 +127,10 @@ impl Adapter {
         };
         let tls = tls::server_config(&cert, &key)?;
         let out = cfg.out.clone();
-        let fsync = cfg.fsync;
+        let (fsync, layout) = (cfg.fsync, cfg.layout);
         let key_opt = cfg.pseudonym_key.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            outbox::Outbox::open(&out, fsync, key_opt.as_deref())
+            outbox::Outbox::open(&out, fsync, layout, key_opt.as_deref())
         })
         .await
         .map_err(|e| StartError::Outbox(outbox::OpenError::from_join(&cfg.out, e)))??;

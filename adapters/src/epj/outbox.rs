@@ -1,17 +1,21 @@
-//! The import folder: where accepted resources land, one file each, as many
-//! EPJ imports expect, plus the identifier index that makes conditional
-//! create hold across restarts, and `received.log` for arrival order.
+//! The import folder: where accepted resources land (one file each, or one
+//! NDJSON file per Bundle: see [`super::layout`]), plus the identifier index
+//! that makes conditional create hold across restarts, and `received.log`
+//! for arrival order.
 //!
 //! Layout of `--out DIR`:
 //! - `<ResourceType>-<id>.json`: one resource, written to `.<name>.tmp` and
-//!   renamed, so an importer never sees half a file.
+//!   renamed, so an importer never sees half a file (`--layout files`); or
+//!   `bundle-<n>.ndjson`, the resources a Bundle created, one per line
+//!   (`--layout ndjson`).
 //! - `received.log`: one JSON line per newly created resource (receive time,
 //!   type, id, keyed pseudonym of the subject, priority, codes). It never
 //!   holds a national id.
 //! - `.identifier-index.jsonl`: one JSON line per created resource with its
 //!   identifiers, so the index survives an importer that moves files away.
 //!   At start it is read, and any resource file it lacks (a crash between
-//!   rename and index append) is parsed and added.
+//!   rename and index append) is parsed and added; of the Bundle files only
+//!   the newest can lack lines, so only it is read.
 //! - `.pseudonym-key`: the random key for subject pseudonyms, made on first
 //!   start unless `--pseudonym-key` is given.
 
@@ -25,7 +29,8 @@ use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::bundle::{ACCEPTED_TYPES, Entry, EntryOutcome, is_fhir_id};
+use super::bundle::{Entry, EntryOutcome};
+use super::layout::{self, Layout};
 
 const INDEX_FILE: &str = ".identifier-index.jsonl";
 const KEY_FILE: &str = ".pseudonym-key";
@@ -116,6 +121,8 @@ struct Inner {
     by_identifier: HashMap<(String, String), String>,
     /// (type, id) of every resource received.
     ids: HashSet<(String, String)>,
+    /// Number of the next `bundle-<n>.ndjson`.
+    next_bundle: u64,
     index_file: File,
     log_file: File,
 }
@@ -135,6 +142,7 @@ pub struct OpenReport {
 pub struct Outbox {
     dir: PathBuf,
     fsync: bool,
+    layout: Layout,
     key: Vec<u8>,
     inner: Mutex<Inner>,
 }
@@ -144,6 +152,7 @@ impl std::fmt::Debug for Outbox {
         f.debug_struct("Outbox")
             .field("dir", &self.dir)
             .field("fsync", &self.fsync)
+            .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
 }
@@ -151,11 +160,13 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     /// Opens (creating if needed) the import folder and rebuilds the index.
     /// `fsync`: sync each file and the folder before answering.
+    /// `layout`: how new resources are written (the folder may hold both).
     /// `pseudonym_key`: key for subject pseudonyms; `None` reads or makes
     /// `DIR/.pseudonym-key`.
     pub fn open(
         dir: &Path,
         fsync: bool,
+        layout: Layout,
         pseudonym_key: Option<&str>,
     ) -> Result<(Outbox, OpenReport), OpenError> {
         fs::create_dir_all(dir).map_err(open_err(dir))?;
@@ -190,37 +201,27 @@ impl Outbox {
             .open(&index_path)
             .map_err(open_err(&index_path))?;
 
+        let scan = layout::scan(dir).map_err(open_err(dir))?;
+        report.temp_removed = scan.temp_removed;
         let mut recovered = Vec::new();
-        for dirent in fs::read_dir(dir).map_err(open_err(dir))? {
-            let dirent = dirent.map_err(open_err(dir))?;
-            let name = dirent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                let p = dirent.path();
-                fs::remove_file(&p).map_err(open_err(&p))?;
-                report.temp_removed += 1;
+        for (rtype, id, p) in scan.resource_files {
+            if ids.contains(&(rtype.clone(), id.clone())) {
                 continue;
             }
-            let Some((rtype, id)) = parse_file_name(name) else {
-                continue;
-            };
-            if ids.contains(&(rtype.to_string(), id.to_string())) {
-                continue;
-            }
-            let p = dirent.path();
             let bytes = fs::read(&p).map_err(open_err(&p))?;
-            let identifiers = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(v) => identifiers_of(&v),
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => recovered.push(IndexLine {
+                    resource_type: rtype,
+                    id,
+                    identifiers: identifiers_of(&v),
+                }),
                 Err(e) => {
                     tracing::warn!(file = %p.display(), error = %e, "skipping a resource file that is not JSON");
-                    continue;
                 }
-            };
-            recovered.push(IndexLine {
-                resource_type: rtype.to_string(),
-                id: id.to_string(),
-                identifiers,
-            });
+            }
+        }
+        if let Some(p) = &scan.newest_bundle {
+            recover_bundle_file(p, &ids, &mut recovered)?;
         }
         let mut buf = Vec::new();
         for rec in &recovered {
@@ -248,10 +249,12 @@ impl Outbox {
             Outbox {
                 dir: dir.to_path_buf(),
                 fsync,
+                layout,
                 key,
                 inner: Mutex::new(Inner {
                     by_identifier,
                     ids,
+                    next_bundle: scan.next_bundle,
                     index_file,
                     log_file,
                 }),
@@ -317,26 +320,26 @@ impl Outbox {
             });
         }
 
-        // Phase 2: write the new files; undo them all on the first failure.
-        let mut written: Vec<PathBuf> = Vec::new();
-        for (e, o) in entries.iter().zip(&outcomes) {
-            if !o.created {
-                continue;
-            }
-            match self.write_resource(e) {
-                Ok(p) => written.push(p),
-                Err(err) => {
-                    for p in &written {
-                        let _ = fs::remove_file(p);
-                    }
-                    return Err(err);
-                }
-            }
-        }
-        if self.fsync && !written.is_empty() {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(&self.dir))?;
+        // Phase 2: write the new resources; undone on any failure below.
+        let created: Vec<&Entry> = entries
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.created)
+            .map(|(e, _)| e)
+            .collect();
+        let written = layout::write(
+            self.layout,
+            &self.dir,
+            self.fsync,
+            &mut inner.next_bundle,
+            &created,
+        )?;
+        if self.fsync
+            && !written.is_empty()
+            && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all())
+        {
+            layout::remove_all(&written);
+            return Err(io_err(&self.dir)(e));
         }
 
         // Phase 3: index and arrival log.
@@ -388,24 +391,6 @@ impl Outbox {
         inner.ids.extend(fresh_ids);
         Ok(outcomes)
     }
-
-    fn write_resource(&self, e: &Entry) -> Result<PathBuf, CommitError> {
-        let name = format!("{}-{}.json", e.resource_type, e.id);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let dst = self.dir.join(&name);
-        let bytes = serde_json::to_vec_pretty(&e.resource).map_err(|err| CommitError::Io {
-            path: dst.clone(),
-            source: std::io::Error::other(err),
-        })?;
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&bytes).map_err(io_err(&tmp))?;
-        if self.fsync {
-            f.sync_data().map_err(io_err(&tmp))?;
-        }
-        drop(f);
-        fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-        Ok(dst)
-    }
 }
 
 fn append_json_line<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
@@ -415,11 +400,33 @@ fn append_json_line<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
     }
 }
 
-/// `<Type>-<id>.json` → (type, id), for accepted types only.
-fn parse_file_name(name: &str) -> Option<(&str, &str)> {
-    let stem = name.strip_suffix(".json")?;
-    let (rtype, id) = stem.split_once('-')?;
-    (ACCEPTED_TYPES.contains(&rtype) && is_fhir_id(id)).then_some((rtype, id))
+/// Adds to `recovered` the resources of a Bundle file that the index lacks
+/// (a crash between its rename and the index append). A torn line cannot
+/// occur (the file was renamed whole); a line that is not JSON is skipped.
+fn recover_bundle_file(
+    p: &Path,
+    ids: &HashSet<(String, String)>,
+    recovered: &mut Vec<IndexLine>,
+) -> Result<(), OpenError> {
+    let f = File::open(p).map_err(open_err(p))?;
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(open_err(p))?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            tracing::warn!(file = %p.display(), "skipping a line that is not JSON");
+            continue;
+        };
+        let (Some(rtype), Some(id)) = (v["resourceType"].as_str(), v["id"].as_str()) else {
+            continue;
+        };
+        if !ids.contains(&(rtype.to_string(), id.to_string())) {
+            recovered.push(IndexLine {
+                resource_type: rtype.to_string(),
+                id: id.to_string(),
+                identifiers: identifiers_of(&v),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn identifiers_of(resource: &serde_json::Value) -> Vec<String> {
@@ -491,7 +498,7 @@ mod tests {
     fn conditional_create_survives_reopen_and_lost_index() -> Result<(), Box<dyn std::error::Error>>
     {
         let dir = tempfile::tempdir()?;
-        let (ob, _) = Outbox::open(dir.path(), false, None)?;
+        let (ob, _) = Outbox::open(dir.path(), false, Layout::Files, None)?;
         let out = ob.commit(&entries(&[("a", "1"), ("b", "2"), ("c", "1")]))?;
         assert_eq!(
             out.iter()
@@ -502,7 +509,7 @@ mod tests {
         assert!(dir.path().join("Communication-a.json").exists());
         drop(ob);
 
-        let (ob, rep) = Outbox::open(dir.path(), false, None)?;
+        let (ob, rep) = Outbox::open(dir.path(), false, Layout::Files, None)?;
         assert_eq!(rep.resources, 2);
         assert_eq!(rep.recovered, 0);
         let out = ob.commit(&entries(&[("a", "1")]))?;
@@ -511,16 +518,48 @@ mod tests {
 
         // Index lost: rebuilt from the files.
         fs::remove_file(dir.path().join(INDEX_FILE))?;
-        let (ob, rep) = Outbox::open(dir.path(), false, None)?;
+        let (ob, rep) = Outbox::open(dir.path(), false, Layout::Files, None)?;
         assert_eq!(rep.recovered, 2);
         assert!(!ob.commit(&entries(&[("b", "2")]))?[0].created);
         Ok(())
     }
 
     #[test]
+    fn ndjson_writes_a_file_per_bundle_and_recovers_the_newest()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (ob, _) = Outbox::open(dir.path(), false, Layout::Ndjson, None)?;
+        ob.commit(&entries(&[("a", "1"), ("b", "2"), ("c", "1")]))?;
+        ob.commit(&entries(&[("a", "1")]))?; // nothing new: no file
+        ob.commit(&entries(&[("d", "4")]))?;
+        let first = fs::read_to_string(dir.path().join("bundle-000000000000.ndjson"))?;
+        let ids: Vec<String> = first
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(ids, vec!["\"a\"", "\"b\""]);
+        assert!(dir.path().join("bundle-000000000001.ndjson").exists());
+        assert!(!dir.path().join("bundle-000000000002.ndjson").exists());
+        assert!(!dir.path().join("Communication-a.json").exists());
+        drop(ob);
+
+        // The index lost its last line (a crash before the append): the
+        // newest Bundle file restores it, and numbering goes on after it.
+        let index = fs::read_to_string(dir.path().join(INDEX_FILE))?;
+        let kept: Vec<&str> = index.lines().take(2).collect();
+        fs::write(dir.path().join(INDEX_FILE), kept.join("\n") + "\n")?;
+        let (ob, rep) = Outbox::open(dir.path(), false, Layout::Ndjson, None)?;
+        assert_eq!((rep.resources, rep.recovered), (3, 1));
+        assert!(!ob.commit(&entries(&[("d", "4")]))?[0].created);
+        assert!(ob.commit(&entries(&[("e", "5")]))?[0].created);
+        assert!(dir.path().join("bundle-000000000002.ndjson").exists());
+        Ok(())
+    }
+
+    #[test]
     fn id_conflict_writes_nothing() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let (ob, _) = Outbox::open(dir.path(), false, None)?;
+        let (ob, _) = Outbox::open(dir.path(), false, Layout::Files, None)?;
         ob.commit(&entries(&[("a", "1")]))?;
         let r = ob.commit(&entries(&[("n", "9"), ("a", "2")]));
         assert!(matches!(r, Err(CommitError::IdConflict { index: 1, .. })));
@@ -531,7 +570,7 @@ mod tests {
     #[test]
     fn log_has_no_national_id() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let (ob, _) = Outbox::open(dir.path(), false, None)?;
+        let (ob, _) = Outbox::open(dir.path(), false, Layout::Files, None)?;
         ob.commit(&entries(&[("a", "1")]))?;
         let log = fs::read_to_string(dir.path().join(RECEIVED_LOG))?;
         assert!(!log.contains("01818800155"));
@@ -545,7 +584,7 @@ mod tests {
     fn removes_leftover_temp_files() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         fs::write(dir.path().join(".Observation-x.json.tmp"), b"{")?;
-        let (_ob, rep) = Outbox::open(dir.path(), false, None)?;
+        let (_ob, rep) = Outbox::open(dir.path(), false, Layout::Files, None)?;
         assert_eq!(rep.temp_removed, 1);
         Ok(())
     }

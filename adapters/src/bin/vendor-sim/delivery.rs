@@ -33,6 +33,8 @@ use knutepunkt::proto::client::EventClient;
 use knutepunkt::proto::v1 as pb;
 use knutepunkt::sim::{Mix, OSLO, Population};
 
+use knutepunkt_adapters::epj::layout::Layout;
+
 use crate::Mode;
 use crate::hubenv::{self, EpjProcess, HubProcess, PushDest};
 use crate::load::{self, LoadArgs, LoadReport, unix_micros};
@@ -49,6 +51,11 @@ pub struct DeliveryArgs {
     /// Where the temporary directories go; default: the system temp directory.
     #[arg(long)]
     pub(crate) work_dir: Option<PathBuf>,
+    /// How the EPJ adapter writes what it receives: `files` (one file per
+    /// resource, as many EPJ imports take them) or `ndjson` (one file per
+    /// Bundle; its intake is then far above the hub's drain rate).
+    #[arg(long, value_enum, default_value_t = Layout::Files)]
+    pub(crate) epj_layout: Layout,
     /// End-to-end phase: events per second (Oslo, the municipality with the
     /// push destination).
     #[arg(long, default_value = "1000", value_parser = crate::parse_rate)]
@@ -369,7 +376,7 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
     let certs = work.path().join("certs");
     hubenv::make_certs(&hub_bin, &certs).await?;
     let epj_dir = work.path().join("epj");
-    let epj = EpjProcess::start(&epj_bin, &epj_dir, "ok").await?;
+    let epj = EpjProcess::start(&epj_bin, &epj_dir, "ok", a.epj_layout).await?;
     let dest = PushDest {
         url: epj.fhir_url(),
         ca_file: epj.cert.clone(),
@@ -658,7 +665,7 @@ async fn intake_baseline(
         .await
         .context("reading resources")??;
     let dir = work.join("epj-intake");
-    let epj = EpjProcess::start(epj_bin, &dir, "ok").await?;
+    let epj = EpjProcess::start(epj_bin, &dir, "ok", a.epj_layout).await?;
     let events: u64 = bundles.iter().map(|(n, _)| *n).sum();
     let n_bundles = bundles.len() as u64;
     let mut failed = 0u64;
@@ -691,8 +698,9 @@ async fn intake_baseline(
     })
 }
 
-/// Up to `want` resource files from `out` as transaction Bundles of `batch`
-/// conditional creates: (entries, JSON).
+/// Up to `want` resources from `out` (resource files or Bundle NDJSON
+/// files) as transaction Bundles of `batch` conditional creates: (entries,
+/// JSON).
 fn prebuild(out: &Path, want: usize, batch: usize) -> Result<Vec<(u64, String)>> {
     let mut entries = Vec::with_capacity(want);
     for e in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
@@ -702,31 +710,26 @@ fn prebuild(out: &Path, want: usize, batch: usize) -> Result<Vec<(u64, String)>>
         let e = e.with_context(|| format!("listing {}", out.display()))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some((ty, _)) = name.split_once('-') else {
-            continue;
-        };
-        if name.starts_with('.') || !name.ends_with(".json") {
+        let ndjson = name.ends_with(".ndjson");
+        if name.starts_with('.') || !(ndjson || name.ends_with(".json")) {
             continue;
         }
         let bytes = std::fs::read(e.path()).with_context(|| format!("reading {name}"))?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {name}"))?;
-        let ident = &v["identifier"][0];
-        let (Some(sys), Some(val), Some(id)) = (
-            ident["system"].as_str(),
-            ident["value"].as_str(),
-            v["id"].as_str(),
-        ) else {
-            continue;
+        let resources: Vec<serde_json::Value> = if ndjson {
+            bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(serde_json::from_slice)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parsing {name}"))?
+        } else {
+            vec![serde_json::from_slice(&bytes).with_context(|| format!("parsing {name}"))?]
         };
-        let cond = form_urlencoded::Serializer::new(String::new())
-            .append_pair("identifier", &format!("{sys}|{val}"))
-            .finish();
-        entries.push(serde_json::json!({
-            "fullUrl": format!("urn:uuid:{id}"),
-            "resource": v,
-            "request": { "method": "POST", "url": ty, "ifNoneExist": cond },
-        }));
+        for v in resources.into_iter().take(want - entries.len()) {
+            if let Some(entry) = conditional_create(v) {
+                entries.push(entry);
+            }
+        }
     }
     Ok(entries
         .chunks(batch.max(1))
@@ -736,4 +739,26 @@ fn prebuild(out: &Path, want: usize, batch: usize) -> Result<Vec<(u64, String)>>
             (c.len() as u64, b.to_string())
         })
         .collect())
+}
+
+/// A transaction entry that creates `v` unless its first identifier exists.
+fn conditional_create(v: serde_json::Value) -> Option<serde_json::Value> {
+    let ident = &v["identifier"][0];
+    let (Some(ty), Some(sys), Some(val), Some(id)) = (
+        v["resourceType"].as_str(),
+        ident["system"].as_str(),
+        ident["value"].as_str(),
+        v["id"].as_str(),
+    ) else {
+        return None;
+    };
+    let cond = form_urlencoded::Serializer::new(String::new())
+        .append_pair("identifier", &format!("{sys}|{val}"))
+        .finish();
+    let (ty, id) = (ty.to_string(), id.to_string());
+    Some(serde_json::json!({
+        "fullUrl": format!("urn:uuid:{id}"),
+        "resource": v,
+        "request": { "method": "POST", "url": ty, "ifNoneExist": cond },
+    }))
 }

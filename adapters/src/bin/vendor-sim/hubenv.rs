@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use knutepunkt::sim::{BERGEN, OSLO};
 use knutepunkt_adapters::epj::Snapshot;
+use knutepunkt_adapters::epj::layout::Layout;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
@@ -430,7 +431,7 @@ pub struct EpjProcess {
 
 impl EpjProcess {
     /// Starts `epj-adapter` on a free port with files under `dir`.
-    pub async fn start(bin: &Path, dir: &Path, mode: &str) -> Result<EpjProcess> {
+    pub async fn start(bin: &Path, dir: &Path, mode: &str, layout: Layout) -> Result<EpjProcess> {
         let out = dir.join("out");
         let tls = dir.join("tls");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -439,6 +440,11 @@ impl EpjProcess {
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--mode", mode, "--log", "warn"])
+            .arg("--layout")
+            .arg(match layout {
+                Layout::Files => "files",
+                Layout::Ndjson => "ndjson",
+            })
             .arg("--out")
             .arg(&out)
             .arg("--self-signed")

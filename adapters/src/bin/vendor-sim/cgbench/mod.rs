@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use knutepunkt_adapters::epj::layout::Layout;
 use tokio::process::Command;
 
 use crate::Mode;
@@ -275,7 +276,7 @@ pub async fn run(a: CallgrindArgs) -> Result<()> {
         None
     } else {
         let epj_bin = hubenv::sibling_bin(a.epj_bin.clone(), "epj-adapter")?;
-        Some(EpjProcess::start(&epj_bin, &work.path().join("epj"), "ok").await?)
+        Some(EpjProcess::start(&epj_bin, &work.path().join("epj"), "ok", Layout::Files).await?)
     };
     let env = Env {
         a: &a,
