@@ -3,7 +3,8 @@
 //! store's reserve, the delivery deadlines, and a zero for every per-destination counter (so
 //! `increase()` sees the first dead letter). See `deploy/prometheus/`.
 //!
-//! Refreshed every [`EVERY`] by one task, until its stop token.
+//! Refreshed every [`EVERY`] by one task, until its stop token. A second
+//! task ([`spawn_upkeep`]) drains the recorder's histogram samples.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,29 @@ use crate::config::{Config, TlsConfig};
 
 /// How often the gauges are refreshed.
 pub const EVERY: Duration = Duration::from_secs(30);
+
+/// How often the recorder's histogram samples are folded into its
+/// summaries (the exporter's own default for its HTTP listener).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds the recorder's histogram samples every [`UPKEEP_EVERY`]. Without
+/// it every sample of every histogram stays in memory until `/metrics` is
+/// rendered: a hub that nobody scrapes grew by about 13 bytes per event
+/// (BENCHMARKS.md, "2026-12-07"). `install_recorder` leaves this to us.
+pub fn spawn_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => handle.run_upkeep(),
+                () = stop.cancelled() => return,
+            }
+        }
+    })
+}
 
 /// Starts the refresher for `cfg`.
 pub fn spawn(cfg: &Config, stop: CancellationToken) -> tokio::task::JoinHandle<()> {

@@ -229,6 +229,7 @@ impl Hub {
         let auditor = crate::audit::Auditor::from_config(&cfg, dyn_store.clone())?;
 
         let metrics = metrics_handle();
+        let upkeep = metrics.clone();
         let app = api::router(ApiState {
             store: dyn_store.clone(),
             municipalities: served,
@@ -302,6 +303,9 @@ impl Hub {
             delivery_stop.clone(),
         ));
         delivery.push(crate::ops_metrics::spawn(&cfg, delivery_stop.clone()));
+        if let Some(h) = upkeep {
+            delivery.push(crate::ops_metrics::spawn_upkeep(h, delivery_stop.clone()));
+        }
         delivery.push(crate::retention::spawn(
             cfg.retention_policy(),
             dyn_store.clone(),
