@@ -229,7 +229,6 @@ impl Hub {
         let auditor = crate::audit::Auditor::from_config(&cfg, dyn_store.clone())?;
 
         let metrics = metrics_handle();
-        let upkeep = metrics.clone();
         let app = api::router(ApiState {
             store: dyn_store.clone(),
             municipalities: served,
@@ -303,7 +302,7 @@ impl Hub {
             delivery_stop.clone(),
         ));
         delivery.push(crate::ops_metrics::spawn(&cfg, delivery_stop.clone()));
-        if let Some(h) = upkeep {
+        if let Some(h) = metrics_handle() {
             delivery.push(crate::ops_metrics::spawn_upkeep(h, delivery_stop.clone()));
         }
         delivery.push(crate::retention::spawn(

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::bundle::{ACCEPTED_TYPES, Entry, is_fhir_id};
-use super::outbox::CommitError;
+use super::outbox::{CommitError, io_err};
 
 /// Where accepted resources go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -32,13 +32,6 @@ pub enum Layout {
 
 const BUNDLE_PREFIX: &str = "bundle-";
 const BUNDLE_SUFFIX: &str = ".ndjson";
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommitError + '_ {
-    move |source| CommitError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// Writes `created` in `layout`; `next_bundle` numbers Bundle files and
 /// moves on by one for each written. Returns the files written, for the

@@ -80,7 +80,7 @@ impl OpenError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommitError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommitError + '_ {
     move |source| CommitError::Io {
         path: path.to_path_buf(),
         source,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, Readable};
 
 use super::keys::LAYOUT_VERSION;
-use super::spaces::MEMTABLES;
+use super::spaces::KEYSPACES;
 use super::{EmbeddedStore, OpenError, Shared, Spaces, now_micros, open_spaces};
 use crate::backup::format::{BackupError, Decoder, Encoder, Header, Item, Summary, verify};
 
@@ -166,7 +166,7 @@ pub fn restore(
     if let Some(k) = summary
         .per_keyspace
         .keys()
-        .find(|k| !MEMTABLES.iter().any(|(n, _)| n == k))
+        .find(|k| !KEYSPACES.iter().any(|(n, _)| n == k))
     {
         return Err(BackupError::Refused(format!(
             "the backup holds keyspace {k:?}, unknown to this build; restore it with knutepunkt {}",

@@ -14,10 +14,10 @@ use super::{OpenError, engine};
 
 const MIB: u64 = 1024 * 1024;
 
-/// Each keyspace in backup order, with its memtable size. Small memtables:
-/// nine keyspaces each flush on their own, and their sum bounds the memory
-/// writes hold before they reach tables.
-pub(crate) const MEMTABLES: [(&str, u64); 9] = [
+/// Each keyspace's name, in backup order, with its memtable size. Small
+/// memtables: nine keyspaces each flush on their own, and their sum bounds
+/// the memory writes hold before they reach tables.
+pub(crate) const KEYSPACES: [(&str, u64); 9] = [
     ("log", 16 * MIB),
     ("ids", 8 * MIB),
     ("idx", 8 * MIB),
@@ -44,19 +44,21 @@ pub(crate) struct Spaces {
 }
 
 impl Spaces {
-    /// Every keyspace with its name, in backup order (as [`MEMTABLES`]).
+    /// Every keyspace with its name, in backup order (as [`KEYSPACES`]).
     pub(crate) fn named(&self) -> [(&'static str, &Keyspace); 9] {
-        [
-            ("log", &self.log),
-            ("ids", &self.ids),
-            ("idx", &self.idx),
-            ("alarms", &self.alarms),
-            ("cons", &self.cons),
-            ("dlq", &self.dlq),
-            ("audit", &self.audit),
-            ("jti", &self.jti),
-            ("meta", &self.meta),
-        ]
+        // In the order of `KEYSPACES` and of `open_spaces` below.
+        let spaces = [
+            &self.log,
+            &self.ids,
+            &self.idx,
+            &self.alarms,
+            &self.cons,
+            &self.dlq,
+            &self.audit,
+            &self.jti,
+            &self.meta,
+        ];
+        std::array::from_fn(|i| (KEYSPACES[i].0, spaces[i]))
     }
 }
 
@@ -70,7 +72,7 @@ pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spa
         .cache_size(cache_bytes)
         .open()
         .map_err(engine(dir))?;
-    let [log, ids, idx, alarms, cons, dlq, audit, jti, meta] = MEMTABLES.map(|(name, size)| {
+    let [log, ids, idx, alarms, cons, dlq, audit, jti, meta] = KEYSPACES.map(|(name, size)| {
         db.keyspace(name, || {
             KeyspaceCreateOptions::default().max_memtable_size(size)
         })

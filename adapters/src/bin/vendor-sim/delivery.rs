@@ -32,7 +32,6 @@ use hdrhistogram::Histogram;
 use knutepunkt::proto::client::EventClient;
 use knutepunkt::proto::v1 as pb;
 use knutepunkt::sim::{Mix, OSLO, Population};
-
 use knutepunkt_adapters::epj::layout::Layout;
 
 use crate::Mode;
