@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use fjall::config::{FilterPolicy, PartitioningPolicy};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use super::{OpenError, engine};
@@ -62,6 +63,32 @@ impl Spaces {
     }
 }
 
+/// How a keyspace is laid out on disk. fjall stores these with the
+/// keyspace when it is created; a keyspace created by an older hub keeps
+/// its own.
+///
+/// - Bloom filters only where a point read can miss: `ids` (idempotency)
+///   and `jti` (replay guard) are asked for keys that mostly do not exist,
+///   `cons`/`dlq`/`meta` are small. `log` and `audit` are read by a seq
+///   that exists, `idx` and `alarms` only by range: a filter there costs
+///   memory (fjall pins level-0 filters) and disk, and saves no read.
+/// - `log` and `audit` take their keys in increasing order, so fjall moves
+///   their flushed tables to the last level without rewriting them, and a
+///   table keeps the pinned full index it was flushed with. Partitioned
+///   indexes keep only a small top-level index per table in memory, the
+///   rest goes through the block cache: memory no longer grows with the
+///   number of events stored (BENCHMARKS.md, "2026-12-07 morning").
+fn create_options(name: &str, memtable: u64) -> KeyspaceCreateOptions {
+    let o = KeyspaceCreateOptions::default().max_memtable_size(memtable);
+    match name {
+        "log" | "audit" => o
+            .filter_policy(FilterPolicy::disabled())
+            .index_block_partitioning_policy(PartitioningPolicy::all(true)),
+        "idx" | "alarms" => o.filter_policy(FilterPolicy::disabled()),
+        _ => o,
+    }
+}
+
 /// Creates `dir` if needed and opens the database with every keyspace.
 pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spaces), OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
@@ -73,10 +100,8 @@ pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spa
         .open()
         .map_err(engine(dir))?;
     let [log, ids, idx, alarms, cons, dlq, audit, jti, meta] = KEYSPACES.map(|(name, size)| {
-        db.keyspace(name, || {
-            KeyspaceCreateOptions::default().max_memtable_size(size)
-        })
-        .map_err(engine(dir))
+        db.keyspace(name, || create_options(name, size))
+            .map_err(engine(dir))
     });
     let ks = Spaces {
         log: log?,
