@@ -12,7 +12,9 @@
 //! - `leases`: pull leases (lost on restart: the item is offered again).
 //!
 //! On disk, only the exceptions: `F` (start, floor), `S` settled above the
-//! floor, `E` escalated (kept until retention removes the event, so an alarm
+//! floor (in memory too for routine items, in `above`; a settled alarm is
+//! only on disk, so a routine backlog behind delivered alarms costs no
+//! memory per alarm), `E` escalated (kept until retention removes the event, so an alarm
 //! escalates once even when an operator replays it), `Q` explicit queue, and
 //! dead letters. Settling a
 //! Bundle delivered in order moves the floor: one key written.
@@ -47,7 +49,10 @@ pub(crate) struct Cons {
     /// Events at or below `start` were stored before this consumer existed.
     pub(super) start: u64,
     pub(super) floor: u64,
-    /// Settled above the floor: seq → (kind, at).
+    /// Routine items settled above the floor: seq → (kind, at). Settled
+    /// alarms are never offered again (`urgent` only grows from the
+    /// `alarms` keyspace above `alarm_scanned`), so only their `S` key
+    /// keeps them, on disk.
     pub(super) above: BTreeMap<u64, (u8, u64)>,
     pub(super) escalated: BTreeSet<u64>,
     /// The routine window covers the log up to here.
@@ -109,7 +114,7 @@ impl Cons {
             );
         }
         let org = spec.municipality.as_u32();
-        let c = Cons {
+        let mut c = Cons {
             org,
             start,
             floor,
@@ -139,8 +144,63 @@ impl Cons {
                 }
             }
             c.unscanned.store(n, Ordering::Release);
+            c.load_alarms(ks, last_seq)?;
         }
         Ok(c)
+    }
+
+    /// At start: the unsettled alarms above the floor into `urgent`; the
+    /// settled ones leave `above` (their `S` key stays).
+    fn load_alarms(&mut self, ks: &Spaces, last_seq: u64) -> Result<(), StoreError> {
+        if self.alarm_scanned >= last_seq {
+            return Ok(());
+        }
+        let lo = keys::alarm_key(self.org, self.alarm_scanned + 1);
+        let hi = keys::alarm_key(self.org, last_seq);
+        for g in ks.alarms.range(lo..=hi) {
+            let (k, v) = g.into_inner().map_err(read)?;
+            let seq = keys::tail_seq(&k)?;
+            if self.above.remove(&seq).is_some() {
+                continue;
+            }
+            let (class, patient) = keys::parse_class_patient(&v)?;
+            self.urgent.insert(
+                seq,
+                Item {
+                    class,
+                    patient,
+                    answers: 0,
+                },
+            );
+        }
+        self.alarm_scanned = last_seq;
+        Ok(())
+    }
+
+    /// When `seq` was settled above the floor: from `above` for routine
+    /// items, from its `S` key for alarms (and for an escalation-only
+    /// consumer's items).
+    pub(super) fn settled_at(
+        &self,
+        s: &Shared,
+        name: &str,
+        seq: u64,
+    ) -> Result<Option<(u8, u64)>, StoreError> {
+        if let Some(v) = self.above.get(&seq) {
+            return Ok(Some(*v));
+        }
+        if seq <= self.floor && !self.spec.escalation_only {
+            return Ok(None);
+        }
+        match s
+            .ks
+            .cons
+            .get(keys::name_seq(Some(b'S'), name, seq))
+            .map_err(read)?
+        {
+            Some(v) => keys::parse_settled(&v).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Reads alarms stored since the last look into `urgent`.
@@ -371,7 +431,7 @@ pub(crate) fn settle(
     let now = now_micros();
     let mut report = SettleReport::default();
     let mut handed: Vec<(String, u64, Item)> = Vec::new();
-    let mut newly_above: Vec<(u64, u8)> = Vec::new();
+    let mut newly_above: Vec<(u64, u8, bool)> = Vec::new();
     c.refresh_urgent(s)?;
     let mut seen: HashSet<u64> = HashSet::new();
     for (seq, outcome) in outcomes {
@@ -450,14 +510,16 @@ pub(crate) fn settle(
                 });
         }
         if from_log || unscanned.is_some() {
-            newly_above.push((seq, kind));
+            newly_above.push((seq, kind, item.class.is_urgent()));
         }
         report.settled += 1;
     }
     let floor = c.settled_through();
-    for (seq, kind) in newly_above {
+    for (seq, kind, urgent) in newly_above {
         if seq > floor {
-            c.above.insert(seq, (kind, now));
+            if !urgent {
+                c.above.insert(seq, (kind, now));
+            }
             batch.insert(
                 &s.ks.cons,
                 keys::name_seq(Some(b'S'), name, seq),
@@ -466,10 +528,13 @@ pub(crate) fn settle(
         }
     }
     if floor > c.floor {
-        let folded: Vec<u64> = c.above.range(..=floor).map(|(k, _)| *k).collect();
-        for seq in folded {
-            c.above.remove(&seq);
-            batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
+        c.above = c.above.split_off(&(floor + 1));
+        // Every `S` key the floor passes, routine and alarm: read from disk,
+        // as settled alarms are not kept in memory.
+        let lo = keys::name_seq(Some(b'S'), name, c.floor + 1);
+        let hi = keys::name_seq(Some(b'S'), name, floor);
+        for g in s.ks.cons.range(lo..=hi) {
+            batch.remove(&s.ks.cons, g.key().map_err(read)?.to_vec());
         }
         c.floor = floor;
         batch.insert(&s.ks.cons, f_key(name), keys::floor_value(c.start, floor));
@@ -632,7 +697,7 @@ pub(crate) fn needed(s: &Shared, org: u32, seq: u64) -> Result<bool, StoreError>
             && !c.spec.escalation_only
             && seq > c.start
             && seq > c.floor
-            && !c.above.contains_key(&seq)
+            && c.settled_at(s, name, seq)?.is_none()
         {
             return Ok(true);
         }

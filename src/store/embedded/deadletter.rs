@@ -156,22 +156,13 @@ pub(crate) fn delivery_state(
             },
         }));
     }
-    if let Some((_, at)) = c.above.get(&seq) {
+    if let Some((_, at)) = c.settled_at(s, name, seq)? {
         return Ok(Some(DeliveryState::Delivered {
-            at: Some(seq_to_time(*at)),
+            at: Some(seq_to_time(at)),
         }));
     }
     if c.spec.escalation_only {
-        let settled =
-            s.ks.cons
-                .get(keys::name_seq(Some(b'S'), name, seq))
-                .map_err(read)?;
-        return Ok(match settled {
-            Some(v) => Some(DeliveryState::Delivered {
-                at: Some(seq_to_time(keys::parse_settled(&v)?.1)),
-            }),
-            None => None,
-        });
+        return Ok(None);
     }
     let Some(raw) = raw_record(s, seq)? else {
         return Ok(None);
