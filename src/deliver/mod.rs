@@ -15,6 +15,8 @@
 //! Pull destinations need no worker: the EPJ takes from its consumer
 //! through `$pending`/`$confirm` in `api`.
 
+mod bundle;
+mod http;
 pub mod lease;
 pub mod push;
 pub mod retry;

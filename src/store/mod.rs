@@ -178,7 +178,8 @@ pub struct DeadLetterFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryState {
     Pending,
-    /// Handed to a pull consumer; offered again after `until`.
+    /// Taken: by a pull client, or in flight to a push destination.
+    /// Offered again after `until` unless settled before.
     Leased {
         until: DateTime<Utc>,
     },

@@ -25,7 +25,7 @@ const REFERENCE: &[&str] = &[
     "knutepunkt::ingest::content_hash::content_hash",
     "knutepunkt::domain::resource_id",
     "knutepunkt::store::patient_key",
-    "knutepunkt::deliver::push::transaction_bundle",
+    "knutepunkt::deliver::bundle::transaction_bundle",
     "knutepunkt::audit::Auditor::patient_of",
     "knutepunkt::audit::Auditor::pseudonym",
     "knutepunkt::telemetry::join_event",
