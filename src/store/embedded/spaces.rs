@@ -77,7 +77,7 @@ impl Spaces {
 ///   table keeps the pinned full index it was flushed with. Partitioned
 ///   indexes keep only a small top-level index per table in memory, the
 ///   rest goes through the block cache: memory no longer grows with the
-///   number of events stored (BENCHMARKS.md, "2026-12-07 morning").
+///   number of events stored (BENCHMARKS.md, "2026-12-07 (later)").
 fn create_options(name: &str, memtable: u64) -> KeyspaceCreateOptions {
     let o = KeyspaceCreateOptions::default().max_memtable_size(memtable);
     match name {
