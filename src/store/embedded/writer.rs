@@ -161,6 +161,7 @@ impl Writer {
         }
         metrics::histogram!("knutepunkt_store_commit_seconds").record(started.elapsed());
         metrics::histogram!("knutepunkt_store_group_size").record(reqs.len() as f64);
+        metrics::gauge!("knutepunkt_store_cache_bytes").set(shared.db.cache_size() as f64);
         for (org, n) in &group.arrivals {
             for c in shared.arrivals.get(org).into_iter().flatten() {
                 c.fetch_add(*n, Ordering::AcqRel);

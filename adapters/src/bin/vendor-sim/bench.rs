@@ -243,6 +243,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     );
     let result = phases(&a, &hub, work.path(), started_at).await;
     let mem_end = hub.memory_kib();
+    let cache_end = hub.store_cache_bytes().await;
     let stopped = hub.stop().await;
     let p = result?;
     eprintln!("bench: {}", stopped?);
@@ -265,6 +266,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         nats: &nats,
         p: &p,
         mem_end,
+        cache_end,
         disk_end,
         retention: &retention,
         loads: [load_start, load_hub, hubenv::loadavg_line("at the end")],
@@ -331,10 +333,14 @@ pub struct Phases {
     pub stream: LoadReport,
     /// VmRSS/VmHWM KiB and `du` bytes of the store right after the stream load.
     pub mem_after_stream: Option<(u64, u64)>,
+    /// Bytes in the store's block cache at the same points (bounded by
+    /// its capacity; part of the RSS).
+    pub cache_after_stream: Option<u64>,
     pub disk_after_stream: u64,
     pub unary: LoadReport,
     pub steady: LoadReport,
     pub mem_after_load: Option<(u64, u64)>,
+    pub cache_after_load: Option<u64>,
     pub search: Option<SearchReport>,
 }
 
@@ -361,6 +367,7 @@ async fn phases(
     );
     let stream = load::run(&stream_args, true).await?;
     let mem_after_stream = hub.memory_kib();
+    let cache_after_stream = hub.store_cache_bytes().await;
     let disk_after_stream = hubenv::du_bytes(&work.join("hub"));
 
     let mut unary_args = LoadArgs::new(
@@ -403,6 +410,7 @@ async fn phases(
     );
     let steady = load::run(&steady_args, true).await?;
     let mem_after_load = hub.memory_kib();
+    let cache_after_load = hub.store_cache_bytes().await;
 
     let search = if a.search {
         let stored = stream.accepted + unary.accepted + steady.accepted;
@@ -424,10 +432,12 @@ async fn phases(
     Ok(Phases {
         stream,
         mem_after_stream,
+        cache_after_stream,
         disk_after_stream,
         unary,
         steady,
         mem_after_load,
+        cache_after_load,
         search,
     })
 }

@@ -23,6 +23,7 @@ pub struct Report<'a> {
     pub nats: &'a Result<NatsReport, String>,
     pub p: &'a Phases,
     pub mem_end: Option<(u64, u64)>,
+    pub cache_end: Option<u64>,
     pub disk_end: u64,
     /// The retention step, or why it did not run.
     pub retention: &'a Result<RetentionBench, String>,
@@ -218,6 +219,14 @@ impl Report<'_> {
             mem(p.mem_after_load),
             mem(self.mem_end)
         );
+        let cache = |c: Option<u64>| c.map_or("n/a".to_string(), |b| format!("{:.0} MiB", mib(b)));
+        let _ = writeln!(
+            s,
+            "| hub store block cache (in the RSS above; capacity 64 MiB) | same points | {}; {}; {} | — |",
+            cache(p.cache_after_stream),
+            cache(p.cache_after_load),
+            cache(self.cache_end)
+        );
         let _ = writeln!(
             s,
             "| hub disk (`du` of the store) | after the stream load; at the end | {:.0} MiB = {:.0} B per event; {:.0} MiB = {:.0} B per event | — |",
@@ -357,6 +366,32 @@ impl Report<'_> {
                 rss as f64 / 1024.0,
                 st.accepted,
                 yes(rss * 1024 <= 300_000_000)
+            );
+        }
+        if let (Some(sr), Some((first, _)), Some((last, _))) =
+            (&p.search, p.mem_after_stream, self.mem_end)
+        {
+            let ratio = last as f64 / first.max(1) as f64;
+            // RSS in KiB, cache in bytes: both as MiB here.
+            let outside = match (p.cache_after_stream, self.cache_end) {
+                (Some(c0), Some(c1)) => {
+                    let before = first as f64 / 1024.0 - mib(c0);
+                    let after = last as f64 / 1024.0 - mib(c1);
+                    format!(
+                        "; without the block cache {before:.0} → {after:.0} MiB = {:.2}×",
+                        after / before.max(1.0)
+                    )
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "| RSS at {} stored ≤ 1.2× RSS after the stream load ({}) | {:.0} → {:.0} MiB = {ratio:.2}×{outside} | {} |",
+                sr.stored,
+                p.stream.accepted,
+                first as f64 / 1024.0,
+                last as f64 / 1024.0,
+                yes(ratio <= 1.2)
             );
         }
         if let Some(sr) = &p.search {

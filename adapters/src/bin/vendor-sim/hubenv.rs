@@ -70,6 +70,13 @@ pub async fn make_certs(hub_bin: &Path, dir: &Path) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -88,6 +95,10 @@ pub struct PushDest {
 
 /// The hub's config: TLS, the vendor with a generous agreement, the EPJ
 /// clients, and with `push` Oslo's push destination.
+/// The admin token's file in the certificate directory (written by
+/// [`make_certs`]); the bench reads `/metrics` with it.
+const ADMIN_TOKEN_FILE: &str = "bench-admin.token";
+
 pub fn hub_config(certs: &Path, http: SocketAddr, push: Option<&PushDest>) -> String {
     let c = certs.display();
     let scopes = r#"["system/Observation.rs", "system/Communication.rs"]"#;
@@ -100,6 +111,9 @@ vendor_ca_file = "{c}/ca.pem"
 
 [auth]
 token_url = "https://{http}/oauth/token"
+
+[admin]
+token_file = "{c}/{ADMIN_TOKEN_FILE}"
 
 [[auth.clients]]
 id = "{EPJ_OSLO}"
@@ -359,6 +373,26 @@ impl HubProcess {
     /// VmRSS and VmHWM in KiB from /proc.
     pub fn memory_kib(&self) -> Option<(u64, u64)> {
         proc_memory_kib(self.pid)
+    }
+
+    /// What the store's block cache holds, bytes (the hub's
+    /// `knutepunkt_store_cache_bytes` gauge); `None` if it cannot be read.
+    pub async fn store_cache_bytes(&self) -> Option<u64> {
+        let token = std::fs::read_to_string(self.certs.join(ADMIN_TOKEN_FILE)).ok()?;
+        let text = reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.admin))
+            .bearer_auth(token.trim())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("knutepunkt_store_cache_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
     }
 
     /// SIGTERM, then up to 20 s for a graceful stop, then SIGKILL.
