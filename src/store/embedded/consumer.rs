@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::deadletter::dead_letter;
 use super::keys::{self, DlqRecord, TypeEntry};
+pub(crate) use super::pending::Item;
+use super::pending::{Urgent, merged};
 use super::read::resource_at;
 use super::{Shared, Spaces, lock, now_micros, read};
 use crate::domain::ResourceType;
@@ -34,14 +36,6 @@ use crate::store::{
 
 /// Routine items read ahead of what a take needs.
 const WINDOW: usize = 4096;
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Item {
-    pub(super) class: Class,
-    pub(super) patient: [u8; 16],
-    /// `seq` of the alarm a note answers; 0 for none.
-    pub(super) answers: u64,
-}
 
 pub(crate) struct Cons {
     pub spec: ConsumerSpec,
@@ -58,7 +52,7 @@ pub(crate) struct Cons {
     /// The routine window covers the log up to here.
     pub(super) scanned: u64,
     pub(super) routine: BTreeMap<u64, Item>,
-    pub(super) urgent: BTreeMap<u64, Item>,
+    pub(super) urgent: Urgent,
     pub(super) alarm_scanned: u64,
     pub(super) explicit: BTreeMap<u64, Item>,
     pub(super) leases: HashMap<u64, u64>,
@@ -122,7 +116,7 @@ impl Cons {
             escalated,
             scanned: floor,
             routine: BTreeMap::new(),
-            urgent: BTreeMap::new(),
+            urgent: Urgent::default(),
             alarm_scanned: floor,
             explicit,
             leases: HashMap::new(),
@@ -328,34 +322,28 @@ impl Cons {
 
     pub(super) fn pending_item(&self, seq: u64) -> Option<Item> {
         self.urgent
-            .get(&seq)
+            .get(seq)
             .or_else(|| self.routine.get(&seq))
             .or_else(|| self.explicit.get(&seq))
             .copied()
     }
 
-    /// Candidates of one class, oldest first, each seq once.
-    fn candidates(&self, class: Class) -> Vec<(u64, Item)> {
+    /// Candidates of one class, oldest first, each seq once, read only as
+    /// far as the caller goes (a backlog of alarms costs a take nothing
+    /// beyond the Bundle it fills).
+    fn candidates(&self, class: Class) -> impl Iterator<Item = (u64, Item)> + '_ {
         let log = if class.is_urgent() {
-            &self.urgent
+            self.urgent.of(class)
         } else {
             &self.routine
         };
-        let mut out: Vec<(u64, Item)> = log
-            .iter()
-            .chain(self.explicit.iter())
-            .filter(|(_, i)| i.class == class)
-            .map(|(s, i)| (*s, *i))
-            .collect();
-        out.sort_by_key(|(s, _)| *s);
-        out.dedup_by_key(|(s, _)| *s);
-        out
+        merged(log, &self.explicit, class)
     }
 
     /// The highest seq at or below which nothing is unsettled.
     fn settled_through(&self) -> u64 {
         let mut f = self.scanned;
-        for first in [self.routine.keys().next(), self.urgent.keys().next()]
+        for first in [self.routine.keys().next().copied(), self.urgent.first()]
             .into_iter()
             .flatten()
         {
@@ -501,7 +489,7 @@ pub(crate) fn settle(
                 );
             }
         }
-        let from_log = c.urgent.remove(&seq).is_some() | c.routine.remove(&seq).is_some();
+        let from_log = c.urgent.remove(seq).is_some() | c.routine.remove(&seq).is_some();
         if unscanned.is_some() {
             let _ = c
                 .unscanned
@@ -605,18 +593,26 @@ pub(crate) fn escalate_overdue(s: &Shared, now: u64) -> Result<Vec<Escalation>, 
             continue;
         };
         c.refresh_urgent(s)?;
-        let due: Vec<(u64, Item)> = c
-            .urgent
-            .iter()
-            .chain(c.explicit.iter().filter(|(_, i)| i.class.is_urgent()))
-            .filter(|(seq, i)| {
-                let deadline = if i.class == Class::Red {
-                    c.spec.red_deadline_us
-                } else {
-                    c.spec.yellow_deadline_us
-                };
-                !c.escalated.contains(seq) && seq.saturating_add(deadline) <= now
-            })
+        let deadline = |class: Class| {
+            if class == Class::Red {
+                c.spec.red_deadline_us
+            } else {
+                c.spec.yellow_deadline_us
+            }
+        };
+        // Each class's map is in seq order: read only the overdue part.
+        let overdue = |class: Class| {
+            c.urgent
+                .of(class)
+                .iter()
+                .take_while(move |(seq, _)| seq.saturating_add(deadline(class)) <= now)
+        };
+        let due: Vec<(u64, Item)> = overdue(Class::Red)
+            .chain(overdue(Class::Yellow))
+            .chain(c.explicit.iter().filter(|(seq, i)| {
+                i.class.is_urgent() && seq.saturating_add(deadline(i.class)) <= now
+            }))
+            .filter(|(seq, _)| !c.escalated.contains(seq))
             .map(|(s, i)| (*s, *i))
             .collect::<BTreeMap<_, _>>()
             .into_iter()
@@ -647,14 +643,13 @@ pub(crate) fn stats(s: &Shared, name: &str) -> Result<ConsumerStats, StoreError>
     let unscanned = c.unscanned.load(Ordering::Acquire);
     let pending = (c.routine.len() + c.urgent.len() + c.explicit.len()) as u64 + unscanned;
     let mut oldest = [
-        c.routine.keys().next(),
-        c.urgent.keys().next(),
-        c.explicit.keys().next(),
+        c.routine.keys().next().copied(),
+        c.urgent.first(),
+        c.explicit.keys().next().copied(),
     ]
     .into_iter()
     .flatten()
-    .min()
-    .copied();
+    .min();
     if unscanned > 0
         && let Some(next) = next_routine_after(s, &c)?
     {

@@ -24,6 +24,7 @@ mod consumer;
 mod deadletter;
 pub mod keys;
 pub mod migrate;
+mod pending;
 mod read;
 mod retention;
 mod spaces;
