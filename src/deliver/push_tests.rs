@@ -66,6 +66,26 @@ async fn put(store: &Arc<dyn Store>, event_id: &str, patient: u8, class: Class) 
     assert!(put.is_ok(), "{put:?}");
 }
 
+/// The real worker loop for `dest` over `store`, sending through
+/// `transport`; cancel the token and await the handle to stop it.
+fn start(
+    store: &Arc<dyn Store>,
+    transport: Arc<dyn Transport>,
+    dest: Destination,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let audit = crate::audit::Auditor::new(store.clone(), vec![7; 32]);
+    let worker = tokio::spawn(run(
+        dest,
+        store.clone(),
+        transport,
+        Registry::default(),
+        stop.clone(),
+        audit,
+    ));
+    (stop, worker)
+}
+
 /// A destination that is down: every request fails as a connection error.
 struct Down(AtomicU32);
 
@@ -91,16 +111,7 @@ async fn an_hour_long_outage_costs_a_few_hundred_requests() {
     let store: Arc<dyn Store> = Arc::new(embedded.clone());
     put(&store, "e1", 2, Class::Routine).await;
     let down = Arc::new(Down(AtomicU32::new(0)));
-    let stop = CancellationToken::new();
-    let audit = crate::audit::Auditor::new(store.clone(), vec![7; 32]);
-    let worker = tokio::spawn(run(
-        toml_destination(),
-        store.clone(),
-        down.clone(),
-        Registry::default(),
-        stop.clone(),
-        audit,
-    ));
+    let (stop, worker) = start(&store, down.clone(), toml_destination());
     tokio::time::sleep(Duration::from_secs(3600)).await;
     stop.cancel();
     let _ = worker.await;
@@ -176,16 +187,7 @@ async fn a_refused_item_is_isolated_and_the_rest_delivered() {
     });
     let mut dest = toml_destination();
     dest.max_batch = 4;
-    let stop = CancellationToken::new();
-    let audit = crate::audit::Auditor::new(store.clone(), vec![7; 32]);
-    let worker = tokio::spawn(run(
-        dest,
-        store.clone(),
-        epj.clone(),
-        Registry::default(),
-        stop.clone(),
-        audit,
-    ));
+    let (stop, worker) = start(&store, epj.clone(), dest);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let pending = store.stats("epj").await.map(|s| s.pending).unwrap_or(99);
@@ -309,16 +311,7 @@ async fn drain_with(first: Verdict) -> Vec<Vec<String>> {
     let mut dest = toml_destination();
     dest.max_batch = 4;
     dest.backoff_base_ms = 10;
-    let stop = CancellationToken::new();
-    let audit = crate::audit::Auditor::new(store.clone(), vec![7; 32]);
-    let worker = tokio::spawn(run(
-        dest,
-        store.clone(),
-        epj.clone(),
-        Registry::default(),
-        stop.clone(),
-        audit,
-    ));
+    let (stop, worker) = start(&store, epj.clone(), dest);
     // Well inside the lease a released item would otherwise wait out (15 s).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

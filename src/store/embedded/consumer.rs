@@ -3,13 +3,16 @@
 //! what is unsettled above it, rebuilt from the floor at start.
 //!
 //! In memory per consumer:
-//! - `urgent`: unsettled RED/YELLOW items, all of them, found through the
-//!   `alarms` keyspace (never by scanning the routine backlog);
+//! - `urgent`: unsettled RED/YELLOW items, all of them, one map per class
+//!   (`pending.rs`), found through the `alarms` keyspace (never by scanning
+//!   the routine backlog); a take reads them lazily, only as far as its
+//!   Bundle needs;
 //! - `routine`: a window of unsettled routine items, read from the type
 //!   index up to `scanned` as takes need them (so a backlog of millions
 //!   costs a window, not millions of entries);
 //! - `explicit`: items queued to it by name (escalated to it, replayed);
-//! - `leases`: pull leases (lost on restart: the item is offered again).
+//! - `leases`: items taken by a pull client or in flight to a push
+//!   destination (lost on restart: the item is offered again).
 //!
 //! On disk, only the exceptions: `F` (start, floor), `S` settled above the
 //! floor (in memory too for routine items, in `above`; a settled alarm is
@@ -138,23 +141,24 @@ impl Cons {
                 }
             }
             c.unscanned.store(n, Ordering::Release);
-            c.load_alarms(ks, last_seq)?;
+            c.scan_alarms(&ks.alarms, last_seq)?;
         }
         Ok(c)
     }
 
-    /// At start: the unsettled alarms above the floor into `urgent`; the
-    /// settled ones leave `above` (their `S` key stays).
-    fn load_alarms(&mut self, ks: &Spaces, last_seq: u64) -> Result<(), StoreError> {
-        if self.alarm_scanned >= last_seq {
+    /// Reads the alarms stored above `alarm_scanned`, up to `upto`, into
+    /// `urgent`. At start some may be settled already: their seq leaves
+    /// `above` (settled alarms are kept on disk only, by their `S` key).
+    fn scan_alarms(&mut self, alarms: &fjall::Keyspace, upto: u64) -> Result<(), StoreError> {
+        if self.spec.escalation_only || self.alarm_scanned >= upto {
             return Ok(());
         }
         let lo = keys::alarm_key(self.org, self.alarm_scanned + 1);
-        let hi = keys::alarm_key(self.org, last_seq);
-        for g in ks.alarms.range(lo..=hi) {
+        let hi = keys::alarm_key(self.org, upto);
+        for g in alarms.range(lo..=hi) {
             let (k, v) = g.into_inner().map_err(read)?;
             let seq = keys::tail_seq(&k)?;
-            if self.above.remove(&seq).is_some() {
+            if seq <= self.floor || self.above.remove(&seq).is_some() {
                 continue;
             }
             let (class, patient) = keys::parse_class_patient(&v)?;
@@ -167,7 +171,7 @@ impl Cons {
                 },
             );
         }
-        self.alarm_scanned = last_seq;
+        self.alarm_scanned = upto;
         Ok(())
     }
 
@@ -199,30 +203,7 @@ impl Cons {
 
     /// Reads alarms stored since the last look into `urgent`.
     fn refresh_urgent(&mut self, s: &Shared) -> Result<(), StoreError> {
-        let visible = s.visible();
-        if self.spec.escalation_only || self.alarm_scanned >= visible {
-            return Ok(());
-        }
-        let lo = keys::alarm_key(self.org, self.alarm_scanned + 1);
-        let hi = keys::alarm_key(self.org, visible);
-        for g in s.ks.alarms.range(lo..=hi) {
-            let (k, v) = g.into_inner().map_err(read)?;
-            let seq = keys::tail_seq(&k)?;
-            if seq <= self.floor || self.above.contains_key(&seq) {
-                continue;
-            }
-            let (class, patient) = keys::parse_class_patient(&v)?;
-            self.urgent.insert(
-                seq,
-                Item {
-                    class,
-                    patient,
-                    answers: 0,
-                },
-            );
-        }
-        self.alarm_scanned = visible;
-        Ok(())
+        self.scan_alarms(&s.ks.alarms, s.visible())
     }
 
     /// Extends the routine window until `want` items are free to take (or
