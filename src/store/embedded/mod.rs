@@ -22,6 +22,7 @@ mod audit;
 pub mod backup;
 mod consumer;
 mod deadletter;
+mod escalation;
 pub mod keys;
 pub mod migrate;
 mod pending;
@@ -440,7 +441,7 @@ impl Consumers for EmbeddedStore {
     }
 
     fn escalate_overdue(&self, now: u64) -> StoreFuture<'_, Vec<Escalation>> {
-        self.blocking(move |s| consumer::escalate_overdue(s, now))
+        self.blocking(move |s| escalation::escalate_overdue(s, now))
     }
 
     fn dead_letters(
