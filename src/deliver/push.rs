@@ -128,7 +128,7 @@ pub async fn run(
         } else {
             w.dest.max_batch
         };
-        let batch = match w.next_batch(ahead.take(), max).await {
+        let mut batch = match w.next_batch(ahead.take(), max).await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 committed.borrow_and_update();
@@ -152,7 +152,7 @@ pub async fn run(
         // A full Bundle means a backlog: take the next one while this one
         // is in flight.
         let overlap = batch.items.len() == max && max > 1;
-        let (verdict, next) = w.send(&batch, overlap).await;
+        let (verdict, next) = w.send(&mut batch, overlap).await;
         if w.settle_round(batch, verdict, &stop).await {
             ahead = next;
         } else {
@@ -276,8 +276,9 @@ impl Worker {
         }
     }
 
-    /// Sends `batch`; with `overlap`, takes the next Bundle meanwhile.
-    async fn send(&mut self, batch: &Batch, overlap: bool) -> (Verdict, Option<Batch>) {
+    /// Sends `batch` (its body goes with the request; the items stay for
+    /// settling); with `overlap`, takes the next Bundle meanwhile.
+    async fn send(&mut self, batch: &mut Batch, overlap: bool) -> (Verdict, Option<Batch>) {
         // One span per item, in its event's trace; they end with this round.
         let spans: Vec<tracing::Span> = batch
             .items
@@ -291,14 +292,14 @@ impl Worker {
                 )
             })
             .collect();
+        let body = std::mem::take(&mut batch.body);
         let (verdict, next) = if overlap {
             self.commits.borrow_and_update();
             let max = batch.items.len();
-            let (verdict, next) =
-                tokio::join!(self.transport.send(batch.body.clone()), self.take(max));
+            let (verdict, next) = tokio::join!(self.transport.send(body), self.take(max));
             (verdict, next.ok().flatten())
         } else {
-            (self.transport.send(batch.body.clone()).await, None)
+            (self.transport.send(body).await, None)
         };
         let outcome = match &verdict {
             Verdict::Delivered => "delivered",

@@ -2,8 +2,8 @@
 //! see of a consumer. A dead letter is settled for the consumer's floor but
 //! keeps its event from retention until it is replayed or discarded.
 
-use super::consumer::Item;
 use super::keys::{self, DlqRecord};
+use super::pending::Item;
 use super::read::raw_record;
 use super::{Shared, lock, now_micros, read};
 use crate::store::{

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::consumer::Item;
+use super::pending::Item;
 use super::read::resource_at;
 use super::{Shared, keys, lock};
 use crate::store::{Class, Escalation, StoreError};
