@@ -3,10 +3,10 @@
 //! what is unsettled above it, rebuilt from the floor at start.
 //!
 //! In memory per consumer:
-//! - `urgent`: unsettled RED/YELLOW items, all of them, one map per class
-//!   (`pending.rs`), found through the `alarms` keyspace (never by scanning
-//!   the routine backlog); a take reads them lazily, only as far as its
-//!   Bundle needs;
+//! - `urgent`: the oldest unsettled RED and YELLOW items, a window per
+//!   class (`pending.rs`), read from the `alarms` keyspace (never by
+//!   scanning the routine backlog) as takes need them; a take reads them
+//!   lazily, only as far as its Bundle needs;
 //! - `routine`: a window of unsettled routine items, read from the type
 //!   index up to `scanned` as takes need them (so a backlog of millions
 //!   costs a window, not millions of entries);
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::deadletter::dead_letter;
 use super::escalation::{escalate, escalation, hand_over};
 use super::keys::{self, DlqRecord, TypeEntry};
-use super::pending::{Item, Urgent, merged};
+use super::pending::{self, Item, Urgent, merged};
 use super::read::resource_at;
 use super::{Shared, Spaces, lock, now_micros, read};
 use crate::domain::ResourceType;
@@ -48,19 +48,21 @@ pub(crate) struct Cons {
     pub(super) floor: u64,
     /// Routine items settled above the floor: seq → (kind, at). Settled
     /// alarms are never offered again (`urgent` only grows from the
-    /// `alarms` keyspace above `alarm_scanned`), so only their `S` key
-    /// keeps them, on disk.
+    /// `alarms` keyspace above its windows, checking the `S` key), so only
+    /// their `S` key keeps them, on disk. (Right after a start this map
+    /// also holds the settled alarms above the alarm windows; a scan
+    /// removes each as it passes it.)
     pub(super) above: BTreeMap<u64, (u8, u64)>,
     pub(super) escalated: BTreeSet<u64>,
     /// The routine window covers the log up to here.
     pub(super) scanned: u64,
     pub(super) routine: BTreeMap<u64, Item>,
     pub(super) urgent: Urgent,
-    pub(super) alarm_scanned: u64,
     pub(super) explicit: BTreeMap<u64, Item>,
     pub(super) leases: HashMap<u64, u64>,
-    /// Routine events above `scanned` not yet in the window; the writer
-    /// adds each commit's arrivals.
+    /// Unsettled events of the consumer's municipality above the windows
+    /// (routine above `scanned`, alarms above their class's window); the
+    /// writer adds each commit's arrivals.
     pub unscanned: Arc<AtomicU64>,
 }
 
@@ -119,8 +121,7 @@ impl Cons {
             escalated,
             scanned: floor,
             routine: BTreeMap::new(),
-            urgent: Urgent::default(),
-            alarm_scanned: floor,
+            urgent: Urgent::new(floor),
             explicit,
             leases: HashMap::new(),
             unscanned: Arc::new(AtomicU64::new(0)),
@@ -133,46 +134,55 @@ impl Cons {
                 let lo = keys::with_seq(p.clone(), floor.saturating_add(1));
                 let hi = keys::with_seq(p, last_seq);
                 for g in ks.idx.range(lo..=hi) {
-                    let (k, v) = g.into_inner().map_err(read)?;
-                    let e = TypeEntry::from_bytes(&v)?;
-                    if !e.class.is_urgent() && !c.above.contains_key(&keys::tail_seq(&k)?) {
+                    if !c
+                        .above
+                        .contains_key(&keys::tail_seq(&g.key().map_err(read)?)?)
+                    {
                         n += 1;
                     }
                 }
             }
             c.unscanned.store(n, Ordering::Release);
-            c.scan_alarms(&ks.alarms, last_seq)?;
+            let added = c.scan_alarms(&ks.alarms, last_seq, (0, 0), |_| Ok(false))?;
+            c.uncount(added);
         }
         Ok(c)
     }
 
-    /// Reads the alarms stored above `alarm_scanned`, up to `upto`, into
-    /// `urgent`. At start some may be settled already: their seq leaves
-    /// `above` (settled alarms are kept on disk only, by their `S` key).
-    fn scan_alarms(&mut self, alarms: &fjall::Keyspace, upto: u64) -> Result<(), StoreError> {
-        if self.spec.escalation_only || self.alarm_scanned >= upto {
-            return Ok(());
+    fn uncount(&self, n: u64) {
+        let _ = self
+            .unscanned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Reads alarms above the windows, up to `upto`, into `urgent` (see
+    /// `Urgent::scan`). Settled alarms are skipped: those in `above` (at
+    /// start every `S` key is there) leave it, and `on_disk` says whether
+    /// one has an `S` key (settled before it reached memory).
+    fn scan_alarms(
+        &mut self,
+        alarms: &fjall::Keyspace,
+        upto: u64,
+        (want, now): (usize, u64),
+        on_disk: impl Fn(u64) -> Result<bool, StoreError>,
+    ) -> Result<u64, StoreError> {
+        if self.spec.escalation_only {
+            return Ok(0);
         }
-        let lo = keys::alarm_key(self.org, self.alarm_scanned + 1);
-        let hi = keys::alarm_key(self.org, upto);
-        for g in alarms.range(lo..=hi) {
-            let (k, v) = g.into_inner().map_err(read)?;
-            let seq = keys::tail_seq(&k)?;
-            if seq <= self.floor || self.above.remove(&seq).is_some() {
-                continue;
-            }
-            let (class, patient) = keys::parse_class_patient(&v)?;
-            self.urgent.insert(
-                seq,
-                Item {
-                    class,
-                    patient,
-                    answers: 0,
-                },
-            );
-        }
-        self.alarm_scanned = upto;
-        Ok(())
+        let scan = pending::Scan {
+            alarms,
+            org: self.org,
+            upto,
+            want,
+        };
+        let (floor, above, leases) = (self.floor, &mut self.above, &self.leases);
+        self.urgent.scan(
+            &scan,
+            |q| leases.get(&q).is_some_and(|u| *u > now),
+            |q| Ok(q <= floor || above.remove(&q).is_some() || on_disk(q)?),
+        )
     }
 
     /// When `seq` was settled above the floor: from `above` for routine
@@ -201,9 +211,22 @@ impl Cons {
         }
     }
 
-    /// Reads alarms stored since the last look into `urgent`.
-    pub(super) fn refresh_urgent(&mut self, s: &Shared) -> Result<(), StoreError> {
-        self.scan_alarms(&s.ks.alarms, s.visible())
+    /// Reads alarms stored since the last look into `urgent`, as far as
+    /// its windows have room, or until each class has `want` items not
+    /// leased at `now` (a take's need).
+    pub(super) fn refresh_urgent(
+        &mut self,
+        s: &Shared,
+        name: &str,
+        need: (usize, u64),
+    ) -> Result<(), StoreError> {
+        let added = self.scan_alarms(&s.ks.alarms, s.visible(), need, |q| {
+            s.ks.cons
+                .contains_key(keys::name_seq(Some(b'S'), name, q))
+                .map_err(read)
+        })?;
+        self.uncount(added);
+        Ok(())
     }
 
     /// Extends the routine window until `want` items are free to take (or
@@ -212,11 +235,8 @@ impl Cons {
         if self.spec.escalation_only {
             return Ok(());
         }
+        let visible = s.visible();
         loop {
-            // Never past what `refresh_urgent` has looked at: an alarm committed
-            // after that look but below the new window edge would be in
-            // neither map, and the floor could pass it (lost alarm).
-            let visible = self.alarm_scanned;
             let free = self
                 .routine
                 .keys()
@@ -263,19 +283,15 @@ impl Cons {
                 );
             }
             self.scanned = lim;
-            let _ = self
-                .unscanned
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                    Some(u.saturating_sub(added))
-                });
+            self.uncount(added);
         }
     }
 
-    /// A routine event of this consumer's municipality above the window,
+    /// An event of this consumer's municipality above its class's window,
     /// not settled yet: pending although not in memory.
-    fn unscanned_item(&self, s: &Shared, seq: u64) -> Result<Option<Item>, StoreError> {
+    fn unscanned_item(&self, s: &Shared, name: &str, seq: u64) -> Result<Option<Item>, StoreError> {
         if self.spec.escalation_only
-            || seq <= self.scanned
+            || seq <= self.scanned.min(self.urgent.scanned())
             || seq <= self.start
             || seq > s.visible()
             || self.above.contains_key(&seq)
@@ -287,7 +303,16 @@ impl Cons {
         };
         let r: keys::Record = keys::decode(&raw)?;
         let class = Class::from_tag(r.class).unwrap_or(Class::Routine);
-        if r.org != self.org || class.is_urgent() {
+        let edge = if class.is_urgent() {
+            self.urgent.window(class).scanned
+        } else {
+            self.scanned
+        };
+        if r.org != self.org || seq <= edge {
+            return Ok(None);
+        }
+        // An alarm above its window is settled on disk only.
+        if class.is_urgent() && self.settled_at(s, name, seq)?.is_some() {
             return Ok(None);
         }
         Ok(Some(Item {
@@ -323,7 +348,7 @@ impl Cons {
 
     /// The highest seq at or below which nothing is unsettled.
     fn settled_through(&self) -> u64 {
-        let mut f = self.scanned;
+        let mut f = self.scanned.min(self.urgent.scanned());
         for first in [self.routine.keys().next().copied(), self.urgent.first()]
             .into_iter()
             .flatten()
@@ -342,7 +367,7 @@ pub(crate) fn take(
     lease_until: Option<u64>,
 ) -> Result<Vec<crate::store::OutboxItem>, StoreError> {
     let mut c = lock(s.consumer(name)?);
-    c.refresh_urgent(s)?;
+    c.refresh_urgent(s, name, (max, now))?;
     c.refill_routine(s, max, now)?;
     let mut picked: Vec<(u64, Item)> = Vec::new();
     let mut taken: HashSet<u64> = HashSet::new();
@@ -401,7 +426,7 @@ pub(crate) fn settle(
     let mut report = SettleReport::default();
     let mut handed: Vec<(String, u64, Item)> = Vec::new();
     let mut newly_above: Vec<(u64, u8, bool)> = Vec::new();
-    c.refresh_urgent(s)?;
+    c.refresh_urgent(s, name, (0, 0))?;
     let mut seen: HashSet<u64> = HashSet::new();
     for (seq, outcome) in outcomes {
         if !matches!(outcome, Settle::Release) && !seen.insert(seq) {
@@ -410,7 +435,7 @@ pub(crate) fn settle(
         // An item the window has not reached yet (e.g. a pull consumer
         // confirms what it found by search) is settled all the same.
         let unscanned = if c.pending_item(seq).is_none() {
-            c.unscanned_item(s, seq)?
+            c.unscanned_item(s, name, seq)?
         } else {
             None
         };
@@ -472,11 +497,7 @@ pub(crate) fn settle(
         }
         let from_log = c.urgent.remove(seq).is_some() | c.routine.remove(&seq).is_some();
         if unscanned.is_some() {
-            let _ = c
-                .unscanned
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                    Some(u.saturating_sub(1))
-                });
+            c.uncount(1);
         }
         if from_log || unscanned.is_some() {
             newly_above.push((seq, kind, item.class.is_urgent()));
@@ -516,7 +537,7 @@ pub(crate) fn settle(
 
 pub(crate) fn stats(s: &Shared, name: &str) -> Result<ConsumerStats, StoreError> {
     let mut c = lock(s.consumer(name)?);
-    c.refresh_urgent(s)?;
+    c.refresh_urgent(s, name, (0, 0))?;
     let unscanned = c.unscanned.load(Ordering::Acquire);
     let pending = (c.routine.len() + c.urgent.len() + c.explicit.len()) as u64 + unscanned;
     let mut oldest = [

@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use super::consumer::Cons;
 use super::pending::Item;
 use super::read::resource_at;
-use super::{Shared, keys, lock};
+use super::{Shared, keys, lock, read};
 use crate::store::{Class, Escalation, StoreError};
 
 /// Adds the fallback's queue entry and this consumer's "escalated" marker
@@ -69,34 +70,40 @@ pub(crate) fn escalate_overdue(s: &Shared, now: u64) -> Result<Vec<Escalation>, 
         let Some(fb) = c.spec.escalate_to.clone() else {
             continue;
         };
-        c.refresh_urgent(s)?;
-        let deadline = |class: Class| {
+        c.refresh_urgent(s, name, (0, 0))?;
+        let (red_us, yellow_us) = (c.spec.red_deadline_us, c.spec.yellow_deadline_us);
+        let deadline = move |class: Class| {
             if class == Class::Red {
-                c.spec.red_deadline_us
+                red_us
             } else {
-                c.spec.yellow_deadline_us
+                yellow_us
             }
         };
-        // Each class's map is in seq order: read only the overdue part.
+        // Each class's window is in seq order: read only the overdue part.
         let overdue = |class: Class| {
             c.urgent
                 .of(class)
                 .iter()
                 .take_while(move |(seq, _)| seq.saturating_add(deadline(class)) <= now)
         };
-        let due: Vec<(u64, Item)> = overdue(Class::Red)
+        let mut due: BTreeMap<u64, Item> = overdue(Class::Red)
             .chain(overdue(Class::Yellow))
             .chain(c.explicit.iter().filter(|(seq, i)| {
                 i.class.is_urgent() && seq.saturating_add(deadline(i.class)) <= now
             }))
             .filter(|(seq, _)| !c.escalated.contains(seq))
             .map(|(s, i)| (*s, *i))
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
             .collect();
+        for class in [Class::Red, Class::Yellow] {
+            // Never past what is visible: a later alarm has a higher seq.
+            let through = now.saturating_sub(deadline(class)).min(s.visible());
+            due.extend(overdue_above_window(s, &c, name, class, through)?);
+            c.urgent.set_overdue_seen(class, through);
+        }
         if due.is_empty() {
             continue;
         }
+        let due: Vec<(u64, Item)> = due.into_iter().collect();
         let mut batch = s.db.batch();
         let mut handed = Vec::new();
         for (seq, item) in &due {
@@ -110,6 +117,40 @@ pub(crate) fn escalate_overdue(s: &Shared, now: u64) -> Result<Vec<Escalation>, 
         }
         drop(c);
         hand_over(s, handed);
+    }
+    Ok(out)
+}
+
+/// Alarms of `class` above the consumer's window, stored at or before
+/// `through`, unsettled and not escalated yet. Each is looked at once:
+/// the window's `overdue_seen` remembers how far this went.
+fn overdue_above_window(
+    s: &Shared,
+    c: &Cons,
+    name: &str,
+    class: Class,
+    through: u64,
+) -> Result<Vec<(u64, Item)>, StoreError> {
+    let w = c.urgent.window(class);
+    let from = w.scanned.max(w.overdue_seen);
+    if c.spec.escalation_only || through <= from {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let range = keys::alarm_key(c.org, from + 1)..=keys::alarm_key(c.org, through);
+    for g in s.ks.alarms.range(range) {
+        let (k, v) = g.into_inner().map_err(read)?;
+        let seq = keys::tail_seq(&k)?;
+        let (cls, patient) = keys::parse_class_patient(&v)?;
+        if cls != class || c.escalated.contains(&seq) || c.settled_at(s, name, seq)?.is_some() {
+            continue;
+        }
+        let item = Item {
+            class,
+            patient,
+            answers: 0,
+        };
+        out.push((seq, item));
     }
     Ok(out)
 }

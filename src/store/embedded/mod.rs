@@ -127,8 +127,9 @@ pub(crate) struct Shared {
     pub committed: tokio::sync::watch::Sender<u64>,
     /// Every consumer, by name. Fixed at open; one lock each.
     pub consumers: BTreeMap<String, Arc<Mutex<Cons>>>,
-    /// Per municipality: the unscanned-routine counters of its log
-    /// consumers, which the writer bumps at each commit.
+    /// Per municipality: the `unscanned` counters of its log consumers
+    /// (events not yet read into memory), which the writer bumps at each
+    /// commit.
     pub arrivals: HashMap<u32, Vec<Arc<AtomicU64>>>,
     /// Group commits made durable since open.
     pub commits: AtomicU64,

@@ -260,6 +260,92 @@ async fn a_refused_red_alarm_escalates_at_once_and_only_once() {
     assert!(overdue.is_empty(), "{overdue:?}");
 }
 
+async fn pending(s: &EmbeddedStore, c: &str) -> u64 {
+    s.stats(c).await.unwrap_or_else(|e| panic!("{e}")).pending
+}
+
+/// `ALARM_WINDOW` is 3 in unit tests, so most of these alarms wait on disk.
+#[tokio::test]
+async fn alarms_above_the_window_are_neither_lost_nor_overtaken() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let mut reds = Vec::new();
+    for i in 0..7 {
+        reds.push(put(&s, rec(&format!("r{i}"), i, Class::Red)).await);
+    }
+    let mut yellows = Vec::new();
+    for i in 0..4 {
+        yellows.push(put(&s, rec(&format!("y{i}"), i, Class::Yellow)).await);
+    }
+    let mut routine = Vec::new();
+    for i in 0..3 {
+        routine.push(put(&s, rec(&format!("m{i}"), i, Class::Routine)).await);
+    }
+    assert_eq!(pending(&s, "epj").await, 14);
+    // The routine window reads to the end of the log; the alarm windows
+    // hold three each. Settling those three must not move the floor past
+    // the RED alarms still on disk.
+    assert_eq!(take(&s, "epj", 3).await, reds[..3]);
+    let done = reds[..3].iter().map(|q| (*q, Settle::Delivered)).collect();
+    s.settle("epj", done)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // An alarm above the window confirmed by seq (as a pull client that
+    // found it by search may) is settled on disk and never offered.
+    let r = s
+        .settle("epj", vec![(reds[6], Settle::Delivered)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.settled, 1);
+    let again = s
+        .settle("epj", vec![(reds[6], Settle::Delivered)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.settled, 0, "settled twice");
+    assert_eq!(pending(&s, "epj").await, 10);
+    s.close().await;
+    let s = open(dir.path());
+    assert_eq!(pending(&s, "epj").await, 10);
+    let mut want = reds[3..6].to_vec();
+    want.extend(&yellows);
+    want.extend(&routine);
+    assert_eq!(take(&s, "epj", 20).await, want);
+}
+
+/// A RED alarm escalates on time although the window is full of older
+/// alarms that were escalated already; each once, also after a restart.
+#[tokio::test]
+async fn overdue_alarms_above_the_window_escalate_once() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let mut reds = Vec::new();
+    for i in 0..8 {
+        reds.push(put(&s, rec(&format!("r{i}"), i, Class::Red)).await);
+    }
+    let later = now_micros() + 3_600_000_000;
+    let escalate = |s: EmbeddedStore| async move {
+        let out = s
+            .escalate_overdue(later)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (s, out.iter().map(|e| e.seq).collect::<Vec<_>>())
+    };
+    let (s, first) = escalate(s).await;
+    assert_eq!(first, reds);
+    let (s, second) = escalate(s).await;
+    assert!(second.is_empty(), "{second:?}");
+    s.close().await;
+    let s = open(dir.path());
+    let (s, third) = escalate(s).await;
+    assert!(third.is_empty(), "{third:?}");
+    let red = put(&s, rec("r8", 9, Class::Red)).await;
+    let (s, fourth) = escalate(s).await;
+    assert_eq!(fourth, vec![red]);
+    let mut all = reds.clone();
+    all.push(red);
+    assert_eq!(take(&s, "centre", 20).await, all);
+}
+
 #[tokio::test]
 async fn a_restart_rebuilds_every_consumer_from_its_floor() {
     let dir = tmp();

@@ -69,7 +69,7 @@ pub(crate) struct Writer {
 struct Group {
     ids: HashMap<[u8; 16], IdEntry>,
     jtis: HashMap<Vec<u8>, u64>,
-    /// Routine events per municipality, for the consumers' counters.
+    /// Events per municipality, for the consumers' `unscanned` counters.
     arrivals: HashMap<u32, u64>,
     writes: usize,
 }
@@ -335,9 +335,7 @@ impl Writer {
         let ebytes = keys::encode(&entry).map_err(|e| PutError::Unavailable(e.to_string()))?;
         self.last_seq = seq;
         stage_keys(ks, batch, seq, &record, bytes, ebytes);
-        if !rec.class.is_urgent() {
-            *group.arrivals.entry(org).or_default() += 1;
-        }
+        *group.arrivals.entry(org).or_default() += 1;
         group.ids.insert(*n.id.as_bytes(), entry);
         group.writes += 1;
         Ok(PutOutcome::Accepted(this))
