@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::deadletter::dead_letter;
 use super::escalation::{escalate, escalation, hand_over};
 use super::keys::{self, DlqRecord, TypeEntry};
 use super::pending::{self, Item, Urgent, merged};
@@ -577,41 +576,4 @@ fn next_routine_after(s: &Shared, c: &Cons) -> Result<Option<u64>, StoreError> {
         }
     }
     Ok(best)
-}
-
-/// Whether any consumer still needs `seq` (retention keeps it then).
-pub(crate) fn needed(s: &Shared, org: u32, seq: u64) -> Result<bool, StoreError> {
-    for (name, cref) in &s.consumers {
-        let c = lock(cref);
-        if c.explicit.contains_key(&seq) {
-            return Ok(true);
-        }
-        if c.org == org
-            && !c.spec.escalation_only
-            && seq > c.start
-            && seq > c.floor
-            && c.settled_at(s, name, seq)?.is_none()
-        {
-            return Ok(true);
-        }
-        if let Some(rec) = dead_letter(s, name, seq)?
-            && rec.discarded.is_none()
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Forgets every consumer's remnants of a removed event (settled marks,
-/// escalation marks, discarded dead letters) in `batch`.
-pub(crate) fn forget(s: &Shared, batch: &mut fjall::OwnedWriteBatch, seq: u64) {
-    for (name, cref) in &s.consumers {
-        let mut c = lock(cref);
-        c.above.remove(&seq);
-        c.escalated.remove(&seq);
-        batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
-        batch.remove(&s.ks.cons, keys::name_seq(Some(b'E'), name, seq));
-        batch.remove(&s.ks.dlq, keys::name_seq(None, name, seq));
-    }
 }

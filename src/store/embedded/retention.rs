@@ -6,9 +6,9 @@
 //! The log is in time order, so a pass reads from its start and stops at the
 //! first event younger than the shortest retention configured.
 
-use super::consumer;
+use super::deadletter::dead_letter;
 use super::keys::{self, IdEntry, Record};
-use super::{Shared, read};
+use super::{Shared, lock, read};
 use crate::domain::Orgnr;
 use crate::store::{Class, DataClass, RetentionPolicy, RetentionReport, StoreError};
 
@@ -58,7 +58,7 @@ pub(crate) fn apply(
         if keep.is_none_or(|keep| now.saturating_sub(seq) <= keep) {
             continue;
         }
-        if consumer::needed(s, rec.org, seq)? {
+        if needed(s, rec.org, seq)? {
             report.held += 1;
             continue;
         }
@@ -108,6 +108,43 @@ fn remove(
     if Class::from_tag(rec.class).is_some_and(Class::is_urgent) {
         batch.remove(&s.ks.alarms, keys::alarm_key(org, seq));
     }
-    consumer::forget(s, batch, seq);
+    forget(s, batch, seq);
     Ok(())
+}
+
+/// Whether any consumer still needs `seq` (retention keeps it then).
+fn needed(s: &Shared, org: u32, seq: u64) -> Result<bool, StoreError> {
+    for (name, cref) in &s.consumers {
+        let c = lock(cref);
+        if c.explicit.contains_key(&seq) {
+            return Ok(true);
+        }
+        if c.org == org
+            && !c.spec.escalation_only
+            && seq > c.start
+            && seq > c.floor
+            && c.settled_at(s, name, seq)?.is_none()
+        {
+            return Ok(true);
+        }
+        if let Some(rec) = dead_letter(s, name, seq)?
+            && rec.discarded.is_none()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Forgets every consumer's remnants of a removed event (settled marks,
+/// escalation marks, discarded dead letters) in `batch`.
+fn forget(s: &Shared, batch: &mut fjall::OwnedWriteBatch, seq: u64) {
+    for (name, cref) in &s.consumers {
+        let mut c = lock(cref);
+        c.above.remove(&seq);
+        c.escalated.remove(&seq);
+        batch.remove(&s.ks.cons, keys::name_seq(Some(b'S'), name, seq));
+        batch.remove(&s.ks.cons, keys::name_seq(Some(b'E'), name, seq));
+        batch.remove(&s.ks.dlq, keys::name_seq(None, name, seq));
+    }
 }

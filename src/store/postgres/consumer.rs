@@ -429,6 +429,10 @@ pub(crate) async fn settle(
     let mut done: HashSet<i64> = HashSet::new();
     let mut report = SettleReport::default();
     let w = write_err(s);
+    // One statement each for the releases and for the final states, not
+    // one per item (a Bundle is up to `max_batch` items).
+    let mut released: Vec<i64> = Vec::new();
+    let (mut finals, mut kinds): (Vec<i64>, Vec<i16>) = (Vec::new(), Vec::new());
     for (seq, outcome) in outcomes {
         let seq = sql_i64(seq);
         let Some(i) = infos
@@ -439,12 +443,7 @@ pub(crate) async fn settle(
         };
         let kind = match outcome {
             Settle::Release => {
-                tx.execute(
-                    "DELETE FROM kp_leases WHERE consumer = $1 AND seq = $2",
-                    &[&c.name, &seq],
-                )
-                .await
-                .map_err(&w)?;
+                released.push(seq);
                 continue;
             }
             Settle::Delivered => DELIVERED,
@@ -471,17 +470,30 @@ pub(crate) async fn settle(
                 DEAD
             }
         };
+        finals.push(seq);
+        kinds.push(kind);
+        done.insert(seq);
+        report.settled += 1;
+    }
+    if !released.is_empty() {
         tx.execute(
-            "WITH q AS (DELETE FROM kp_queue WHERE consumer = $1 AND seq = $2), \
-             l AS (DELETE FROM kp_leases WHERE consumer = $1 AND seq = $2) \
-             INSERT INTO kp_settled (consumer, seq, kind, at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (consumer, seq) DO UPDATE SET kind = EXCLUDED.kind, at = EXCLUDED.at",
-            &[&c.name, &seq, &kind, &now],
+            "DELETE FROM kp_leases WHERE consumer = $1 AND seq = ANY($2)",
+            &[&c.name, &released],
         )
         .await
         .map_err(&w)?;
-        done.insert(seq);
-        report.settled += 1;
+    }
+    if !finals.is_empty() {
+        tx.execute(
+            "WITH q AS (DELETE FROM kp_queue WHERE consumer = $1 AND seq = ANY($2)), \
+             l AS (DELETE FROM kp_leases WHERE consumer = $1 AND seq = ANY($2)) \
+             INSERT INTO kp_settled (consumer, seq, kind, at) \
+             SELECT $1, x.seq, x.kind, $4 FROM unnest($2::bigint[], $3::smallint[]) AS x(seq, kind) \
+             ON CONFLICT (consumer, seq) DO UPDATE SET kind = EXCLUDED.kind, at = EXCLUDED.at",
+            &[&c.name, &finals, &kinds, &now],
+        )
+        .await
+        .map_err(&w)?;
     }
     if !done.is_empty() && c.reads_log() {
         fold(s, &tx, &c).await?;
