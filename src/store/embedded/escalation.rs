@@ -94,13 +94,16 @@ pub(crate) fn escalate_overdue(s: &Shared, now: u64) -> Result<Vec<Escalation>, 
             .filter(|(seq, _)| !c.escalated.contains(seq))
             .map(|(s, i)| (*s, *i))
             .collect();
-        for class in [Class::Red, Class::Yellow] {
-            // Never past what is visible: a later alarm has a higher seq.
-            let through = now.saturating_sub(deadline(class)).min(s.visible());
-            due.extend(overdue_above_window(s, &c, name, class, through)?);
-            c.urgent.set_overdue_seen(class, through);
+        // Never past what is visible: a later alarm has a higher seq.
+        let through = |class: Class| now.saturating_sub(deadline(class)).min(s.visible());
+        let seen = [Class::Red, Class::Yellow].map(|class| (class, through(class)));
+        for (class, upto) in seen {
+            due.extend(overdue_above_window(s, &c, name, class, upto)?);
         }
         if due.is_empty() {
+            for (class, upto) in seen {
+                c.urgent.set_overdue_seen(class, upto);
+            }
             continue;
         }
         let due: Vec<(u64, Item)> = due.into_iter().collect();
@@ -111,6 +114,10 @@ pub(crate) fn escalate_overdue(s: &Shared, now: u64) -> Result<Vec<Escalation>, 
             handed.push((fb.clone(), *seq, *item));
         }
         s.commit(batch)?;
+        // Only once they are durable: a failed commit looks again.
+        for (class, upto) in seen {
+            c.urgent.set_overdue_seen(class, upto);
+        }
         for (seq, item) in due {
             c.escalated.insert(seq);
             out.push(escalation(s, name, &fb, seq, item, false)?);

@@ -142,7 +142,15 @@ impl Urgent {
         leased: impl Fn(u64) -> bool,
         mut settled: impl FnMut(u64) -> Result<bool, StoreError>,
     ) -> Result<u64, StoreError> {
-        let free = |w: &Window| w.items.keys().filter(|q| !leased(**q)).count();
+        // Counted only for a take (settle, stats and escalation ask for no
+        // free items), as it walks the window.
+        let free = |w: &Window| {
+            if scan.want == 0 {
+                0
+            } else {
+                w.items.keys().filter(|q| !leased(**q)).count()
+            }
+        };
         // Per class: free items now, and whether it takes more.
         let mut free_n = [free(&self.red), free(&self.yellow)];
         let full = |w: &Window, f: usize| w.items.len() >= ALARM_WINDOW && f >= scan.want;
