@@ -75,6 +75,9 @@ pub struct BaselineReport {
     pub sync_us: Histogram<u64>,
     /// `du` of the database directory at the end.
     pub disk_bytes: u64,
+    /// Events/s over the first and the last tenth of the events, as the
+    /// hub's stream reports its first and last stretch.
+    pub stretches: (f64, f64),
 }
 
 impl BaselineReport {
@@ -84,13 +87,17 @@ impl BaselineReport {
 
     /// The Markdown table's result cell.
     pub fn summary(&self) -> String {
+        let (first, last) = self.stretches;
         format!(
-            "{:.0} events/s ({} commits; commit + sync p50 {:.3} ms, p99 {:.3} ms; {:.0} B on disk per event)",
+            "{:.0} events/s ({} commits; commit + sync p50 {:.3} ms, p99 {:.3} ms; {:.0} B on disk per event; first tenth {:.0}/s, last tenth {:.0}/s, last ÷ first {:.2})",
             self.per_sec(),
             self.syncs,
             self.sync_us.value_at_quantile(0.5) as f64 / 1000.0,
             self.sync_us.value_at_quantile(0.99) as f64 / 1000.0,
-            self.disk_bytes as f64 / self.events.max(1) as f64
+            self.disk_bytes as f64 / self.events.max(1) as f64,
+            first,
+            last,
+            last / first.max(1e-9)
         )
     }
 
@@ -215,12 +222,15 @@ fn sync_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-/// A progress line on stderr every 5 s.
+/// A progress line on stderr every 5 s, and the time of every commit.
 struct Progress {
     what: &'static str,
     total: u64,
+    started: Instant,
     last: Instant,
     last_n: u64,
+    /// (events committed, time since the start) after each commit.
+    marks: Vec<(u64, Duration)>,
 }
 
 impl Progress {
@@ -229,12 +239,37 @@ impl Progress {
         Progress {
             what,
             total,
+            started: Instant::now(),
             last: Instant::now(),
             last_n: 0,
+            marks: Vec::new(),
         }
     }
 
+    /// Events/s over the first and the last tenth of the events (at
+    /// commit boundaries: the first commit at or past a tenth, the last
+    /// one at or before nine tenths).
+    fn stretches(&self) -> (f64, f64) {
+        let tenth = (self.total / 10).max(1);
+        let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+        let first = self
+            .marks
+            .iter()
+            .find(|(n, _)| *n >= tenth)
+            .map_or(0.0, |(n, d)| rate(*n, *d));
+        let end = self.marks.last().copied().unwrap_or_default();
+        let from = self
+            .marks
+            .iter()
+            .rev()
+            .find(|(n, _)| *n <= end.0.saturating_sub(tenth))
+            .copied()
+            .unwrap_or_default();
+        (first, rate(end.0 - from.0, end.1.saturating_sub(from.1)))
+    }
+
     fn tick(&mut self, n: u64) {
+        self.marks.push((n, self.started.elapsed()));
         let dt = self.last.elapsed();
         if dt >= Duration::from_secs(5) {
             eprintln!(
@@ -306,6 +341,7 @@ pub fn run_sled(dir: &Path, events: u64, batch: u64, value_size: u64) -> Result<
         syncs,
         sync_us,
         disk_bytes: crate::hubenv::du_bytes(dir),
+        stretches: progress.stretches(),
     })
 }
 
@@ -350,6 +386,7 @@ pub fn run_fjall(dir: &Path, events: u64, batch: u64, value_size: u64) -> Result
         syncs,
         sync_us,
         disk_bytes: crate::hubenv::du_bytes(dir),
+        stretches: progress.stretches(),
     })
 }
 
@@ -366,6 +403,8 @@ mod tests {
             assert_eq!(r.events, 1_000);
             assert_eq!(r.syncs, 16, "15 full batches and one partial");
             assert!(r.per_sec() > 0.0);
+            let (first, last) = r.stretches;
+            assert!(first > 0.0 && last > 0.0, "{}: {first} {last}", r.engine);
             assert!(
                 r.disk_bytes >= 1_000 * 1536,
                 "{}: {}",
