@@ -297,7 +297,12 @@ impl Worker {
             self.commits.borrow_and_update();
             let max = batch.items.len();
             let (verdict, next) = tokio::join!(self.transport.send(body), self.take(max));
-            (verdict, next.ok().flatten())
+            let next = next.unwrap_or_else(|e| {
+                // The next round takes (and reports a failure) again.
+                tracing::debug!(destination = %self.name(), error = %e, "taking the next Bundle ahead failed");
+                None
+            });
+            (verdict, next)
         } else {
             (self.transport.send(body).await, None)
         };
