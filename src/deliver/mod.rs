@@ -177,37 +177,68 @@ async fn escalate_loop(store: Arc<dyn Store>, registry: Registry, stop: Cancella
     }
 }
 
+/// The pause before the next round of queue figures: a second, or ten
+/// times what the last round took. On PostgreSQL a destination's count reads
+/// everything unsettled, so under a backlog of millions the figures come
+/// less often rather than the count taking a connection all the time.
+fn gauge_pause(took: Duration) -> Duration {
+    Duration::from_secs(1).max(took.saturating_mul(10))
+}
+
 async fn gauge_loop(store: Arc<dyn Store>, registry: Registry, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(pause) => {}
             () = stop.cancelled() => return,
         }
-        for s in registry.snapshot() {
-            let (pending, oldest) = match store.stats(&s.name).await {
-                Ok(st) => (st.pending, st.oldest),
-                Err(e) => {
-                    tracing::debug!(destination = %s.name, error = %e, "no queue figures");
-                    continue;
-                }
-            };
-            let labels = [("destination", s.name.clone())];
-            metrics::gauge!("knutepunkt_delivery_pending", &labels).set(pending as f64);
-            let age = oldest
-                .map(|seq| {
-                    (chrono::Utc::now() - seq_to_time(seq))
-                        .num_milliseconds()
-                        .max(0) as f64
-                        / 1000.0
-                })
-                .unwrap_or(0.0);
-            metrics::gauge!("knutepunkt_delivery_oldest_pending_seconds", &labels).set(age);
-            registry.update(&s.name, |st| {
-                st.pending = pending;
-                st.oldest_pending = oldest
-                    .map(|q| seq_to_time(q).to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-            });
-        }
+        let started = std::time::Instant::now();
+        gauge_round(store.as_ref(), &registry).await;
+        pause = gauge_pause(started.elapsed());
+    }
+}
+
+async fn gauge_round(store: &dyn Store, registry: &Registry) {
+    for s in registry.snapshot() {
+        let (pending, oldest) = match store.stats(&s.name).await {
+            Ok(st) => (st.pending, st.oldest),
+            Err(e) => {
+                tracing::debug!(destination = %s.name, error = %e, "no queue figures");
+                continue;
+            }
+        };
+        let labels = [("destination", s.name.clone())];
+        metrics::gauge!("knutepunkt_delivery_pending", &labels).set(pending as f64);
+        let age = oldest
+            .map(|seq| {
+                (chrono::Utc::now() - seq_to_time(seq))
+                    .num_milliseconds()
+                    .max(0) as f64
+                    / 1000.0
+            })
+            .unwrap_or(0.0);
+        metrics::gauge!("knutepunkt_delivery_oldest_pending_seconds", &labels).set(age);
+        registry.update(&s.name, |st| {
+            st.pending = pending;
+            st.oldest_pending =
+                oldest.map(|q| seq_to_time(q).to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        });
+    }
+}
+
+#[cfg(test)]
+mod gauge_tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_round_of_queue_figures_spaces_out_the_next() {
+        assert_eq!(
+            gauge_pause(Duration::from_millis(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            gauge_pause(Duration::from_millis(700)),
+            Duration::from_secs(7)
+        );
     }
 }
