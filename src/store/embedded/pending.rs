@@ -1,7 +1,8 @@
 //! A consumer's unsettled items in memory, shaped so a take costs what it
-//! returns, not what is queued: alarms in one map per class (the oldest RED
-//! is found without walking the YELLOW ones), and candidates merged lazily
-//! in seq order from the log's map and the explicit queue.
+//! returns, not what is queued: the oldest alarms in a window per class
+//! (the oldest RED is found without walking the YELLOW ones; the rest wait
+//! in the `alarms` keyspace), and candidates merged lazily in seq order
+//! from the log's map and the explicit queue.
 
 use std::collections::BTreeMap;
 use std::iter::Peekable;
@@ -51,7 +52,9 @@ pub(super) struct Scan<'a> {
     pub org: u32,
     /// Read no alarm above this seq (the visible end of the log).
     pub upto: u64,
-    /// Free (unleased) items a class needs beyond its window's size.
+    /// Free (unleased) items each class must hold when the scan ends (a
+    /// take's `max`); 0 for settle, stats and escalation, which only keep
+    /// the windows filled.
     pub want: usize,
 }
 
