@@ -24,6 +24,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::normalize::member::first_member;
 use crate::store::audit::{AuditPatient, AuditRecord};
 use crate::store::{Store, StoreError, patient_key};
 
@@ -97,8 +98,13 @@ impl Auditor {
 
     /// The patient a stored resource is about (its `subject.identifier`).
     pub fn patient_of(&self, json: &str) -> Option<AuditPatient> {
-        let s: Subject = serde_json::from_str(json).ok()?;
-        let id = s.subject?.identifier?;
+        // Only the `subject` object, not the whole resource (see
+        // `first_member`); the whole one if that fails.
+        let subject = match first_member::<SubjectRef>(json, "subject", '{') {
+            Some(s) => s,
+            None => serde_json::from_str::<Subject>(json).ok()?.subject?,
+        };
+        let id = subject.identifier?;
         Some(self.patient(&id.system?, &id.value?))
     }
 

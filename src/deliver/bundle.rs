@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::normalize::member::first_member;
 use crate::store::OutboxItem;
 
 /// The transaction Bundle: one conditional create per item, in queue order.
@@ -47,8 +48,13 @@ fn if_none_exist(json: &str) -> Option<String> {
         system: Option<String>,
         value: Option<String>,
     }
-    let ids: Ids = serde_json::from_str(json).ok()?;
-    let id = ids.identifier.into_iter().next()?;
+    // Only the `identifier` array, not the whole resource (see
+    // `first_member`); the whole one if that fails.
+    let ids: Vec<Ident> = match first_member(json, "identifier", '[') {
+        Some(ids) => ids,
+        None => serde_json::from_str::<Ids>(json).ok()?.identifier,
+    };
+    let id = ids.into_iter().next()?;
     let token = format!("{}|{}", id.system.unwrap_or_default(), id.value?);
     Some(
         form_urlencoded::Serializer::new(String::new())

@@ -372,10 +372,10 @@ impl Worker {
         )
         .await;
         let now_wall = chrono::Utc::now();
+        // One handle per Bundle: the macro builds its labels on every call.
+        let latency = metrics::histogram!("knutepunkt_delivery_latency_seconds", "destination" => name.clone());
         for seq in seqs {
-            let lat = (now_wall - seq_to_time(seq)).to_std().unwrap_or_default();
-            metrics::histogram!("knutepunkt_delivery_latency_seconds", "destination" => name.clone())
-                .record(lat);
+            latency.record((now_wall - seq_to_time(seq)).to_std().unwrap_or_default());
             self.attempts.remove(&seq);
         }
         metrics::counter!("knutepunkt_delivery_delivered_total", "destination" => name.clone())

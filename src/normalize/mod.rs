@@ -21,6 +21,7 @@
 //! can do a conditional create or search by the vendor's own id.
 
 pub mod codes;
+pub mod member;
 
 use chrono::{Datelike, SecondsFormat};
 use knutepunkt_fhir as fhir;

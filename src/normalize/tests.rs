@@ -658,3 +658,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn first_member_reads_identifier_and_subject_of_every_kind() {
+    // Free text that spells both members, to be read past.
+    let tricky =
+        r#"x","identifier":[{"system":"a","value":"b"}],"subject":{"identifier":{"value":"c"}}"#;
+    let payloads = [
+        qty(MeasurementKind::BodyWeight, 70.0, "kg"),
+        bp(120.0, 80.0),
+        alarm_p("4.1", Severity::Red, Some(tricky), Some(tricky)),
+        note_p(tricky, Some("evt-0")),
+    ];
+    for p in payloads {
+        let (n, v) = ok(p);
+        let ids: Option<Value> = member::first_member(&n.json, "identifier", '[');
+        assert_eq!(ids.as_ref(), Some(&v["identifier"]), "{}", n.json);
+        let subject: Option<Value> = member::first_member(&n.json, "subject", '{');
+        assert_eq!(subject.as_ref(), Some(&v["subject"]), "{}", n.json);
+    }
+}
