@@ -169,17 +169,38 @@ fn class() -> impl Strategy<Value = Class> {
     prop_oneof![Just(Class::Red), Just(Class::Yellow), Just(Class::Routine)]
 }
 
-fn kind() -> impl Strategy<Value = Kind> {
+/// Which operations a run draws, and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// Every operation.
+    Broad,
+    /// Mostly alarms, three times the events, small takes and many settles:
+    /// a class's unsettled alarms pass the in-memory window (3 in tests)
+    /// and the floor meets alarms that wait on disk, which the broad mix
+    /// rarely makes.
+    Alarms,
+}
+
+fn kind(mix: Mix) -> impl Strategy<Value = Kind> {
+    let alarms = if mix == Mix::Alarms { 12 } else { 3 };
     prop_oneof![
-        3 => class().prop_map(Kind::Alarm),
+        alarms => class().prop_map(Kind::Alarm),
         4 => (0..CODES.len()).prop_map(Kind::Measurement),
         3 => proptest::option::weighted(0.9, 0..8usize).prop_map(Kind::Note),
     ]
 }
 
-fn put() -> impl Strategy<Value = PutOp> {
-    (0..2usize, 0..8usize, 0..2usize, 0..3usize, kind(), 0..2u8).prop_flat_map(
-        |(vendor, event, org, patient, kind, variant)| {
+fn put(mix: Mix) -> impl Strategy<Value = PutOp> {
+    let events: usize = if mix == Mix::Alarms { 24 } else { 8 };
+    (
+        0..2usize,
+        0..events,
+        0..2usize,
+        0..3usize,
+        kind(mix),
+        0..2u8,
+    )
+        .prop_flat_map(|(vendor, event, org, patient, kind, variant)| {
             proptest::bool::weighted(0.03).prop_map(move |oversize| PutOp {
                 vendor,
                 event,
@@ -189,8 +210,7 @@ fn put() -> impl Strategy<Value = PutOp> {
                 variant,
                 oversize,
             })
-        },
-    )
+        })
 }
 
 fn outcome() -> impl Strategy<Value = Outcome> {
@@ -226,9 +246,27 @@ fn search() -> impl Strategy<Value = SearchOp> {
         )
 }
 
+/// The alarm mix: puts, small takes, settles, time, escalation, restarts.
+fn alarm_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        30 => put(Mix::Alarms).prop_map(Op::Put),
+        16 => (0..NAMES.len(), 1..4usize, proptest::option::of(60..300u64))
+            .prop_map(|(consumer, max, lease)| Op::Take { consumer, max, lease }),
+        // Stray settles reach any stored event: a pull client confirming
+        // what it found by search, alarms still on disk included.
+        20 => (proptest::collection::vec((0..48usize, outcome()), 1..4), proptest::bool::weighted(0.4), 0..NAMES.len())
+            .prop_map(|(picks, stray, consumer)| Op::Settle { picks, stray, consumer }),
+        3 => (1..400u64).prop_map(|secs| Op::Advance { secs }),
+        3 => Just(Op::Escalate),
+        1 => (0..8usize).prop_map(|pick| Op::Replay { pick }),
+        1 => (0..4usize).prop_map(|policy| Op::Retention { policy }),
+        3 => Just(Op::Restart),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        30 => put().prop_map(Op::Put),
+        30 => put(Mix::Broad).prop_map(Op::Put),
         14 => (0..NAMES.len(), 0..7usize, proptest::option::of(60..300u64))
             .prop_map(|(consumer, max, lease)| Op::Take { consumer, max, lease }),
         14 => (proptest::collection::vec((0..8usize, outcome()), 1..4), proptest::bool::weighted(0.15), 0..NAMES.len())
@@ -259,8 +297,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// A run: up to `max_ops` operations.
-pub fn ops(max_ops: usize) -> impl Strategy<Value = Vec<Op>> {
-    proptest::collection::vec(op(), 1..=max_ops)
+pub fn ops(max_ops: usize, mix: Mix) -> BoxedStrategy<Vec<Op>> {
+    match mix {
+        Mix::Broad => proptest::collection::vec(op(), 1..=max_ops).boxed(),
+        Mix::Alarms => proptest::collection::vec(alarm_op(), 1..=max_ops).boxed(),
+    }
 }
 
 pub fn event_id(event: usize) -> String {
