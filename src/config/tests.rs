@@ -88,3 +88,65 @@ fn flags_override_file() {
     let cfg = Config::load(Some(&f), &flags).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.grpc_addr.port(), 2222);
 }
+
+#[test]
+fn escalation_stays_in_its_municipality() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let f = dir.path().join("c.toml");
+    let toml = |fallback_org: &str| {
+        format!(
+            "insecure_dev = true\n\
+             [[municipalities]]\norgnr = \"958935420\"\n\
+             [[municipalities.destinations]]\nname = \"oslo-epj\"\nkind = \"pull\"\n\
+             escalate_to = \"vakt\"\n\
+             [[municipalities]]\norgnr = \"{fallback_org}\"\n\
+             [[municipalities.destinations]]\nname = \"vakt\"\nkind = \"pull\"\n\
+             escalation_only = true\n"
+        )
+    };
+    // Another municipality's fallback would get Oslo's alarms: refused.
+    std::fs::write(&f, toml("964338531")).unwrap_or_else(|e| panic!("{e}"));
+    let err = format!("{:?}", Config::load(Some(&f), &Overrides::default()));
+    assert!(err.contains("another municipality"), "{err}");
+    // The same fallback in Oslo's own list is fine.
+    let same = "insecure_dev = true\n\
+        [[municipalities]]\norgnr = \"958935420\"\n\
+        [[municipalities.destinations]]\nname = \"oslo-epj\"\nkind = \"pull\"\n\
+        escalate_to = \"vakt\"\n\
+        [[municipalities.destinations]]\nname = \"vakt\"\nkind = \"pull\"\n\
+        escalation_only = true\n";
+    std::fs::write(&f, same).unwrap_or_else(|e| panic!("{e}"));
+    let ok = Config::load(Some(&f), &Overrides::default());
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn an_escalation_cycle_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let f = dir.path().join("c.toml");
+    let dest = |name: &str, to: &str| {
+        format!(
+            "[[municipalities.destinations]]\nname = \"{name}\"\nkind = \"pull\"\n\
+             escalate_to = \"{to}\"\n"
+        )
+    };
+    let head = "insecure_dev = true\n[[municipalities]]\norgnr = \"958935420\"\n";
+    let cycle = format!(
+        "{head}{}{}{}",
+        dest("a", "b"),
+        dest("b", "c"),
+        dest("c", "a")
+    );
+    std::fs::write(&f, cycle).unwrap_or_else(|e| panic!("{e}"));
+    let err = format!("{:?}", Config::load(Some(&f), &Overrides::default()));
+    assert!(err.contains("escalation cycle"), "{err}");
+    // A chain that ends is fine.
+    let chain = format!(
+        "{head}{}{}[[municipalities.destinations]]\nname = \"c\"\nkind = \"pull\"\n",
+        dest("a", "b"),
+        dest("b", "c")
+    );
+    std::fs::write(&f, chain).unwrap_or_else(|e| panic!("{e}"));
+    let ok = Config::load(Some(&f), &Overrides::default());
+    assert!(ok.is_ok(), "{ok:?}");
+}

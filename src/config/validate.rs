@@ -190,13 +190,47 @@ impl Config {
                 );
             }
         }
-        for d in &all {
-            if let Some(e) = &d.escalate_to {
+        for m in &self.municipalities {
+            for d in &m.destinations {
+                let Some(e) = &d.escalate_to else {
+                    continue;
+                };
                 if e == &d.name {
                     return bad(d, "escalate_to names the destination itself");
                 }
                 if !names.contains(e.as_str()) {
                     return bad(d, "escalate_to names no configured destination");
+                }
+                // An alarm never leaves its municipality: the fallback
+                // would deliver (or let its EPJ pull) another tenant's data.
+                if !m.destinations.iter().any(|f| &f.name == e) {
+                    return bad(
+                        d,
+                        "escalate_to names a destination of another municipality; \
+                         name one of this municipality's destinations",
+                    );
+                }
+            }
+        }
+        // A cycle (a -> b -> a) would hand an alarm round and round, and
+        // the embedded store locks a consumer and then its fallback.
+        let next: std::collections::BTreeMap<&str, &str> = all
+            .iter()
+            .filter_map(|d| d.escalate_to.as_deref().map(|e| (d.name.as_str(), e)))
+            .collect();
+        for d in &all {
+            let mut at = d.name.as_str();
+            for _ in 0..next.len() {
+                match next.get(at) {
+                    Some(n) if *n == d.name => {
+                        return bad(
+                            d,
+                            "escalate_to leads back to this destination (an escalation \
+                             cycle); let the last fallback escalate to none",
+                        );
+                    }
+                    Some(n) => at = n,
+                    None => break,
                 }
             }
         }

@@ -459,7 +459,11 @@ pub trait Consumers: Send + Sync {
     fn stats(&self, consumer: &str) -> StoreFuture<'_, ConsumerStats>;
 
     /// Hands every RED/YELLOW item older than its deadline to the
-    /// consumer's fallback, once each.
+    /// consumer's fallback, once each. Every escalation (here and at a dead
+    /// letter) is reported, but the fallback is queued the item only if it
+    /// has not had it: not pending there, not settled there in any way (a
+    /// dead letter at the fallback waits for an operator's replay), and not
+    /// an event it reads from its own log.
     fn escalate_overdue(&self, now: u64) -> StoreFuture<'_, Vec<Escalation>>;
 
     fn dead_letters(

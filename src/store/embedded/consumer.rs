@@ -471,12 +471,14 @@ pub(crate) fn settle(
                     && let Some(fb) = c.spec.escalate_to.clone()
                     && !c.escalated.contains(&seq)
                 {
-                    escalate(s, &mut batch, name, &fb, seq, item)?;
+                    let queued = escalate(s, &mut batch, name, &fb, seq, item)?;
                     c.escalated.insert(seq);
                     report
                         .escalated
                         .push(escalation(s, name, &fb, seq, item, true)?);
-                    handed.push((fb, seq, item));
+                    if queued {
+                        handed.push((fb, seq, item));
+                    }
                 }
                 keys::SETTLED_DEAD
             }

@@ -11,8 +11,11 @@ use super::read::resource_at;
 use super::{Shared, keys, lock, read};
 use crate::store::{Class, Escalation, StoreError};
 
-/// Adds the fallback's queue entry and this consumer's "escalated" marker
-/// to `batch`.
+/// Adds this consumer's "escalated" marker to `batch`, and the fallback's
+/// queue entry unless the fallback has had the item; whether it queued.
+///
+/// Called with `from`'s lock held; takes `to`'s. Configuration refuses an
+/// escalation cycle, so these waits never go round in a circle.
 pub(super) fn escalate(
     s: &Shared,
     batch: &mut fjall::OwnedWriteBatch,
@@ -20,15 +23,35 @@ pub(super) fn escalate(
     to: &str,
     seq: u64,
     item: Item,
-) -> Result<(), StoreError> {
-    s.consumer(to)?;
-    batch.insert(
-        &s.ks.cons,
-        keys::name_seq(Some(b'Q'), to, seq),
-        keys::class_patient(item.class, &item.patient),
-    );
+) -> Result<bool, StoreError> {
+    let queue = !had(s, to, seq)?;
+    if queue {
+        batch.insert(
+            &s.ks.cons,
+            keys::name_seq(Some(b'Q'), to, seq),
+            keys::class_patient(item.class, &item.patient),
+        );
+    }
     batch.insert(&s.ks.cons, keys::name_seq(Some(b'E'), from, seq), []);
-    Ok(())
+    Ok(queue)
+}
+
+/// Whether the fallback `to` has had `seq`: queued there, settled there in
+/// any way (a dead letter there waits for an operator's replay, as every
+/// dead letter does), or read from its own log (then it is one of those).
+fn had(s: &Shared, to: &str, seq: u64) -> Result<bool, StoreError> {
+    let fb = lock(s.consumer(to)?);
+    if fb.explicit.contains_key(&seq) || fb.settled_at(s, to, seq)?.is_some() {
+        return Ok(true);
+    }
+    if fb.spec.escalation_only || seq <= fb.start {
+        return Ok(false);
+    }
+    let Some(raw) = read::raw_record(s, seq)? else {
+        return Ok(false);
+    };
+    let r: keys::Record = keys::decode(&raw)?;
+    Ok(r.org == fb.org)
 }
 
 pub(super) fn escalation(
@@ -110,8 +133,9 @@ pub(crate) fn escalate_overdue(s: &Shared, now: u64) -> Result<Vec<Escalation>, 
         let mut batch = s.db.batch();
         let mut handed = Vec::new();
         for (seq, item) in &due {
-            escalate(s, &mut batch, name, &fb, *seq, *item)?;
-            handed.push((fb.clone(), *seq, *item));
+            if escalate(s, &mut batch, name, &fb, *seq, *item)? {
+                handed.push((fb.clone(), *seq, *item));
+            }
         }
         s.commit(batch)?;
         // Only once they are durable: a failed commit looks again.

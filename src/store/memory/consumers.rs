@@ -11,9 +11,16 @@ use crate::store::{
 };
 
 impl Inner {
-    /// Hands `seq` to `to` unless `to` has it pending already.
+    /// Hands `seq` to `to` unless `to` has had it: pending there, or
+    /// settled there in any way (delivered, dead-lettered, discarded). An
+    /// event `to` reads from its log is always one of those. A dead letter
+    /// at the fallback waits for an operator's replay, as every dead letter
+    /// does; a second escalation does not send it again.
     fn queue_to(&mut self, to: &str, seq: u64) {
-        if self.pending_for(to, seq) {
+        let Some(f) = self.consumers.get(to) else {
+            return;
+        };
+        if self.in_scope(f, seq) || f.queue.contains(&seq) || f.settled.contains_key(&seq) {
             return;
         }
         if let Some(f) = self.consumers.get_mut(to) {

@@ -13,7 +13,7 @@ use crate::store::{Class, ConsumerSpec, NewRecord, RetentionPolicy, patient_key}
 pub const SEC: u64 = 1_000_000;
 pub const ORGS: [&str; 2] = ["958935420", "964338531"];
 pub const VENDORS: [&str; 2] = ["acme", "bravo"];
-pub const NAMES: [&str; 4] = ["a-epj", "a-pull", "a-vakt", "b-epj"];
+pub const NAMES: [&str; 5] = ["a-epj", "a-pull", "a-vakt", "b-epj", "a-tilsyn"];
 /// (system, code) of measurements; alarms carry `ALARM_CODE`.
 pub const CODES: [(&str, &str); 3] = [
     ("http://loinc.org", "8867-4"),
@@ -28,7 +28,9 @@ pub fn org(i: usize) -> Orgnr {
 }
 
 /// Two municipalities. In A: two log consumers that escalate to `a-vakt`
-/// (escalation only); in B one consumer without fallback. No chains.
+/// (escalation only), and a third (`a-tilsyn`) that escalates to one of
+/// them (a chain, and a fallback that reads the log itself); in B one
+/// consumer without fallback.
 pub fn consumers() -> Vec<ConsumerSpec> {
     let spec = |name: &str, o: usize, only: bool, to: Option<&str>| ConsumerSpec {
         name: name.into(),
@@ -43,6 +45,7 @@ pub fn consumers() -> Vec<ConsumerSpec> {
         spec("a-pull", 0, false, Some("a-vakt")),
         spec("a-vakt", 0, true, None),
         spec("b-epj", 1, false, None),
+        spec("a-tilsyn", 0, false, Some("a-pull")),
     ]
 }
 

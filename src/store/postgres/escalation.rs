@@ -8,7 +8,7 @@ use super::{Shared, from_i64, read_err, sql_i64, write_err};
 use crate::store::{Escalation, StoreError};
 
 /// Hands an urgent item to the consumer's fallback once (marks it
-/// escalated and queues it there unless the fallback has it pending).
+/// escalated and queues it there unless the fallback has had it).
 pub(crate) async fn escalate(
     s: &Shared,
     tx: &Transaction<'_>,
@@ -36,12 +36,22 @@ pub(crate) async fn escalate(
     if fresh == 0 {
         return Ok(None);
     }
+    // The fallback gets it unless it has had it: pending, settled in any
+    // way (a dead letter there waits for an operator's replay), or read
+    // from its own log (then it is one of those).
     let fb = load(s, tx, to, false).await?;
-    let has = info(s, tx, &fb, &[seq])
-        .await?
-        .get(&seq)
-        .is_some_and(|x| x.pending);
-    if !has {
+    let had: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM kp_queue q WHERE q.consumer = $1 AND q.seq = $2) \
+               OR EXISTS (SELECT 1 FROM kp_settled st WHERE st.consumer = $1 AND st.seq = $2) \
+               OR EXISTS (SELECT 1 FROM kp_events e WHERE e.seq = $2 AND $3 \
+                          AND e.municipality = $4 AND e.seq > $5)",
+            &[&fb.name, &seq, &fb.reads_log(), &fb.org, &fb.start],
+        )
+        .await
+        .map_err(read_err(s))?
+        .get(0);
+    if !had {
         tx.execute(
             "INSERT INTO kp_queue (consumer, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&to, &seq],
