@@ -2,8 +2,9 @@
 //! only rarely), run on every backend each time: a regression stays caught
 //! at the default case count.
 
+use super::backends::{Backend, Embedded, Postgres, WallClockModel};
 use super::ops::{Kind, Op, Outcome, PutOp};
-use super::{Backend, Embedded, Postgres, WallClockModel, postgres_available, run};
+use super::{postgres_available, run};
 use crate::store::Class;
 
 /// A dead letter of (stored event 0) at `consumer` (index into `NAMES`).
