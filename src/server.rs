@@ -149,76 +149,16 @@ impl Hub {
         } = self;
         let token = CancellationToken::new();
         let dyn_store: Arc<dyn Store> = store.shared();
-        let served = cfg.served_municipalities().ok().flatten();
-
-        let ingest = IngestService::new(
-            dyn_store.clone(),
-            served.clone(),
-            identify(&cfg),
-            cfg.max_future_skew_secs,
-        );
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<VendorIngestServiceServer<IngestService>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let grpc_router = tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(crate::ingest::limit::TooLarge::new(
-                VendorIngestServiceServer::new(ingest)
-                    .max_decoding_message_size(grpc_decode_limit(&cfg)),
-            ));
-        let tls = match &cfg.tls {
-            Some(t) if !cfg.insecure_dev => {
-                let configs = Arc::new(crate::tls::Configs::load(t).map_err(ServeError::Tls)?);
-                crate::tls::spawn_reloader(t.clone(), configs.clone(), token.clone());
-                Some(configs)
-            }
-            _ => {
-                tracing::warn!(
-                    "INSECURE DEV MODE: plain gRPC and HTTP, no client certificates, no EPJ tokens; every gRPC caller is {:?}. Never use this with real data.",
-                    cfg.default_vendor
-                );
-                None
-            }
+        let listen = Listen {
+            tls: tls_configs(&cfg, &token)?,
+            handshakes: cfg
+                .tls
+                .as_ref()
+                .map(crate::tls::HandshakeLimits::of)
+                .unwrap_or_default(),
+            token: token.clone(),
         };
-        let handshakes = cfg
-            .tls
-            .as_ref()
-            .map(crate::tls::HandshakeLimits::of)
-            .unwrap_or_default();
-        let grpc_server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
-            match &tls {
-                Some(c) => {
-                    let rx = crate::tls::accept_loop_with(
-                        grpc,
-                        c.grpc.clone(),
-                        "grpc",
-                        token.clone(),
-                        handshakes,
-                    );
-                    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
-                        .map(|(s, _)| Ok::<_, std::io::Error>(s));
-                    Box::pin(
-                        grpc_router.serve_with_incoming_shutdown(
-                            incoming,
-                            token.clone().cancelled_owned(),
-                        ),
-                    )
-                }
-                None => Box::pin(grpc_router.serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc).map(|c| {
-                        c.inspect(|s| {
-                            let _ = s.set_nodelay(true);
-                        })
-                    }),
-                    token.clone().cancelled_owned(),
-                )),
-            };
+        let grpc_server = listen.grpc(grpc_router(&cfg, dyn_store.clone()).await?, grpc);
 
         // --- security: EPJ tokens, admin credential, audit (src/auth, src/audit.rs) ---
         let authority = Arc::new(crate::auth::Authority::from_config(
@@ -227,48 +167,17 @@ impl Hub {
         )?);
         let admin_guard = Arc::new(crate::auth::admin::AdminGuard::from_config(&cfg)?);
         let auditor = crate::audit::Auditor::from_config(&cfg, dyn_store.clone())?;
-
-        let metrics = metrics_handle();
         let app = api::router(ApiState {
             store: dyn_store.clone(),
-            municipalities: served,
+            municipalities: cfg.served_municipalities().ok().flatten(),
             public_url: cfg.public_url.clone(),
             pull: Arc::new(pull_consumers(&cfg)),
             destinations: Arc::new(all_destinations(&cfg)),
-            https: tls.is_some(),
+            https: listen.tls.is_some(),
             auth: authority,
             audit: auditor.clone(),
         });
-        let http_server: futures::future::BoxFuture<'static, std::io::Result<()>> = match &tls {
-            Some(c) => {
-                let rx = crate::tls::accept_loop_with(
-                    http,
-                    c.http.clone(),
-                    "https",
-                    token.clone(),
-                    handshakes,
-                );
-                let listener = crate::tls::HttpsListener {
-                    rx,
-                    local: http_addr,
-                };
-                Box::pin(
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(token.clone().cancelled_owned())
-                        .into_future(),
-                )
-            }
-            None => Box::pin(
-                axum::serve(
-                    http.tap_io(|s| {
-                        let _ = s.set_nodelay(true);
-                    }),
-                    app,
-                )
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .into_future(),
-            ),
-        };
+        let http_server = listen.http(app, http, http_addr);
 
         let registry = crate::deliver::Registry::default();
         let admin_server = axum::serve(
@@ -277,7 +186,7 @@ impl Hub {
                 store: dyn_store.clone(),
                 registry: registry.clone(),
                 guard: admin_guard,
-                metrics,
+                metrics: metrics_handle(),
                 // PostgreSQL is backed up with its own tools (pg_basebackup, PITR).
                 backup: match &store {
                     HubStore::Embedded(s) => Some(crate::backup::BackupSource::new(s, &cfg)),
@@ -289,28 +198,7 @@ impl Hub {
         // Delivery stops on its own token, after the servers, so that it can
         // finish the requests in flight before the store closes.
         let delivery_stop = CancellationToken::new();
-        let mut delivery = crate::deliver::spawn(
-            &cfg,
-            dyn_store.clone(),
-            registry,
-            delivery_stop.clone(),
-            auditor,
-        )?;
-        delivery.push(crate::audit::spawn_pruner(
-            &cfg,
-            dyn_store.clone(),
-            delivery_stop.clone(),
-        ));
-        delivery.push(crate::ops_metrics::spawn(&cfg, delivery_stop.clone()));
-        if let Some(h) = metrics_handle() {
-            delivery.push(crate::ops_metrics::spawn_upkeep(h, delivery_stop.clone()));
-        }
-        delivery.push(crate::retention::spawn(
-            cfg.retention_policy(),
-            dyn_store.clone(),
-            crate::retention::EVERY,
-            delivery_stop.clone(),
-        ));
+        let background = spawn_background(&cfg, &dyn_store, registry, &delivery_stop, auditor)?;
 
         tracing::info!(%grpc_addr, %http_addr, %admin_addr, data_dir = %cfg.data_dir.display(), "knutepunkt is serving");
         let stopper = token.clone();
@@ -321,42 +209,214 @@ impl Hub {
         });
         let servers = async {
             let (g, h, a) = tokio::join!(grpc_server, http_server, admin_server);
-            (g, h.and(a))
+            g.map_err(ServeError::from)
+                .and(h.and(a).map_err(ServeError::Http))
         };
-        tokio::pin!(servers);
-        let grace_over = async {
-            token.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        let result = tokio::select! {
-            (g, h) = &mut servers => g.map_err(ServeError::from).and(h.map_err(ServeError::Http)),
-            () = grace_over => {
-                tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");
-                Ok(())
-            }
-        };
+        let result = serve_until_grace(servers, &token).await;
         // Whatever ended first, stop the other too.
         token.cancel();
         delivery_stop.cancel();
-        let finish = futures::future::join_all(delivery);
-        if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
-            tracing::warn!(
-                "deliveries still in flight after the grace period; they will be sent again after restart"
-            );
+        drain_and_close(background, dyn_store, store).await;
+        result
+    }
+}
+
+/// The TLS configurations of the listeners (reloaded when their files
+/// change), or `None` in insecure dev mode (said loudly).
+fn tls_configs(
+    cfg: &Config,
+    token: &CancellationToken,
+) -> Result<Option<Arc<crate::tls::Configs>>, ServeError> {
+    match &cfg.tls {
+        Some(t) if !cfg.insecure_dev => {
+            let configs = Arc::new(crate::tls::Configs::load(t).map_err(ServeError::Tls)?);
+            crate::tls::spawn_reloader(t.clone(), configs.clone(), token.clone());
+            Ok(Some(configs))
         }
-        drop(dyn_store);
-        if tokio::time::timeout(SHUTDOWN_GRACE, store.close())
-            .await
-            .is_err()
-        {
+        _ => {
             tracing::warn!(
-                "store writer did not stop in time; every acknowledged event is already on disk"
+                "INSECURE DEV MODE: plain gRPC and HTTP, no client certificates, no EPJ tokens; every gRPC caller is {:?}. Never use this with real data.",
+                cfg.default_vendor
             );
-        } else {
-            tracing::info!("stopped; store closed");
+            Ok(None)
         }
-        result?;
-        Ok(())
+    }
+}
+
+/// The gRPC services: vendor ingest (with its size limit), health and
+/// reflection.
+async fn grpc_router(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+) -> Result<tonic::transport::server::Router, ServeError> {
+    let ingest = IngestService::new(
+        store,
+        cfg.served_municipalities().ok().flatten(),
+        identify(cfg),
+        cfg.max_future_skew_secs,
+    );
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<VendorIngestServiceServer<IngestService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(crate::ingest::limit::TooLarge::new(
+            VendorIngestServiceServer::new(ingest)
+                .max_decoding_message_size(grpc_decode_limit(cfg)),
+        )))
+}
+
+/// How the public listeners accept: through rustls with the handshake
+/// limits, or plain TCP in dev mode; both stop on `token`.
+struct Listen {
+    tls: Option<Arc<crate::tls::Configs>>,
+    handshakes: crate::tls::HandshakeLimits,
+    token: CancellationToken,
+}
+
+type Served<E> = futures::future::BoxFuture<'static, Result<(), E>>;
+
+impl Listen {
+    fn grpc(
+        &self,
+        router: tonic::transport::server::Router,
+        listener: TcpListener,
+    ) -> Served<tonic::transport::Error> {
+        let stop = self.token.clone().cancelled_owned();
+        match &self.tls {
+            Some(c) => {
+                let rx = crate::tls::accept_loop_with(
+                    listener,
+                    c.grpc.clone(),
+                    "grpc",
+                    self.token.clone(),
+                    self.handshakes,
+                );
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .map(|(s, _)| Ok::<_, std::io::Error>(s));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener).map(|c| {
+                    c.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                }),
+                stop,
+            )),
+        }
+    }
+
+    fn http(
+        &self,
+        app: axum::Router,
+        listener: TcpListener,
+        local: SocketAddr,
+    ) -> Served<std::io::Error> {
+        let stop = self.token.clone().cancelled_owned();
+        match &self.tls {
+            Some(c) => {
+                let rx = crate::tls::accept_loop_with(
+                    listener,
+                    c.http.clone(),
+                    "https",
+                    self.token.clone(),
+                    self.handshakes,
+                );
+                let listener = crate::tls::HttpsListener { rx, local };
+                Box::pin(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(
+                    listener.tap_io(|s| {
+                        let _ = s.set_nodelay(true);
+                    }),
+                    app,
+                )
+                .with_graceful_shutdown(stop)
+                .into_future(),
+            ),
+        }
+    }
+}
+
+/// Delivery, the audit pruner, operational metrics and their upkeep, and
+/// retention: every task that runs beside the servers until `stop`.
+fn spawn_background(
+    cfg: &Config,
+    store: &Arc<dyn Store>,
+    registry: crate::deliver::Registry,
+    stop: &CancellationToken,
+    auditor: crate::audit::Auditor,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServeError> {
+    let mut tasks = crate::deliver::spawn(cfg, store.clone(), registry, stop.clone(), auditor)?;
+    tasks.push(crate::audit::spawn_pruner(cfg, store.clone(), stop.clone()));
+    tasks.push(crate::ops_metrics::spawn(cfg, stop.clone()));
+    if let Some(h) = metrics_handle() {
+        tasks.push(crate::ops_metrics::spawn_upkeep(h, stop.clone()));
+    }
+    tasks.push(crate::retention::spawn(
+        cfg.retention_policy(),
+        store.clone(),
+        crate::retention::EVERY,
+        stop.clone(),
+    ));
+    Ok(tasks)
+}
+
+/// Runs the servers until they end; after `token` is cancelled they get
+/// [`SHUTDOWN_GRACE`] to finish the requests in flight.
+async fn serve_until_grace(
+    servers: impl Future<Output = Result<(), ServeError>>,
+    token: &CancellationToken,
+) -> Result<(), ServeError> {
+    tokio::pin!(servers);
+    let grace_over = async {
+        token.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = &mut servers => r,
+        () = grace_over => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Lets the background tasks finish (deliveries in flight) and closes the
+/// store, each within [`SHUTDOWN_GRACE`].
+async fn drain_and_close(
+    background: Vec<tokio::task::JoinHandle<()>>,
+    dyn_store: Arc<dyn Store>,
+    store: HubStore,
+) {
+    let finish = futures::future::join_all(background);
+    if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+        tracing::warn!(
+            "deliveries still in flight after the grace period; they will be sent again after restart"
+        );
+    }
+    drop(dyn_store);
+    if tokio::time::timeout(SHUTDOWN_GRACE, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "store writer did not stop in time; every acknowledged event is already on disk"
+        );
+    } else {
+        tracing::info!("stopped; store closed");
     }
 }
 
