@@ -427,26 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 insecure_dev: insecure_dev.then_some(true),
                 log_format,
             };
-            let cfg = Config::load(config.as_deref(), &flags)?;
-            let traces = knutepunkt::telemetry::provider(&cfg.telemetry)?;
-            init_logging(cfg.log_format, traces.as_ref());
-            if let Some(e) = cfg
-                .telemetry
-                .otlp_endpoint
-                .as_deref()
-                .filter(|_| traces.is_some())
-            {
-                tracing::info!(endpoint = %knutepunkt::telemetry::traces_url(e), "exporting traces over OTLP/HTTP");
-            }
-            let hub = Hub::start(cfg)
-                .await
-                .context("knutepunkt could not start")?;
-            let served = hub.run_until(shutdown_signal()).await;
-            if let Some(t) = traces {
-                // Sends what is buffered; a collector that is gone only costs the timeout.
-                let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
-            }
-            served?;
+            serve(config.as_deref(), &flags).await?;
         }
         Command::Dlq { admin, action } => {
             dlq(&admin.admin, admin.admin_token.as_deref(), action).await?
@@ -472,20 +453,13 @@ async fn main() -> anyhow::Result<()> {
             epj_clients,
             hosts,
         } => {
-            let files = knutepunkt::devcerts::generate(&knutepunkt::devcerts::DevCerts {
-                out: out.clone(),
+            dev_certs(knutepunkt::devcerts::DevCerts {
+                out,
                 vendors,
                 expired_vendors: expired,
                 epj_clients,
                 hosts,
             })?;
-            for f in &files {
-                println!("wrote {}", f.display());
-            }
-            println!(
-                "\nUse them with:\n[tls]\ncert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\nvendor_ca_file = \"{0}/ca.pem\"",
-                out.display()
-            );
         }
         Command::Demo {
             duration,
@@ -514,22 +488,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
         }
         Command::Probe { url, ca } => {
-            let mut client = reqwest::Client::builder();
-            if let Some(ca) = ca {
-                let pem = std::fs::read(&ca)
-                    .with_context(|| format!("cannot read --ca {}", ca.display()))?;
-                client = client.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
-            }
-            let r = client
-                .build()?
-                .get(&url)
-                .timeout(std::time::Duration::from_secs(3))
-                .send()
-                .await
-                .with_context(|| format!("{url} did not answer"))?;
-            if !r.status().is_success() {
-                anyhow::bail!("{url} answered {}", r.status());
-            }
+            probe(&url, ca.as_deref()).await?;
         }
         Command::Migrate { config, data_dir } => {
             let overrides = Overrides {
@@ -548,6 +507,65 @@ async fn main() -> anyhow::Result<()> {
                 check_postgres(&cfg).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `knutepunkt serve`: loads the config, starts logging (and traces), and
+/// serves until SIGTERM/Ctrl-C.
+async fn serve(config: Option<&std::path::Path>, flags: &Overrides) -> anyhow::Result<()> {
+    let cfg = Config::load(config, flags)?;
+    let traces = knutepunkt::telemetry::provider(&cfg.telemetry)?;
+    init_logging(cfg.log_format, traces.as_ref());
+    if let Some(e) = cfg
+        .telemetry
+        .otlp_endpoint
+        .as_deref()
+        .filter(|_| traces.is_some())
+    {
+        tracing::info!(endpoint = %knutepunkt::telemetry::traces_url(e), "exporting traces over OTLP/HTTP");
+    }
+    let hub = Hub::start(cfg)
+        .await
+        .context("knutepunkt could not start")?;
+    let served = hub.run_until(shutdown_signal()).await;
+    if let Some(t) = traces {
+        // Sends what is buffered; a collector that is gone only costs the timeout.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    Ok(served?)
+}
+
+/// `knutepunkt dev-certs`: writes the files and says how to use them.
+fn dev_certs(opts: knutepunkt::devcerts::DevCerts) -> anyhow::Result<()> {
+    let files = knutepunkt::devcerts::generate(&opts)?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    println!(
+        "\nUse them with:\n[tls]\ncert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\nvendor_ca_file = \"{0}/ca.pem\"",
+        opts.out.display()
+    );
+    Ok(())
+}
+
+/// `knutepunkt probe`: succeeds when `url` answers 2xx within 3 s.
+async fn probe(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
+        client = client.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
+    }
+    let r = client
+        .build()?
+        .get(url)
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    if !r.status().is_success() {
+        anyhow::bail!("{url} answered {}", r.status());
     }
     Ok(())
 }
