@@ -455,18 +455,12 @@ pub(crate) fn settle(
                 let rec = DlqRecord {
                     class: item.class as u8,
                     attempts,
-                    error: error.clone(),
+                    error,
                     response,
                     at: now,
                     discarded: None,
                 };
-                batch.insert(
-                    &s.ks.dlq,
-                    keys::name_seq(None, name, seq),
-                    keys::encode(&rec)?,
-                );
-                tracing::warn!(destination = name, seq, attempts, error = %error, "delivery dead-lettered");
-                metrics::counter!("knutepunkt_delivery_dead_lettered_total", "destination" => name.to_string()).increment(1);
+                dead_letter(s, name, seq, &rec, &mut batch)?;
                 if item.class.is_urgent()
                     && let Some(fb) = c.spec.escalate_to.clone()
                     && !c.escalated.contains(&seq)
@@ -505,6 +499,43 @@ pub(crate) fn settle(
         }
         report.settled += 1;
     }
+    fold(s, name, &mut c, &mut batch, newly_above, now)?;
+    s.commit(batch)?;
+    drop(c);
+    hand_over(s, handed);
+    Ok(report)
+}
+
+/// Adds the dead letter of (`name`, `seq`) to `batch`, and says so.
+fn dead_letter(
+    s: &Shared,
+    name: &str,
+    seq: u64,
+    rec: &DlqRecord,
+    batch: &mut fjall::OwnedWriteBatch,
+) -> Result<(), StoreError> {
+    batch.insert(
+        &s.ks.dlq,
+        keys::name_seq(None, name, seq),
+        keys::encode(rec)?,
+    );
+    tracing::warn!(destination = name, seq, attempts = rec.attempts, error = %rec.error, "delivery dead-lettered");
+    metrics::counter!("knutepunkt_delivery_dead_lettered_total", "destination" => name.to_string())
+        .increment(1);
+    Ok(())
+}
+
+/// After a settle: log items (seq, kind, urgent) settled above the new ack
+/// floor get their `S` key; a floor that moved drops the `S` keys it
+/// passes and writes the new floor.
+fn fold(
+    s: &Shared,
+    name: &str,
+    c: &mut Cons,
+    batch: &mut fjall::OwnedWriteBatch,
+    newly_above: Vec<(u64, u8, bool)>,
+    now: u64,
+) -> Result<(), StoreError> {
     let floor = c.settled_through();
     for (seq, kind, urgent) in newly_above {
         if seq > floor {
@@ -530,10 +561,7 @@ pub(crate) fn settle(
         c.floor = floor;
         batch.insert(&s.ks.cons, f_key(name), keys::floor_value(c.start, floor));
     }
-    s.commit(batch)?;
-    drop(c);
-    hand_over(s, handed);
-    Ok(report)
+    Ok(())
 }
 
 pub(crate) fn stats(s: &Shared, name: &str) -> Result<ConsumerStats, StoreError> {
