@@ -328,7 +328,20 @@ impl Shared {
                 "the store refuses writes after a failed write; restart the hub".into(),
             ));
         }
-        batch.commit().map_err(write)
+        // Consumer, dead-letter, escalation, audit and retention writes
+        // change memory (pending sets, floors) before they commit. A failed
+        // commit leaves memory ahead of the disk, so the store is broken
+        // from here on, as after a failed group commit: writes are refused,
+        // readiness fails, and a restart rebuilds every consumer from disk
+        // (an item settled only in memory is offered again; none is lost).
+        batch.commit().map_err(|e| {
+            if matches!(&e, fjall::Error::Io(io) if writer::is_disk_full(io)) {
+                self.disk_full.store(true, Ordering::Release);
+            }
+            self.broken.store(true, Ordering::Release);
+            tracing::error!(error = %e, "store write failed; refusing writes until the hub is restarted");
+            write(e)
+        })
     }
 }
 

@@ -432,6 +432,6 @@ pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-fn is_disk_full(e: &std::io::Error) -> bool {
+pub(super) fn is_disk_full(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
 }
