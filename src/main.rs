@@ -263,15 +263,8 @@ async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow::Res
                 .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
                 .collect();
             q.push(("limit".into(), limit.to_string()));
-            let qs = q
-                .iter()
-                .fold(
-                    form_urlencoded::Serializer::new(String::new()),
-                    |mut s, (k, v)| {
-                        s.append_pair(k, v);
-                        s
-                    },
-                )
+            let qs = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&q)
                 .finish();
             http.get(format!("{base}/admin/dlq?{qs}"))
         }

@@ -282,7 +282,7 @@ async fn bad_assertions_are_refused_and_counted() {
     ];
     for (reason, a) in &cases {
         let before = rejected(&hub, "token", reason).await;
-        let (status, body) = ok(request_token(&origin(&hub), "oslo-epj", a).await);
+        let (status, body) = ok(request_token(&origin(&hub), a).await);
         assert_eq!(status, 400, "{reason}: {body}");
         assert_eq!(body["error"], "invalid_client", "{reason}: {body}");
         assert!(body.get("access_token").is_none(), "{reason}: {body}");
@@ -295,10 +295,10 @@ async fn bad_assertions_are_refused_and_counted() {
     }
     // A fresh, valid assertion works once; its replay is refused.
     let good = ok(assertion("oslo-epj", &aud));
-    let (status, body) = ok(request_token(&origin(&hub), "oslo-epj", &good).await);
+    let (status, body) = ok(request_token(&origin(&hub), &good).await);
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].is_string());
-    let (status, body) = ok(request_token(&origin(&hub), "oslo-epj", &good).await);
+    let (status, body) = ok(request_token(&origin(&hub), &good).await);
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_client");
     assert_eq!(rejected(&hub, "token", "replayed_jti").await, 1.0);

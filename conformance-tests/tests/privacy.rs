@@ -254,7 +254,7 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
     }
     let aud = format!("{origin}/oauth/token");
     let used = ok(assertion("oslo-epj", &aud));
-    let (status, body) = ok(request_token(&origin, "oslo-epj", &used).await);
+    let (status, body) = ok(request_token(&origin, &used).await);
     assert_eq!(status, 200);
     let fresh = body["access_token"].as_str().unwrap_or("").to_string();
     let status = ok(ok(http_client())
@@ -264,13 +264,13 @@ async fn no_national_id_token_or_assertion_in_telemetry() {
         .await)
     .status();
     assert_eq!(status, 200);
-    let (status, _) = ok(request_token(&origin, "oslo-epj", &used).await); // replay
+    let (status, _) = ok(request_token(&origin, &used).await); // replay
     assert_eq!(status, 400);
     let wrong_aud = ok(assertion(
         "oslo-epj",
         "https://elsewhere.example/oauth/token",
     ));
-    let (status, _) = ok(request_token(&origin, "oslo-epj", &wrong_aud).await);
+    let (status, _) = ok(request_token(&origin, &wrong_aud).await);
     assert_eq!(status, 400);
     let tampered = format!("{fresh}x");
     let st = ok(ok(http_client())

@@ -67,13 +67,9 @@ pub fn assertion(client: &str, aud: &str) -> Result<String> {
     )?)
 }
 
-/// Asks the hub at `origin` (`https://host:port`) for an access token as
-/// `client`; (status, body).
-pub async fn request_token(
-    origin: &str,
-    client: &str,
-    assertion: &str,
-) -> Result<(u16, serde_json::Value)> {
+/// Asks the hub at `origin` (`https://host:port`) for an access token with
+/// `assertion` (which names the client); (status, body).
+pub async fn request_token(origin: &str, assertion: &str) -> Result<(u16, serde_json::Value)> {
     let form = [
         ("grant_type", "client_credentials"),
         (
@@ -82,17 +78,9 @@ pub async fn request_token(
         ),
         ("client_assertion", assertion),
     ];
-    let body = form
-        .iter()
-        .fold(
-            form_urlencoded::Serializer::new(String::new()),
-            |mut s, (k, v)| {
-                s.append_pair(k, v);
-                s
-            },
-        )
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&form)
         .finish();
-    let _ = client;
     let r = http_client()?
         .post(format!("{origin}/oauth/token"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -118,7 +106,6 @@ pub async fn token(origin: &str, client: &str) -> Result<String> {
     }
     let (status, body) = request_token(
         origin,
-        client,
         &assertion(client, &format!("{origin}/oauth/token"))?,
     )
     .await?;
