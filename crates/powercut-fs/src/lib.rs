@@ -103,7 +103,7 @@ impl PowercutFs {
 
     fn detach(&mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(s) => s.umount_and_join().map_err(|e| {
+            Some(s) => s.umount_and_join().or_else(ended_by_unmount).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -147,6 +147,20 @@ impl PowercutFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unsynced_bytes()
+    }
+}
+
+/// The session thread's own end after a successful unmount: the kernel
+/// drops the FUSE connection, and the thread's read of `/dev/fuse` then
+/// fails with ECONNABORTED (or ENODEV, "disconnected", when the unmount
+/// came before the handshake finished), which fuser reports as an error
+/// although the mount is gone. A failed unmount itself (EBUSY: a process
+/// still uses it) stays an error.
+fn ended_by_unmount(e: io::Error) -> io::Result<()> {
+    if e.raw_os_error() == Some(libc::ECONNABORTED) || e.kind() == io::ErrorKind::NotConnected {
+        Ok(())
+    } else {
+        Err(e)
     }
 }
 
