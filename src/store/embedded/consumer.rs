@@ -230,18 +230,34 @@ impl Cons {
 
     /// Extends the routine window until `want` items are free to take (or
     /// the log is read to its visible end).
+    /// Routine items in the window that a take at `now` could pick: not
+    /// leased, and not waiting (nor behind an item of the same patient that
+    /// waits) for the alarm it answers. Counting a waiting note as free let
+    /// a take return nothing while a later event of another patient was
+    /// not read into the window yet.
+    fn takeable_routine(&self, now: u64) -> usize {
+        let mut blocked: HashSet<[u8; 16]> = HashSet::new();
+        let mut n = 0;
+        for (seq, item) in &self.routine {
+            if self.leased(*seq, now) || blocked.contains(&item.patient) {
+                continue;
+            }
+            if item.answers != 0 && self.pending_item(item.answers).is_some() {
+                blocked.insert(item.patient);
+                continue;
+            }
+            n += 1;
+        }
+        n
+    }
+
     fn refill_routine(&mut self, s: &Shared, want: usize, now: u64) -> Result<(), StoreError> {
         if self.spec.escalation_only {
             return Ok(());
         }
         let visible = s.visible();
         loop {
-            let free = self
-                .routine
-                .keys()
-                .filter(|q| !self.leased(**q, now))
-                .count();
-            if free >= want || self.scanned >= visible {
+            if self.takeable_routine(now) >= want || self.scanned >= visible {
                 return Ok(());
             }
             let limit = WINDOW.max(want);

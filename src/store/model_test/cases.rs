@@ -105,6 +105,40 @@ fn escalated_to_a_fallback_that_reads_the_log() -> Vec<Op> {
     ]
 }
 
+/// A note waiting for its (leased) alarm must not stop a take from reading
+/// a later routine event of another patient into the embedded store's
+/// window (it counted the note as takeable and returned nothing).
+fn a_waiting_note_does_not_hide_a_later_event() -> Vec<Op> {
+    let put = |event, patient, kind| {
+        Op::Put(PutOp {
+            vendor: 0,
+            event,
+            org: 0,
+            patient,
+            kind,
+            variant: 0,
+            oversize: false,
+        })
+    };
+    vec![
+        red_alarm(1),
+        red_alarm(2),
+        red_alarm(3),
+        put(4, 0, Kind::Note(Some(1))),
+        Op::Take {
+            consumer: 4,
+            max: 3,
+            lease: Some(60),
+        },
+        put(0, 1, Kind::Alarm(Class::Routine)),
+        Op::Take {
+            consumer: 4,
+            max: 1,
+            lease: None,
+        },
+    ]
+}
+
 fn all() -> Vec<(&'static str, Vec<Op>)> {
     vec![
         (
@@ -114,6 +148,10 @@ fn all() -> Vec<(&'static str, Vec<Op>)> {
         (
             "escalated_to_a_fallback_that_reads_the_log",
             escalated_to_a_fallback_that_reads_the_log(),
+        ),
+        (
+            "a_waiting_note_does_not_hide_a_later_event",
+            a_waiting_note_does_not_hide_a_later_event(),
         ),
     ]
 }
