@@ -27,6 +27,7 @@
 
 mod backends;
 mod cases;
+mod late;
 mod norm;
 mod ops;
 

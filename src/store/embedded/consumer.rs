@@ -184,9 +184,19 @@ impl Cons {
         )
     }
 
-    /// When `seq` was settled above the floor: from `above` for routine
-    /// items, from its `S` key for alarms (and for an escalation-only
-    /// consumer's items).
+    /// Whether the consumer reads `seq` from its own log, so the floor and
+    /// `above` know when it is settled. Otherwise (an escalation-only
+    /// consumer, or an event older than the consumer) only its queue brings
+    /// the item, and its `S` key keeps the final state until retention
+    /// removes the event. (Queued items are of the consumer's municipality:
+    /// config refuses a fallback of another.)
+    pub(super) fn reads_from_log(&self, seq: u64) -> bool {
+        !self.spec.escalation_only && seq > self.start
+    }
+
+    /// When `seq` was settled: from `above` for routine items above the
+    /// floor, from its `S` key for alarms and for items the consumer does
+    /// not read from its log.
     pub(super) fn settled_at(
         &self,
         s: &Shared,
@@ -196,7 +206,7 @@ impl Cons {
         if let Some(v) = self.above.get(&seq) {
             return Ok(Some(*v));
         }
-        if seq <= self.floor && !self.spec.escalation_only {
+        if seq <= self.floor && self.reads_from_log(seq) {
             return Ok(None);
         }
         match s
@@ -496,9 +506,10 @@ pub(crate) fn settle(
         c.leases.remove(&seq);
         if c.explicit.remove(&seq).is_some() {
             batch.remove(&s.ks.cons, keys::name_seq(Some(b'Q'), name, seq));
-            if c.spec.escalation_only {
+            if !c.reads_from_log(seq) {
                 // No floor to fold into: keep the final state for `$status`
-                // until retention removes the event.
+                // (and escalation's "has had it") until retention removes
+                // the event.
                 batch.insert(
                     &s.ks.cons,
                     keys::name_seq(Some(b'S'), name, seq),

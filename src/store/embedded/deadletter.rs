@@ -99,7 +99,7 @@ pub(crate) fn replay(s: &Shared, name: &str, seq: u64) -> Result<bool, StoreErro
         keys::name_seq(Some(b'Q'), name, seq),
         keys::class_patient(item.class, &item.patient),
     );
-    if c.spec.escalation_only {
+    if !c.reads_from_log(seq) {
         // Its `S` mark only records the final state for `$status`. A log
         // consumer's mark stays: the log position is settled, the replay is
         // an explicit queue entry.

@@ -44,7 +44,7 @@ fn had(s: &Shared, to: &str, seq: u64) -> Result<bool, StoreError> {
     if fb.explicit.contains_key(&seq) || fb.settled_at(s, to, seq)?.is_some() {
         return Ok(true);
     }
-    if fb.spec.escalation_only || seq <= fb.start {
+    if !fb.reads_from_log(seq) {
         return Ok(false);
     }
     let Some(raw) = read::raw_record(s, seq)? else {
