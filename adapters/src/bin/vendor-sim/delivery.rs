@@ -21,7 +21,6 @@
 //! Progress goes to stderr once a second; the Markdown table to stdout.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -38,6 +37,14 @@ use crate::Mode;
 use crate::hubenv::{self, EpjProcess, HubProcess, PushDest};
 use crate::load::{self, LoadArgs, LoadReport, unix_micros};
 use crate::soak;
+
+mod intake;
+mod received;
+
+pub(crate) use intake::Intake;
+use intake::intake_baseline;
+pub(crate) use received::wait_created;
+use received::{ReceivedLog, wait_for};
 
 #[derive(Args, Debug)]
 pub struct DeliveryArgs {
@@ -105,58 +112,6 @@ pub struct DeliveryArgs {
     pub(crate) keep: bool,
 }
 
-/// `received.log`, read incrementally: `(Type/id, received µs since epoch)`.
-struct ReceivedLog {
-    path: PathBuf,
-    offset: u64,
-    partial: Vec<u8>,
-}
-
-impl ReceivedLog {
-    /// Starts reading at the current end of the file.
-    fn at_end(out: &Path) -> ReceivedLog {
-        let path = out.join("received.log");
-        let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        ReceivedLog {
-            path,
-            offset,
-            partial: Vec::new(),
-        }
-    }
-
-    /// Lines appended since the last call.
-    fn read_new(&mut self) -> Result<Vec<(String, i64)>> {
-        let mut f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
-        };
-        f.seek(SeekFrom::Start(self.offset))
-            .with_context(|| format!("seeking in {}", self.path.display()))?;
-        let mut buf = std::mem::take(&mut self.partial);
-        let before = buf.len();
-        f.read_to_end(&mut buf)
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        self.offset += (buf.len() - before) as u64;
-        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        self.partial = buf.split_off(complete);
-        let mut out = Vec::new();
-        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-                continue;
-            };
-            let at = v["received"]
-                .as_str()
-                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                .map(|t| t.timestamp_micros());
-            if let (Some(t), Some(ty), Some(id)) = (at, v["type"].as_str(), v["id"].as_str()) {
-                out.push((format!("{ty}/{id}"), t));
-            }
-        }
-        Ok(out)
-    }
-}
-
 fn histogram() -> Histogram<u64> {
     // Constant, valid bounds (1 µs .. 1 h): cannot fail at run time.
     #[allow(clippy::expect_used)]
@@ -165,50 +120,6 @@ fn histogram() -> Histogram<u64> {
 
 fn ms(us: i64) -> f64 {
     us as f64 / 1000.0
-}
-
-/// Waits until the adapter has created `target` resources in total, with a
-/// progress line a second; returns (time of the first growth seen, time
-/// done) or an error on timeout.
-pub(crate) async fn wait_created(
-    epj: &EpjProcess,
-    what: &str,
-    from: u64,
-    target: u64,
-    timeout: Duration,
-) -> Result<(Option<Instant>, Instant)> {
-    let start = Instant::now();
-    let mut first = None;
-    let mut last_print = Instant::now();
-    let mut last_n = from;
-    loop {
-        let n = epj.stats().await?.created;
-        if n > from && first.is_none() {
-            first = Some(Instant::now());
-        }
-        if n >= target {
-            return Ok((first, Instant::now()));
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!(
-                "  {what}: {}/{} at the adapter ({}/s)",
-                n - from,
-                target - from,
-                n.saturating_sub(last_n)
-            );
-            last_n = n;
-            last_print = Instant::now();
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "{what}: only {} of {} resources reached the adapter within {:.0} s",
-                n - from,
-                target - from,
-                timeout.as_secs_f64()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One RED night-supervision alarm (VKP 4.1) for an Oslo resident.
@@ -254,46 +165,6 @@ async fn submit(hub: &HubProcess, ev: pb::Event) -> Result<(String, i64)> {
         bail!("the alarm was not accepted: {} {}", r.error_code, r.error);
     }
     Ok((r.resource, at))
-}
-
-/// Follows `received.log` until every resource in `wanted` is there;
-/// returns their receive times and how many other resources arrived
-/// before each (in arrival order since the reader's position).
-async fn wait_for(
-    log: &mut ReceivedLog,
-    wanted: &[&str],
-    timeout: Duration,
-) -> Result<HashMap<String, (i64, u64)>> {
-    let start = Instant::now();
-    let mut found = HashMap::new();
-    let mut seen = 0u64;
-    let mut last_print = Instant::now();
-    while found.len() < wanted.len() {
-        for (res, at) in log.read_new()? {
-            if wanted.contains(&res.as_str()) {
-                found.insert(res, (at, seen));
-            }
-            seen += 1;
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "{} of {} alarms not at the adapter after {:.0} s",
-                wanted.len() - found.len(),
-                wanted.len(),
-                timeout.as_secs_f64()
-            );
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!(
-                "  waiting for the alarms: {}/{} found, {seen} resources arrived",
-                found.len(),
-                wanted.len()
-            );
-            last_print = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(found)
 }
 
 /// A backlog fill: `n` events for Oslo, adapter down.
@@ -349,13 +220,6 @@ pub(crate) struct DrainResult {
     pub(crate) fill: LoadReport,
     pub(crate) from_switch_secs: f64,
     pub(crate) from_first_secs: f64,
-}
-
-pub(crate) struct Intake {
-    pub(crate) events: u64,
-    pub(crate) bundles: u64,
-    pub(crate) secs: f64,
-    pub(crate) failed: u64,
 }
 
 pub async fn run(a: DeliveryArgs) -> Result<()> {
@@ -642,122 +506,4 @@ async fn alarm_phase(a: &DeliveryArgs, hub: &HubProcess, epj: &EpjProcess) -> Re
         ahead,
         drain_secs: (done - up).as_secs_f64(),
     })
-}
-
-/// The adapter alone: resources the hub delivered, re-sent to a fresh
-/// adapter as pre-built Bundles of max_batch, one request at a time (as the
-/// hub's push worker sends).
-async fn intake_baseline(
-    a: &DeliveryArgs,
-    epj_bin: &Path,
-    source: &EpjProcess,
-    work: &Path,
-) -> Result<Intake> {
-    eprintln!(
-        "bench-delivery: intake baseline, {} resources in Bundles of {}",
-        a.intake_events, a.max_batch
-    );
-    let out = source.out.clone();
-    let want = a.intake_events as usize;
-    let batch = a.max_batch as usize;
-    let bundles = tokio::task::spawn_blocking(move || prebuild(&out, want, batch))
-        .await
-        .context("reading resources")??;
-    let dir = work.join("epj-intake");
-    let epj = EpjProcess::start(epj_bin, &dir, "ok", a.epj_layout).await?;
-    let events: u64 = bundles.iter().map(|(n, _)| *n).sum();
-    let n_bundles = bundles.len() as u64;
-    let mut failed = 0u64;
-    let start = Instant::now();
-    let mut last_print = Instant::now();
-    for (i, (_, body)) in bundles.into_iter().enumerate() {
-        if epj.post_bundle(body).await? != 200 {
-            failed += 1;
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!("  intake: {i}/{n_bundles} Bundles");
-            last_print = Instant::now();
-        }
-        if start.elapsed() > a.phase_timeout {
-            bail!("intake baseline timed out");
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let created = epj.stats().await?.created;
-    eprintln!("bench-delivery: {}", epj.stop().await?);
-    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    if created != events {
-        bail!("intake baseline: {created} of {events} resources created");
-    }
-    Ok(Intake {
-        events,
-        bundles: n_bundles,
-        secs,
-        failed,
-    })
-}
-
-/// Up to `want` resources from `out` (resource files or Bundle NDJSON
-/// files) as transaction Bundles of `batch` conditional creates: (entries,
-/// JSON).
-fn prebuild(out: &Path, want: usize, batch: usize) -> Result<Vec<(u64, String)>> {
-    let mut entries = Vec::with_capacity(want);
-    for e in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
-        if entries.len() >= want {
-            break;
-        }
-        let e = e.with_context(|| format!("listing {}", out.display()))?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let ndjson = name.ends_with(".ndjson");
-        if name.starts_with('.') || !(ndjson || name.ends_with(".json")) {
-            continue;
-        }
-        let bytes = std::fs::read(e.path()).with_context(|| format!("reading {name}"))?;
-        let resources: Vec<serde_json::Value> = if ndjson {
-            bytes
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(serde_json::from_slice)
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("parsing {name}"))?
-        } else {
-            vec![serde_json::from_slice(&bytes).with_context(|| format!("parsing {name}"))?]
-        };
-        for v in resources.into_iter().take(want - entries.len()) {
-            if let Some(entry) = conditional_create(v) {
-                entries.push(entry);
-            }
-        }
-    }
-    Ok(entries
-        .chunks(batch.max(1))
-        .map(|c| {
-            let b =
-                serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": c});
-            (c.len() as u64, b.to_string())
-        })
-        .collect())
-}
-
-/// A transaction entry that creates `v` unless its first identifier exists.
-fn conditional_create(v: serde_json::Value) -> Option<serde_json::Value> {
-    let ident = &v["identifier"][0];
-    let (Some(ty), Some(sys), Some(val), Some(id)) = (
-        v["resourceType"].as_str(),
-        ident["system"].as_str(),
-        ident["value"].as_str(),
-        v["id"].as_str(),
-    ) else {
-        return None;
-    };
-    let cond = form_urlencoded::Serializer::new(String::new())
-        .append_pair("identifier", &format!("{sys}|{val}"))
-        .finish();
-    let (ty, id) = (ty.to_string(), id.to_string());
-    Some(serde_json::json!({
-        "fullUrl": format!("urn:uuid:{id}"),
-        "resource": v,
-        "request": { "method": "POST", "url": ty, "ifNoneExist": cond },
-    }))
 }
