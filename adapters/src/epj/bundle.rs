@@ -135,42 +135,8 @@ fn parse_entry(i: usize, e: &Value) -> Result<Entry, Vec<Issue>> {
     let at = format!("Bundle.entry[{i}]");
     let mut issues = Vec::new();
     let req = e.get("request");
-    let method = req.and_then(|r| r.get("method")).and_then(Value::as_str);
-    let url = req.and_then(|r| r.get("url")).and_then(Value::as_str);
-    let if_none_exist = req
-        .and_then(|r| r.get("ifNoneExist"))
-        .and_then(Value::as_str);
-    let resource = e.get("resource").filter(|r| r.is_object());
-
-    if req.is_none() {
-        issues.push(Issue::new(
-            "required",
-            format!("{at}.request"),
-            "request is missing; give method POST, url <ResourceType> and ifNoneExist identifier=<system>|<value>",
-        ));
-    } else {
-        match method {
-            Some("POST") => {}
-            Some(m) => issues.push(Issue::new(
-                "not-supported",
-                format!("{at}.request.method"),
-                format!("method {m:?} is not supported; this adapter takes only POST (conditional create)"),
-            )),
-            None => issues.push(Issue::new(
-                "required",
-                format!("{at}.request.method"),
-                "request.method is missing; set it to POST",
-            )),
-        }
-        if url.is_none() {
-            issues.push(Issue::new(
-                "required",
-                format!("{at}.request.url"),
-                "request.url is missing; set it to the resource type, e.g. \"Observation\"",
-            ));
-        }
-    }
-    let Some(resource) = resource else {
+    let url = check_request(&at, req, &mut issues);
+    let Some(resource) = e.get("resource").filter(|r| r.is_object()) else {
         issues.push(Issue::new(
             "required",
             format!("{at}.resource"),
@@ -178,7 +144,72 @@ fn parse_entry(i: usize, e: &Value) -> Result<Entry, Vec<Issue>> {
         ));
         return Err(issues);
     };
+    let (rtype, id) = check_type_and_id(&at, resource, url, &mut issues);
+    let identifiers = identifiers_of(&at, resource, &mut issues);
+    let match_identifier = match_identifier(&at, req, &identifiers, &mut issues);
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    let priority = resource
+        .get("priority")
+        .and_then(Value::as_str)
+        .map(String::from);
+    Ok(Entry {
+        resource_type: rtype.to_string(),
+        id: id.to_string(),
+        match_identifier: match_identifier.unwrap_or_default(),
+        identifiers,
+        subject: subject_of(resource),
+        priority,
+        codes: codes_of(rtype, resource),
+        resource: resource.clone(),
+    })
+}
 
+/// Checks `request` (method POST, a url); returns the url.
+fn check_request<'a>(at: &str, req: Option<&'a Value>, issues: &mut Vec<Issue>) -> Option<&'a str> {
+    let Some(req) = req else {
+        issues.push(Issue::new(
+            "required",
+            format!("{at}.request"),
+            "request is missing; give method POST, url <ResourceType> and ifNoneExist identifier=<system>|<value>",
+        ));
+        return None;
+    };
+    match req.get("method").and_then(Value::as_str) {
+        Some("POST") => {}
+        Some(m) => issues.push(Issue::new(
+            "not-supported",
+            format!("{at}.request.method"),
+            format!(
+                "method {m:?} is not supported; this adapter takes only POST (conditional create)"
+            ),
+        )),
+        None => issues.push(Issue::new(
+            "required",
+            format!("{at}.request.method"),
+            "request.method is missing; set it to POST",
+        )),
+    }
+    let url = req.get("url").and_then(Value::as_str);
+    if url.is_none() {
+        issues.push(Issue::new(
+            "required",
+            format!("{at}.request.url"),
+            "request.url is missing; set it to the resource type, e.g. \"Observation\"",
+        ));
+    }
+    url
+}
+
+/// Checks the resource type (one imported here, named by the url) and the
+/// id (the adapter names files by it); returns both.
+fn check_type_and_id<'a>(
+    at: &str,
+    resource: &'a Value,
+    url: Option<&str>,
+    issues: &mut Vec<Issue>,
+) -> (&'a str, &'a str) {
     let rtype = resource
         .get("resourceType")
         .and_then(Value::as_str)
@@ -204,7 +235,6 @@ fn parse_entry(i: usize, e: &Value) -> Result<Entry, Vec<Issue>> {
             ),
         ));
     }
-
     let id = resource
         .get("id")
         .and_then(Value::as_str)
@@ -216,7 +246,11 @@ fn parse_entry(i: usize, e: &Value) -> Result<Entry, Vec<Issue>> {
             "resource.id is missing or not a FHIR id (1-64 of A-Z a-z 0-9 - .); the adapter names files by it",
         ));
     }
+    (rtype, id)
+}
 
+/// The resource's identifiers as `system|value`; at least one, each whole.
+fn identifiers_of(at: &str, resource: &Value, issues: &mut Vec<Issue>) -> Vec<String> {
     let mut identifiers = Vec::new();
     match resource.get("identifier").and_then(Value::as_array) {
         Some(list) if !list.is_empty() => {
@@ -241,44 +275,51 @@ fn parse_entry(i: usize, e: &Value) -> Result<Entry, Vec<Issue>> {
             "resource.identifier is missing; conditional create needs at least one identifier",
         )),
     }
+    identifiers
+}
 
-    let match_identifier = match if_none_exist {
-        None if req.is_some() => {
-            issues.push(Issue::new(
-                "required",
-                format!("{at}.request.ifNoneExist"),
-                "request.ifNoneExist is missing; this adapter only does conditional create: set identifier=<system>|<value>",
-            ));
-            None
-        }
-        None => None,
-        Some(q) => match parse_if_none_exist(q) {
-            Ok(m) => {
-                if !identifiers.is_empty() && !identifiers.contains(&m) {
-                    issues.push(Issue::new(
-                        "invalid",
-                        format!("{at}.request.ifNoneExist"),
-                        "ifNoneExist names an identifier the resource does not carry; use the system|value of one of resource.identifier",
-                    ));
-                }
-                Some(m)
-            }
-            Err(msg) => {
+/// The identifier `request.ifNoneExist` matches on: required with a
+/// request, and one the resource carries.
+fn match_identifier(
+    at: &str,
+    req: Option<&Value>,
+    identifiers: &[String],
+    issues: &mut Vec<Issue>,
+) -> Option<String> {
+    let req = req?;
+    let Some(q) = req.get("ifNoneExist").and_then(Value::as_str) else {
+        issues.push(Issue::new(
+            "required",
+            format!("{at}.request.ifNoneExist"),
+            "request.ifNoneExist is missing; this adapter only does conditional create: set identifier=<system>|<value>",
+        ));
+        return None;
+    };
+    match parse_if_none_exist(q) {
+        Ok(m) => {
+            if !identifiers.is_empty() && !identifiers.contains(&m) {
                 issues.push(Issue::new(
                     "invalid",
                     format!("{at}.request.ifNoneExist"),
-                    msg,
+                    "ifNoneExist names an identifier the resource does not carry; use the system|value of one of resource.identifier",
                 ));
-                None
             }
-        },
-    };
-
-    if !issues.is_empty() {
-        return Err(issues);
+            Some(m)
+        }
+        Err(msg) => {
+            issues.push(Issue::new(
+                "invalid",
+                format!("{at}.request.ifNoneExist"),
+                msg,
+            ));
+            None
+        }
     }
-    let match_identifier = match_identifier.unwrap_or_default();
-    let subject = resource.get("subject").and_then(|s| {
+}
+
+/// The subject as `system|value` of its identifier, else its reference.
+fn subject_of(resource: &Value) -> Option<String> {
+    resource.get("subject").and_then(|s| {
         s.get("identifier")
             .and_then(|i| {
                 let sys = i.get("system").and_then(Value::as_str).unwrap_or_default();
@@ -287,21 +328,6 @@ fn parse_entry(i: usize, e: &Value) -> Result<Entry, Vec<Issue>> {
                     .map(|v| format!("{sys}|{v}"))
             })
             .or_else(|| s.get("reference").and_then(Value::as_str).map(String::from))
-    });
-    let priority = resource
-        .get("priority")
-        .and_then(Value::as_str)
-        .map(String::from);
-    let codes = codes_of(rtype, resource);
-    Ok(Entry {
-        resource_type: rtype.to_string(),
-        id: id.to_string(),
-        match_identifier,
-        identifiers,
-        subject,
-        priority,
-        codes,
-        resource: resource.clone(),
     })
 }
 
