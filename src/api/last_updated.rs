@@ -133,34 +133,26 @@ fn first_seq_at_or_after(t: DateTime<Utc>) -> u64 {
 
 /// Parses a FHIR `dateTime` search value into the interval its precision covers.
 pub fn parse_interval(s: &str) -> Result<Interval, String> {
-    let bad = |what: &str| format!("{what}; expected {FORMAT_HELP}");
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Option<u32> {
-        let part = b.get(from..from + len)?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(part.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0')))
-    };
-    let sep = |at: usize, c: u8| b.get(at) == Some(&c);
-
-    let year = num(0, 4)
+    let t = Text(s.as_bytes());
+    let year = t
+        .num(0, 4)
         .filter(|&y| y >= 1)
         .ok_or_else(|| bad("the year must be 4 digits, 0001 to 9999"))?;
     let year = year as i32;
-    if b.len() == 4 {
+    if t.len() == 4 {
         return Ok(Interval {
             start: utc_midnight(year, 1, 1)?,
             end: utc_midnight(year + 1, 1, 1)?,
         });
     }
-    if !sep(4, b'-') {
+    if !t.sep(4, b'-') {
         return Err(bad("a '-' must follow the year"));
     }
-    let month = num(5, 2)
+    let month = t
+        .num(5, 2)
         .filter(|m| (1..=12).contains(m))
         .ok_or_else(|| bad("the month must be 2 digits, 01 to 12"))?;
-    if b.len() == 7 {
+    if t.len() == 7 {
         let (ny, nm) = if month == 12 {
             (year + 1, 1)
         } else {
@@ -171,83 +163,121 @@ pub fn parse_interval(s: &str) -> Result<Interval, String> {
             end: utc_midnight(ny, nm, 1)?,
         });
     }
-    if !sep(7, b'-') {
+    if !t.sep(7, b'-') {
         return Err(bad("a '-' must follow the month"));
     }
-    let day = num(8, 2).ok_or_else(|| bad("the day must be 2 digits"))?;
+    let day = t.num(8, 2).ok_or_else(|| bad("the day must be 2 digits"))?;
     let date = NaiveDate::from_ymd_opt(year, month, day)
         .ok_or_else(|| bad("the day does not exist in that month"))?;
-    if b.len() == 10 {
+    if t.len() == 10 {
         let start = date.and_time(NaiveTime::MIN).and_utc();
         return Ok(Interval {
             start,
             end: start + Duration::days(1),
         });
     }
-    if !sep(10, b'T') {
+    if !t.sep(10, b'T') {
         return Err(bad("a 'T' and a time, or nothing, must follow the day"));
     }
-    let hour = num(11, 2)
-        .filter(|&h| h <= 23)
-        .ok_or_else(|| bad("the hour must be 2 digits, 00 to 23"))?;
-    if !sep(13, b':') {
-        return Err(bad("a ':' and the minutes must follow the hour"));
-    }
-    let minute = num(14, 2)
-        .filter(|&m| m <= 59)
-        .ok_or_else(|| bad("the minutes must be 2 digits, 00 to 59"))?;
-    let mut at = 16;
-    let mut second = 0;
-    let mut nanos = 0u32;
-    let mut width = TimeDelta::minutes(1);
-    if sep(at, b':') {
-        second = num(17, 2)
-            .filter(|&s| s <= 59)
-            .ok_or_else(|| bad("the seconds must be 2 digits, 00 to 59"))?;
-        at = 19;
-        width = TimeDelta::seconds(1);
-        if sep(at, b'.') {
-            let digits = b[at + 1..]
-                .iter()
-                .take_while(|c| c.is_ascii_digit())
-                .count();
-            if digits == 0 || digits > 9 {
-                return Err(bad("a fraction of a second must have 1 to 9 digits"));
-            }
-            let frac = num(at + 1, digits).unwrap_or(0);
-            let scale = 10u32.pow(9 - digits as u32);
-            nanos = frac * scale;
-            width = TimeDelta::nanoseconds(i64::from(scale));
-            at += 1 + digits;
-        }
-    }
-    let offset_secs: i64 = match b.get(at) {
-        Some(b'Z') if b.len() == at + 1 => 0,
-        Some(&sign @ (b'+' | b'-')) if b.len() == at + 6 && sep(at + 3, b':') => {
-            let oh = num(at + 1, 2);
-            let om = num(at + 4, 2);
-            let (oh, om) = match (oh, om) {
-                (Some(h), Some(m)) if m <= 59 && (h < 14 || (h == 14 && m == 0)) => (h, m),
-                _ => return Err(bad("the offset must be +hh:mm or -hh:mm, at most 14:00")),
-            };
-            let secs = i64::from(oh * 3600 + om * 60);
-            if sign == b'+' { secs } else { -secs }
-        }
-        None => {
-            return Err(bad(
-                "a time needs a time zone (Z or an offset such as +01:00)",
-            ));
-        }
-        _ => return Err(bad("unexpected characters after the time")),
-    };
-    let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)
-        .ok_or_else(|| bad("the time does not exist"))?;
+    let (time, width, at) = time_of_day(&t)?;
+    let offset_secs = offset(&t, at)?;
     let local = NaiveDateTime::new(date, time);
     let start = (local - TimeDelta::seconds(offset_secs)).and_utc();
     Ok(Interval {
         start,
         end: start + width,
     })
+}
+
+fn bad(what: &str) -> String {
+    format!("{what}; expected {FORMAT_HELP}")
+}
+
+/// A dateTime's bytes, read by position (the format is fixed-width up to
+/// the fraction of a second).
+struct Text<'a>(&'a [u8]);
+
+impl Text<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `len` digits at `from` as a number; `None` if any is not a digit.
+    fn num(&self, from: usize, len: usize) -> Option<u32> {
+        let part = self.0.get(from..from + len)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(part.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0')))
+    }
+
+    fn sep(&self, at: usize, c: u8) -> bool {
+        self.0.get(at) == Some(&c)
+    }
+}
+
+/// The time after the `T` (hh:mm, :ss, .fraction): the time, the width of
+/// its precision, and where the time zone starts.
+fn time_of_day(t: &Text<'_>) -> Result<(NaiveTime, TimeDelta, usize), String> {
+    let hour = t
+        .num(11, 2)
+        .filter(|&h| h <= 23)
+        .ok_or_else(|| bad("the hour must be 2 digits, 00 to 23"))?;
+    if !t.sep(13, b':') {
+        return Err(bad("a ':' and the minutes must follow the hour"));
+    }
+    let minute = t
+        .num(14, 2)
+        .filter(|&m| m <= 59)
+        .ok_or_else(|| bad("the minutes must be 2 digits, 00 to 59"))?;
+    let mut at = 16;
+    let mut second = 0;
+    let mut nanos = 0u32;
+    let mut width = TimeDelta::minutes(1);
+    if t.sep(at, b':') {
+        second = t
+            .num(17, 2)
+            .filter(|&s| s <= 59)
+            .ok_or_else(|| bad("the seconds must be 2 digits, 00 to 59"))?;
+        at = 19;
+        width = TimeDelta::seconds(1);
+        if t.sep(at, b'.') {
+            let digits = t.0[at + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            if digits == 0 || digits > 9 {
+                return Err(bad("a fraction of a second must have 1 to 9 digits"));
+            }
+            let frac = t.num(at + 1, digits).unwrap_or(0);
+            let scale = 10u32.pow(9 - digits as u32);
+            nanos = frac * scale;
+            width = TimeDelta::nanoseconds(i64::from(scale));
+            at += 1 + digits;
+        }
+    }
+    let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)
+        .ok_or_else(|| bad("the time does not exist"))?;
+    Ok((time, width, at))
+}
+
+/// The time zone at `at` (Z, +hh:mm or -hh:mm, to the end) in seconds east.
+fn offset(t: &Text<'_>, at: usize) -> Result<i64, String> {
+    match t.0.get(at) {
+        Some(b'Z') if t.len() == at + 1 => Ok(0),
+        Some(&sign @ (b'+' | b'-')) if t.len() == at + 6 && t.sep(at + 3, b':') => {
+            let (oh, om) = match (t.num(at + 1, 2), t.num(at + 4, 2)) {
+                (Some(h), Some(m)) if m <= 59 && (h < 14 || (h == 14 && m == 0)) => (h, m),
+                _ => return Err(bad("the offset must be +hh:mm or -hh:mm, at most 14:00")),
+            };
+            let secs = i64::from(oh * 3600 + om * 60);
+            Ok(if sign == b'+' { secs } else { -secs })
+        }
+        None => Err(bad(
+            "a time needs a time zone (Z or an offset such as +01:00)",
+        )),
+        _ => Err(bad("unexpected characters after the time")),
+    }
 }
 
 fn utc_midnight(year: i32, month: u32, day: u32) -> Result<DateTime<Utc>, String> {
