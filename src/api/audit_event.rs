@@ -64,50 +64,13 @@ async fn search_inner(
         )
     })?;
     let pairs = decode_query(raw.as_deref())?;
-    let mut q = AuditQuery {
-        municipality: org,
-        patient: None,
-        min_seq: 0,
-        max_seq: u64::MAX,
-        after: None,
-        count: DEFAULT_COUNT,
-    };
-    let mut range = SeqRange::ALL;
-    let mut format_given = false;
-    let mut link: Vec<(String, String)> = Vec::new();
-    let mut matches_nothing = false;
-    for (name, value) in &pairs {
-        match name.as_str() {
-            "patient:identifier" | "entity:identifier" => {
-                let key = parse_patient(name, value)?;
-                match q.patient {
-                    Some(k) if k != key => matches_nothing = true,
-                    _ => q.patient = Some(key),
-                }
-            }
-            "date" => {
-                let r = last_updated::parse(value)
-                    .map_err(|e| ApiError::invalid(format!("date: {e}")))?;
-                range = range.intersect(r);
-            }
-            "_count" => q.count = parse_count(value)?,
-            "_cursor" => {
-                q.after = Some(decode_cursor(value, false)?);
-                continue;
-            }
-            "_format" => {
-                check_format(value)?;
-                format_given = true;
-            }
-            _ => {
-                return Err(ApiError::unsupported(format!(
-                    "{}: not supported for AuditEvent search; supported: {SUPPORTED}",
-                    super::search_params::describe_name(name)
-                )));
-            }
-        }
-        link.push((name.clone(), value.clone()));
-    }
+    let Parsed {
+        mut q,
+        range,
+        link,
+        matches_nothing,
+        format_given,
+    } = parse(org, &pairs)?;
     check_accept(format_given, &headers)?;
     q.min_seq = range.min;
     q.max_seq = range.max;
@@ -124,11 +87,82 @@ async fn search_inner(
         return Err(ApiError::internal());
     }
     let base = st.base_url(org, &headers, &uri)?;
+    let body = searchset(&base, &link, q.after, &page, &orgnr);
+    Ok(fhir_response(StatusCode::OK, body.to_string()))
+}
+
+/// An AuditEvent search's parameters, checked.
+struct Parsed {
+    q: AuditQuery,
+    range: SeqRange,
+    /// The parameters to repeat in the `self` and `next` links.
+    link: Vec<(String, String)>,
+    /// Two different patients asked for: no record can match.
+    matches_nothing: bool,
+    format_given: bool,
+}
+
+fn parse(org: crate::domain::Orgnr, pairs: &[(String, String)]) -> Result<Parsed, ApiError> {
+    let mut p = Parsed {
+        q: AuditQuery {
+            municipality: org,
+            patient: None,
+            min_seq: 0,
+            max_seq: u64::MAX,
+            after: None,
+            count: DEFAULT_COUNT,
+        },
+        range: SeqRange::ALL,
+        link: Vec::new(),
+        matches_nothing: false,
+        format_given: false,
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "patient:identifier" | "entity:identifier" => {
+                let key = parse_patient(name, value)?;
+                match p.q.patient {
+                    Some(k) if k != key => p.matches_nothing = true,
+                    _ => p.q.patient = Some(key),
+                }
+            }
+            "date" => {
+                let r = last_updated::parse(value)
+                    .map_err(|e| ApiError::invalid(format!("date: {e}")))?;
+                p.range = p.range.intersect(r);
+            }
+            "_count" => p.q.count = parse_count(value)?,
+            "_cursor" => {
+                p.q.after = Some(decode_cursor(value, false)?);
+                continue;
+            }
+            "_format" => {
+                check_format(value)?;
+                p.format_given = true;
+            }
+            _ => {
+                return Err(ApiError::unsupported(format!(
+                    "{}: not supported for AuditEvent search; supported: {SUPPORTED}",
+                    super::search_params::describe_name(name)
+                )));
+            }
+        }
+        p.link.push((name.clone(), value.clone()));
+    }
+    Ok(p)
+}
+
+/// The searchset Bundle of one page, with its `self` and `next` links.
+fn searchset(
+    base: &str,
+    link: &[(String, String)],
+    after: Option<u64>,
+    page: &crate::store::audit::AuditPage,
+    orgnr: &str,
+) -> Value {
     let url = |cursor: Option<u64>| {
         let mut s = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &link {
-            s.append_pair(k, v);
-        }
+        s.extend_pairs(link);
         if let Some(c) = cursor {
             s.append_pair("_cursor", &encode_cursor(false, c));
         }
@@ -139,7 +173,7 @@ async fn search_inner(
             format!("{base}/AuditEvent?{qs}")
         }
     };
-    let mut links = vec![json!({ "relation": "self", "url": url(q.after) })];
+    let mut links = vec![json!({ "relation": "self", "url": url(after) })];
     if let Some(n) = page.next {
         links.push(json!({ "relation": "next", "url": url(Some(n)) }));
     }
@@ -149,7 +183,7 @@ async fn search_inner(
         .map(|a| {
             json!({
                 "fullUrl": format!("{base}/AuditEvent/{}", a.seq),
-                "resource": audit_event(a, &orgnr),
+                "resource": audit_event(a, orgnr),
                 "search": { "mode": "match" },
             })
         })
@@ -162,7 +196,7 @@ async fn search_inner(
     if !entries.is_empty() {
         body["entry"] = Value::Array(entries);
     }
-    Ok(fhir_response(StatusCode::OK, body.to_string()))
+    body
 }
 
 /// One audit record as an R4 `AuditEvent`.
