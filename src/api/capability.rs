@@ -51,6 +51,28 @@ pub fn capability_statement(base: &str) -> String {
 }
 
 fn resource(rt: ResourceType) -> Value {
+    let mut params = type_params(rt);
+    params.extend(common_params());
+    json!({
+        "type": rt.as_str(),
+        "interaction": [
+            {"code": "read", "documentation": "404 when the id is unknown, not a UUID, or not this municipality's."},
+            {"code": "search-type", "documentation": "GET only; Bundle of type searchset with absolute self and next links."},
+        ],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "conditionalCreate": false,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": false,
+        "conditionalDelete": "not-supported",
+        "searchParam": params,
+    })
+}
+
+/// The search parameters of one resource type: subject, patient, code,
+/// category.
+fn type_params(rt: ResourceType) -> Vec<Value> {
     let name = rt.as_str();
     let systems = format!(
         "{} (fødselsnummer), {} (D-number) or {} (FH-number)",
@@ -75,7 +97,7 @@ fn resource(rt: ResourceType) -> Value {
     let subject_doc = format!(
         "Only with the :identifier modifier: subject:identifier=system|value, where system is {systems}. A value without a system is refused. One patient per search. Other forms of subject (references, chains) are not supported."
     );
-    let params = vec![
+    vec![
         param(
             "subject",
             Some(&format!(
@@ -112,6 +134,12 @@ fn resource(rt: ResourceType) -> Value {
                 category_system(rt)
             ),
         ),
+    ]
+}
+
+/// The parameters every resource type takes: time, paging, sort, format.
+fn common_params() -> Vec<Value> {
+    vec![
         param(
             "_lastUpdated",
             Some("http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"),
@@ -146,22 +174,7 @@ fn resource(rt: ResourceType) -> Value {
             "special",
             "json, application/json or application/fhir+json; other formats get 406.",
         ),
-    ];
-    json!({
-        "type": name,
-        "interaction": [
-            {"code": "read", "documentation": "404 when the id is unknown, not a UUID, or not this municipality's."},
-            {"code": "search-type", "documentation": "GET only; Bundle of type searchset with absolute self and next links."},
-        ],
-        "versioning": "no-version",
-        "readHistory": false,
-        "updateCreate": false,
-        "conditionalCreate": false,
-        "conditionalRead": "not-supported",
-        "conditionalUpdate": false,
-        "conditionalDelete": "not-supported",
-        "searchParam": params,
-    })
+    ]
 }
 
 fn param(name: &str, definition: Option<&str>, kind: &str, documentation: &str) -> Value {
