@@ -171,27 +171,12 @@ async fn tour(
     poll: Duration,
     opts: &DemoOptions,
 ) -> Result<DemoSummary, BoxError> {
-    let web = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .tls_certs_only([reqwest::Certificate::from_pem(&pki.ca_pem)
-            .map_err(|e| format!("reading the demo CA: {e}"))?])
-        .build()
-        .map_err(|e| format!("building the HTTP client: {e}"))?;
+    let web = epj_client(pki)?;
     let base = format!("https://{http}");
     wait_ready(&web, &base).await?;
 
     let population = Arc::new(Population::demo(opts.seed));
-    let orgs: Vec<String> = {
-        let mut o: Vec<String> = population
-            .residents()
-            .iter()
-            .map(|r| r.municipality.clone())
-            .collect();
-        o.sort();
-        o.dedup();
-        o
-    };
+    let orgs = municipalities(&population);
     println!("Knutepunkt demo");
     println!("  hub: gRPC {grpc}, FHIR {base}/fhir/r4/{{orgnr}} (temporary data directory)");
     println!(
@@ -226,33 +211,16 @@ async fn tour(
     println!();
 
     let stats = Arc::new(Stats::default());
-    let endpoint = format!("https://{grpc}");
-    let plans: Vec<(&str, Mix)> = if vendors == 1 {
-        vec![("vendor", Mix::BALANCED)]
-    } else {
-        vec![
-            ("alarm-centre", Mix::ALARM_CENTRE),
-            ("home-monitoring", Mix::HOME_MONITORING),
-        ]
-    };
     let started = Instant::now();
     let deadline = started + duration;
-    let mut senders = Vec::new();
-    for (i, (name, mix)) in plans.into_iter().enumerate() {
-        let cfg = GenConfig::new(opts.seed.wrapping_add(i as u64 + 1), name, mix);
-        let generator = Generator::new(population.clone(), cfg)?;
-        let tls = pki.vendor_tls(name)?;
-        senders.push(tokio::spawn(vendor(
-            name,
-            endpoint.clone(),
-            tls,
-            generator,
-            rate,
-            deadline,
-            stats.clone(),
-            opts.show_vendor_lines,
-        )));
-    }
+    let run = VendorRun {
+        endpoint: format!("https://{grpc}"),
+        population: &population,
+        rate,
+        deadline,
+        stats: &stats,
+    };
+    let senders = start_vendors(&run, pki, vendors, opts)?;
 
     let mut tokens = HashMap::new();
     for org in &orgs {
@@ -276,19 +244,7 @@ async fn tour(
     if let Some(s) = sensors {
         s.stop().await;
     }
-    // Catch up with what was accepted at the end.
-    let drain_until = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        if let Err(e) = epj.poll_once().await {
-            println!("{}  EPJ   poll failed: {e}", clock());
-        }
-        let seen = stats.seen_observations.load(Ordering::Relaxed)
-            + stats.seen_communications.load(Ordering::Relaxed);
-        if seen >= stats.accepted.load(Ordering::Relaxed) || Instant::now() >= drain_until {
-            break;
-        }
-        tokio::time::sleep(poll).await;
-    }
+    catch_up(&mut epj, &stats, poll).await;
 
     summary(&stats, started.elapsed(), &epj);
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -301,6 +257,90 @@ async fn tour(
         seen_by_epj: get(&stats.seen_observations) + get(&stats.seen_communications),
         loops_closed: get(&stats.loops_closed),
     })
+}
+
+/// The demo EPJ's HTTP client: trusts the demo CA only.
+fn epj_client(pki: &DemoPki) -> Result<reqwest::Client, BoxError> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .tls_certs_only([reqwest::Certificate::from_pem(&pki.ca_pem)
+            .map_err(|e| format!("reading the demo CA: {e}"))?])
+        .build()
+        .map_err(|e| format!("building the HTTP client: {e}"))?)
+}
+
+/// The municipalities the residents live in, sorted.
+fn municipalities(population: &Population) -> Vec<String> {
+    let mut o: Vec<String> = population
+        .residents()
+        .iter()
+        .map(|r| r.municipality.clone())
+        .collect();
+    o.sort();
+    o.dedup();
+    o
+}
+
+/// What every simulated vendor shares.
+struct VendorRun<'a> {
+    endpoint: String,
+    population: &'a Arc<Population>,
+    rate: f64,
+    deadline: Instant,
+    stats: &'a Arc<Stats>,
+}
+
+/// One vendor with a balanced mix, or an alarm centre and a
+/// home-monitoring vendor; each sends until the deadline.
+fn start_vendors(
+    run: &VendorRun<'_>,
+    pki: &DemoPki,
+    vendors: u8,
+    opts: &DemoOptions,
+) -> Result<Vec<tokio::task::JoinHandle<Result<(), BoxError>>>, BoxError> {
+    let plans: Vec<(&str, Mix)> = if vendors == 1 {
+        vec![("vendor", Mix::BALANCED)]
+    } else {
+        vec![
+            ("alarm-centre", Mix::ALARM_CENTRE),
+            ("home-monitoring", Mix::HOME_MONITORING),
+        ]
+    };
+    let mut senders = Vec::new();
+    for (i, (name, mix)) in plans.into_iter().enumerate() {
+        let cfg = GenConfig::new(opts.seed.wrapping_add(i as u64 + 1), name, mix);
+        let generator = Generator::new(run.population.clone(), cfg)?;
+        let tls = pki.vendor_tls(name)?;
+        senders.push(tokio::spawn(vendor(
+            name,
+            run.endpoint.clone(),
+            tls,
+            generator,
+            run.rate,
+            run.deadline,
+            run.stats.clone(),
+            opts.show_vendor_lines,
+        )));
+    }
+    Ok(senders)
+}
+
+/// After the vendors stopped: the EPJ reads until it has seen everything
+/// accepted, or `DRAIN_TIMEOUT` passes.
+async fn catch_up(epj: &mut Epj, stats: &Stats, poll: Duration) {
+    let drain_until = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        if let Err(e) = epj.poll_once().await {
+            println!("{}  EPJ   poll failed: {e}", clock());
+        }
+        let seen = stats.seen_observations.load(Ordering::Relaxed)
+            + stats.seen_communications.load(Ordering::Relaxed);
+        if seen >= stats.accepted.load(Ordering::Relaxed) || Instant::now() >= drain_until {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 async fn wait_ready(web: &reqwest::Client, base: &str) -> Result<(), BoxError> {
