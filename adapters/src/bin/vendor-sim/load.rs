@@ -34,6 +34,10 @@ use tonic::transport::Channel;
 use crate::{Mode, addr};
 use knutepunkt_adapters::conn::ConnArgs;
 
+mod report;
+
+pub use report::LoadReport;
+
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     /// The hub's gRPC address (loopback only).
@@ -113,134 +117,6 @@ impl LoadArgs {
             mark_every: None,
             more_hubs: Vec::new(),
         }
-    }
-}
-
-/// What one load run measured.
-pub struct LoadReport {
-    pub mode: Mode,
-    pub clients: u32,
-    pub window: u32,
-    pub rate: Option<f64>,
-    pub events: u64,
-    pub elapsed: Duration,
-    pub accepted: u64,
-    pub duplicate: u64,
-    pub rejected: u64,
-    pub errors: u64,
-    /// Ack latency in microseconds.
-    pub latency_us: Histogram<u64>,
-    pub timed_out: bool,
-    pub first_error: Option<String>,
-    /// With `record_acks`: the `resource` of every ACCEPTED receipt and the
-    /// wall-clock time it arrived, microseconds since the Unix epoch.
-    pub acks: Vec<(String, i64)>,
-    /// With `mark_every`: (accepted so far, time since the start).
-    pub marks: Vec<(u64, Duration)>,
-}
-
-impl std::fmt::Debug for LoadReport {
-    /// Counts and percentiles; the histogram's buckets would be thousands of lines.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.to_json())
-    }
-}
-
-impl LoadReport {
-    /// With marks: events/s over the first `mark_every` receipts and over
-    /// the last stretch of at least that many (from the last mark that
-    /// leaves one), as (first, last, events in the last stretch).
-    pub fn first_last(&self) -> Option<(f64, f64, u64)> {
-        let &(m, t0) = self.marks.first()?;
-        let &(n, t) = self
-            .marks
-            .iter()
-            .rev()
-            .find(|(n, _)| *n + m <= self.accepted && *n >= m)?;
-        let last_secs = self.elapsed.saturating_sub(t).as_secs_f64().max(1e-9);
-        Some((
-            m as f64 / t0.as_secs_f64().max(1e-9),
-            (self.accepted - n) as f64 / last_secs,
-            self.accepted - n,
-        ))
-    }
-
-    /// Durable (ACCEPTED) events per second over the whole run.
-    pub fn accepted_per_sec(&self) -> f64 {
-        self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// Latency quantile in milliseconds (0 when there are no samples).
-    pub fn ms(&self, q: f64) -> f64 {
-        if self.latency_us.is_empty() {
-            0.0
-        } else {
-            self.latency_us.value_at_quantile(q) as f64 / 1000.0
-        }
-    }
-
-    pub fn max_ms(&self) -> f64 {
-        self.latency_us.max() as f64 / 1000.0
-    }
-
-    pub fn print_text(&self) {
-        let pacing = match self.rate {
-            Some(r) => format!("paced at {r} events/s"),
-            None => "unpaced".into(),
-        };
-        let window = match self.mode {
-            Mode::Stream => format!(", window {}", self.window),
-            Mode::Unary => String::new(),
-        };
-        println!(
-            "{} load: {} clients{window}, {} events, {pacing}{}",
-            self.mode.as_str(),
-            self.clients,
-            self.events,
-            if self.timed_out { " (TIMED OUT)" } else { "" }
-        );
-        println!(
-            "  elapsed {:.2} s → {:.0} accepted events/s",
-            self.elapsed.as_secs_f64(),
-            self.accepted_per_sec()
-        );
-        println!(
-            "  receipts: ACCEPTED {}, DUPLICATE {}, REJECTED {}; errors {}",
-            self.accepted, self.duplicate, self.rejected, self.errors
-        );
-        println!(
-            "  ack latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
-            self.ms(0.5),
-            self.ms(0.99),
-            self.ms(0.999),
-            self.max_ms(),
-            self.latency_us.len()
-        );
-        if let Some(e) = &self.first_error {
-            println!("  first error: {e}");
-        }
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "mode": self.mode.as_str(),
-            "clients": self.clients,
-            "window": self.window,
-            "rate": self.rate,
-            "events": self.events,
-            "elapsed_s": self.elapsed.as_secs_f64(),
-            "accepted_per_s": self.accepted_per_sec(),
-            "accepted": self.accepted,
-            "duplicate": self.duplicate,
-            "rejected": self.rejected,
-            "errors": self.errors,
-            "ack_ms": {
-                "p50": self.ms(0.5), "p99": self.ms(0.99), "p99_9": self.ms(0.999),
-                "max": self.max_ms(), "samples": self.latency_us.len()
-            },
-            "timed_out": self.timed_out,
-            "first_error": self.first_error,
-        })
     }
 }
 
@@ -361,20 +237,7 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
     let clients = a.clients.max(1);
 
     // Connect first, so connection setup is not part of the measurement.
-    // With several hubs the clients take them in turn.
-    let conn = a.conn.resolve()?;
-    let hubs: Vec<SocketAddr> = std::iter::once(a.grpc)
-        .chain(a.more_hubs.iter().copied())
-        .collect();
-    let mut channels = Vec::with_capacity(clients as usize);
-    for i in 0..clients {
-        let hub = hubs[i as usize % hubs.len()];
-        let ch = conn
-            .connect(hub)
-            .await
-            .with_context(|| format!("client {i} to {hub}"))?;
-        channels.push(ch);
-    }
+    let channels = connect(a, clients).await?;
 
     let shared = Arc::new(Shared {
         acks: a.record_acks.then(|| Mutex::new(Vec::new())),
@@ -411,44 +274,8 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         };
     }
 
-    let ticker = progress.then(|| {
-        let shared = shared.clone();
-        let total = a.events;
-        tokio::spawn(async move {
-            let mut last = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            // Bounded by the abort below; the cap is a second safety net.
-            for s in 1..=86_400u64 {
-                tick.tick().await;
-                let done = shared.done();
-                eprintln!(
-                    "[{s:>4} s] {done:>9}/{total} receipts ({:>7}/s), {} errors",
-                    done - last,
-                    shared.errors.load(Ordering::Relaxed)
-                );
-                last = done;
-            }
-        })
-    });
-
-    let mut latency = histogram();
-    let mut timed_out = false;
-    let deadline = start + a.max_time;
-    loop {
-        match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Ok(Some(Ok(h))) => {
-                let _ = latency.add(h);
-            }
-            Ok(Some(Err(e))) => shared.errors(1, || format!("client task failed: {e}")),
-            Ok(None) => break,
-            Err(_) => {
-                timed_out = true;
-                set.abort_all();
-                break;
-            }
-        }
-    }
+    let ticker = progress.then(|| tokio::spawn(print_progress(shared.clone(), a.events)));
+    let (latency, timed_out) = join_clients(set, start + a.max_time, &shared).await;
     let elapsed = start.elapsed();
     if let Some(t) = ticker {
         t.abort();
@@ -477,6 +304,66 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         acks,
         marks: marks(&shared, start),
     })
+}
+
+/// One connection per client; with several hubs the clients take them in
+/// turn.
+async fn connect(a: &LoadArgs, clients: u32) -> Result<Vec<Channel>> {
+    let conn = a.conn.resolve()?;
+    let hubs: Vec<SocketAddr> = std::iter::once(a.grpc)
+        .chain(a.more_hubs.iter().copied())
+        .collect();
+    let mut channels = Vec::with_capacity(clients as usize);
+    for i in 0..clients {
+        let hub = hubs[i as usize % hubs.len()];
+        let ch = conn
+            .connect(hub)
+            .await
+            .with_context(|| format!("client {i} to {hub}"))?;
+        channels.push(ch);
+    }
+    Ok(channels)
+}
+
+/// A progress line a second until aborted.
+async fn print_progress(shared: Arc<Shared>, total: u64) {
+    let mut last = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    // Bounded by the caller's abort; the cap is a second safety net.
+    for s in 1..=86_400u64 {
+        tick.tick().await;
+        let done = shared.done();
+        eprintln!(
+            "[{s:>4} s] {done:>9}/{total} receipts ({:>7}/s), {} errors",
+            done - last,
+            shared.errors.load(Ordering::Relaxed)
+        );
+        last = done;
+    }
+}
+
+/// Waits for every client until `deadline` (then aborts the rest): their
+/// latency histograms merged, and whether the run timed out.
+async fn join_clients(
+    mut set: JoinSet<Histogram<u64>>,
+    deadline: Instant,
+    shared: &Shared,
+) -> (Histogram<u64>, bool) {
+    let mut latency = histogram();
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok(h))) => {
+                let _ = latency.add(h);
+            }
+            Ok(Some(Err(e))) => shared.errors(1, || format!("client task failed: {e}")),
+            Ok(None) => return (latency, false),
+            Err(_) => {
+                set.abort_all();
+                return (latency, true);
+            }
+        }
+    }
 }
 
 fn marks(shared: &Shared, start: Instant) -> Vec<(u64, Duration)> {
