@@ -29,6 +29,7 @@ mod pending;
 mod read;
 mod retention;
 mod spaces;
+mod stats;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -451,7 +452,7 @@ impl Consumers for EmbeddedStore {
 
     fn stats(&self, consumer: &str) -> StoreFuture<'_, ConsumerStats> {
         let name = consumer.to_string();
-        self.blocking(move |s| consumer::stats(s, &name))
+        self.blocking(move |s| stats::stats(s, &name))
     }
 
     fn escalate_overdue(&self, now: u64) -> StoreFuture<'_, Vec<Escalation>> {
