@@ -1,6 +1,6 @@
 use super::*;
 use crate::domain::{self, Orgnr};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
 
 fn generator(seed: u64, mix: Mix) -> Generator {
