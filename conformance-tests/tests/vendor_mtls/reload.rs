@@ -1,0 +1,142 @@
+//! Certificate reload (on change and on SIGHUP) without dropping connections.
+
+use super::*;
+
+/// Replaces `dst` by the contents of `src` atomically (rename), keeping
+/// `dst`'s modification time when `keep_mtime`, so the hub's file watcher
+/// cannot notice and only a SIGHUP reloads.
+fn replace(src: &Path, dst: &Path, keep_mtime: bool) {
+    let tmp = dst.with_extension("new");
+    ok(std::fs::copy(src, &tmp));
+    if keep_mtime {
+        let mtime = ok(ok(std::fs::metadata(dst)).modified());
+        ok(ok(std::fs::OpenOptions::new().write(true).open(&tmp)).set_modified(mtime));
+    }
+    ok(std::fs::rename(&tmp, dst));
+}
+
+/// Waits until a new connection trusting only `ca` gets an event accepted.
+async fn wait_trusted(hub: &Hub, ca: &Path, vendor: Option<(PathBuf, PathBuf)>, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0;
+    loop {
+        n += 1;
+        if let Ok(ch) = channel(hub, ca, vendor.clone()).await
+            && let Ok(r) = EventClient::new(ch)
+                .submit(events::heart_rate(&format!("probe-{n}"), OSLO, 700))
+                .await
+        {
+            return r.into_inner().status != ReceiptStatus::Rejected as i32;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_reload_on_change_and_sighup_keeps_connections() {
+    // This hub's own copy of the certificates, so replacing them touches no
+    // other test.
+    let shared = ok(harness::certs());
+    let mine = ok(tempfile::tempdir());
+    for e in ok(std::fs::read_dir(&shared)) {
+        let e = ok(e);
+        ok(std::fs::copy(e.path(), mine.path().join(e.file_name())));
+    }
+    let data = ok(tempfile::tempdir());
+    let hub = ok(Hub::start(
+        data.path(),
+        HubOptions {
+            certs_dir: Some(mine.path().to_path_buf()),
+            ..HubOptions::default()
+        },
+    )
+    .await);
+    let vendor = ident(mine.path(), "vendor-demo-vendor");
+    let old_ca = shared.join("ca.pem");
+    let mut old = EventClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await));
+    let r = ok(old.submit(events::heart_rate("before", OSLO, 701)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+
+    // 1. A new server certificate from another CA, noticed by the watcher.
+    let second = ok(tempfile::tempdir());
+    ok(harness::dev_certs(second.path(), &["--vendor", "x"]));
+    replace(
+        &second.path().join("server.key"),
+        &mine.path().join("server.key"),
+        false,
+    );
+    replace(
+        &second.path().join("server.pem"),
+        &mine.path().join("server.pem"),
+        false,
+    );
+    assert!(
+        wait_trusted(&hub, &second.path().join("ca.pem"), vendor.clone(), 10).await,
+        "new connections do not get the new certificate; log:\n{}",
+        hub.logs()
+    );
+    assert!(
+        channel(&hub, &old_ca, vendor.clone()).await.is_err()
+            || EventClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await))
+                .submit(events::heart_rate("stale", OSLO, 702))
+                .await
+                .is_err(),
+        "a new connection still got the old certificate"
+    );
+    // The connection made before the reload is still up and serving.
+    let r = ok(old.submit(events::heart_rate("after-1", OSLO, 703)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+    // HTTPS got the new certificate too.
+    let https = ok(reqwest::Client::builder()
+        .tls_certs_only([ok(reqwest::Certificate::from_pem(&ok(std::fs::read(
+            second.path().join("ca.pem"),
+        ))))])
+        .build());
+    let st = ok(https.get(hub.url("/readyz")).send().await).status();
+    assert!(st.is_success(), "{st}");
+
+    // 2. A third certificate with unchanged modification times: only the
+    //    SIGHUP can make the hub load it.
+    let third = ok(tempfile::tempdir());
+    ok(harness::dev_certs(third.path(), &["--vendor", "x"]));
+    replace(
+        &third.path().join("server.key"),
+        &mine.path().join("server.key"),
+        true,
+    );
+    replace(
+        &third.path().join("server.pem"),
+        &mine.path().join("server.pem"),
+        true,
+    );
+    let third_ca = third.path().join("ca.pem");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !wait_trusted(&hub, &third_ca, vendor.clone(), 0).await,
+        "reloaded without a change or a signal"
+    );
+    let pid = hub.pid().unwrap_or_else(|| panic!("hub not running"));
+    let st = ok(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status());
+    assert!(st.success());
+    assert!(
+        wait_trusted(&hub, &third_ca, vendor.clone(), 10).await,
+        "SIGHUP did not reload; log:\n{}",
+        hub.logs()
+    );
+    assert!(
+        hub.logs()
+            .lines()
+            .any(|l| l.contains("TLS certificates reloaded") && l.contains("SIGHUP")),
+        "{}",
+        hub.logs()
+    );
+    // Still the same process, and the first connection still works.
+    assert_eq!(hub.pid(), Some(pid));
+    let r = ok(old.submit(events::heart_rate("after-2", OSLO, 704)).await).into_inner();
+    assert_eq!(r.status, ReceiptStatus::Accepted as i32);
+}
