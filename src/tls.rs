@@ -203,20 +203,36 @@ impl Configs {
     }
 }
 
-fn mtimes(tls: &TlsConfig) -> Vec<Option<SystemTime>> {
-    [&tls.cert_file, &tls.key_file, &tls.vendor_ca_file]
+fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
         .iter()
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
 }
 
-/// Reloads the certificates on SIGHUP and when a file changes (checked
-/// every 2 s), until `stop`.
+/// Reloads the hub's certificates on SIGHUP and when a file changes
+/// (checked every 2 s), until `stop`.
 pub fn spawn_reloader(tls: TlsConfig, configs: Arc<Configs>, stop: CancellationToken) {
+    let files = vec![
+        tls.cert_file.clone(),
+        tls.key_file.clone(),
+        tls.vendor_ca_file.clone(),
+    ];
+    spawn_reloader_of(files, move || configs.reload(&tls), stop);
+}
+
+/// Calls `reload` on SIGHUP and when one of `files` changes (modification
+/// time, checked every 2 s), until `stop`; logs the outcome. `reload`
+/// builds the new configs and swaps them in, or leaves the old ones in use
+/// when it fails. (The gateways' listeners use it too.)
+pub fn spawn_reloader_of<F>(files: Vec<PathBuf>, reload: F, stop: CancellationToken)
+where
+    F: Fn() -> Result<(), TlsError> + Send + 'static,
+{
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut seen = mtimes(&tls);
+        let mut seen = mtimes(&files);
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             #[cfg(unix)]
@@ -234,13 +250,13 @@ pub fn spawn_reloader(tls: TlsConfig, configs: Arc<Configs>, stop: CancellationT
                 () = stop.cancelled() => return,
                 () = hangup => "SIGHUP",
                 _ = tick.tick() => {
-                    let now = mtimes(&tls);
+                    let now = mtimes(&files);
                     if now == seen { continue; }
                     seen = now;
                     "a certificate file changed"
                 }
             };
-            match configs.reload(&tls) {
+            match reload() {
                 Ok(()) => tracing::info!(trigger = why, "TLS certificates reloaded"),
                 Err(e) => {
                     tracing::error!(trigger = why, error = %e, "TLS reload failed; still using the previous certificates")

@@ -1,7 +1,7 @@
 //! A running `fhir-gateway` for the black-box tests, and an HTTPS client
 //! that acts as a home-monitoring platform.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -30,17 +30,29 @@ impl Gateway {
     /// `platforms` (more `[[platforms]]` tables) at its end; `{PORT}` in
     /// `top` is the port the gateway will listen on.
     pub async fn start_with(hub: &Hub, top: &str, platforms: &str) -> Result<Gateway> {
+        Self::start_in(hub, top, platforms, &harness::certs()?).await
+    }
+
+    /// The gateway with its own certificate, key and client CA
+    /// (`server.pem`, `server.key`, `ca.pem`) from `tls_dir`, e.g. a copy
+    /// that a test replaces while it runs.
+    pub async fn start_with_tls(hub: &Hub, tls_dir: &Path) -> Result<Gateway> {
+        Self::start_in(hub, "", "", tls_dir).await
+    }
+
+    async fn start_in(hub: &Hub, top: &str, platforms: &str, tls_dir: &Path) -> Result<Gateway> {
         let listen = harness::free_port()?;
         let top = top.replace("{PORT}", &listen.port().to_string());
         let certs = harness::certs()?;
         let dir = tempfile::tempdir()?;
         let c = certs.display();
+        let t = tls_dir.display();
         let cfg = format!(
             r#"{top}
 [tls]
-cert_file = "{c}/server.pem"
-key_file = "{c}/server.key"
-client_ca_file = "{c}/ca.pem"
+cert_file = "{t}/server.pem"
+key_file = "{t}/server.key"
+client_ca_file = "{t}/ca.pem"
 
 [hub]
 addr = "{grpc}"
@@ -92,6 +104,11 @@ hub_key_file = "{c}/vendor-demo-vendor.key"
     pub fn url(&self, path: &str) -> String {
         // The gateway's dev certificate names localhost.
         format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// The gateway's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// What the gateway logged so far.

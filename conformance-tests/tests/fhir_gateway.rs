@@ -7,7 +7,7 @@ use anyhow::Result;
 use conformance_tests::fhir_validator;
 use conformance_tests::fhirgw::{Gateway, platform_client};
 use conformance_tests::harness::events::{BERGEN, OSLO};
-use conformance_tests::harness::{Hub, HubOptions, get_json, ok, search_all};
+use conformance_tests::harness::{self, Hub, HubOptions, get_json, ok, search_all};
 use knutepunkt::domain::synthetic;
 use serde_json::{Value, json};
 
@@ -446,4 +446,111 @@ async fn while_the_hub_is_down_the_answer_is_503_and_the_retry_is_stored() {
     assert_eq!(status, 201, "{body}\n{}", gw.log());
     let stored = stored(&hub, &location.unwrap_or_default()).await;
     assert_eq!(stored["valueQuantity"]["value"], 93.0);
+}
+
+/// A platform client that trusts only `ca` and presents `demo-vendor`'s
+/// certificate from the shared dev PKI.
+fn client_trusting(ca: &std::path::Path) -> reqwest::Client {
+    let shared = ok(harness::certs());
+    let mut pem = ok(std::fs::read(shared.join("vendor-demo-vendor.pem")));
+    pem.extend(ok(std::fs::read(shared.join("vendor-demo-vendor.key"))));
+    ok(reqwest::Client::builder()
+        .tls_certs_only([ok(reqwest::Certificate::from_pem(&ok(std::fs::read(ca))))])
+        .identity(ok(reqwest::Identity::from_pem(&pem)))
+        .timeout(std::time::Duration::from_secs(10))
+        .build())
+}
+
+/// Whether a new connection trusting only `ca` gets an HTTP answer within
+/// `secs` (the gateway then serves a certificate from that CA).
+async fn served_by(gw: &Gateway, ca: &std::path::Path, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let url = gw.url(&format!("/fhir/r4/{OSLO}/metadata"));
+        if client_trusting(ca).get(&url).send().await.is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The gateway's HTTPS certificate is renewed without a restart, as the
+/// hub's: a changed file is noticed, SIGHUP reloads one whose modification
+/// time did not change (before, SIGHUP stopped the gateway), and an open
+/// connection keeps working.
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = ok(tempfile::tempdir());
+    let hub = ok(Hub::start(dir.path(), HubOptions::default()).await);
+    let mine = ok(harness::own_certs());
+    let gw = Gateway::start_with_tls(&hub, mine.path())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = gw.url(&format!("/fhir/r4/{OSLO}/Observation"));
+    let old = client_trusting(&ok(harness::certs()).join("ca.pem"));
+    let (status, _) = ok(post_with(&old, &url, &spo2(3, 96.0)).await);
+    assert_eq!(status, 201, "{}", gw.log());
+
+    let renew = |from: &std::path::Path, keep_mtime: bool| {
+        for f in ["server.key", "server.pem"] {
+            ok(harness::replace_file(
+                &from.join(f),
+                &mine.path().join(f),
+                keep_mtime,
+            ));
+        }
+    };
+    // 1. Files replaced: the watcher notices within its 2 s tick.
+    let second = ok(tempfile::tempdir());
+    ok(harness::dev_certs(second.path(), &["--vendor", "x"]));
+    renew(second.path(), false);
+    assert!(
+        served_by(&gw, &second.path().join("ca.pem"), 10).await,
+        "the new certificate is not served; log:\n{}",
+        gw.log()
+    );
+
+    // 2. Same modification times: only SIGHUP makes the gateway load it.
+    let third = ok(tempfile::tempdir());
+    ok(harness::dev_certs(third.path(), &["--vendor", "x"]));
+    renew(third.path(), true);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let third_ca = third.path().join("ca.pem");
+    assert!(!served_by(&gw, &third_ca, 0).await, "reloaded unasked");
+    let pid = gw.pid().unwrap_or_else(|| panic!("gateway not running"));
+    let st = ok(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status());
+    assert!(st.success());
+    assert!(
+        served_by(&gw, &third_ca, 10).await,
+        "SIGHUP did not reload; log:\n{}",
+        gw.log()
+    );
+    assert!(
+        gw.log()
+            .lines()
+            .any(|l| l.contains("TLS certificates reloaded") && l.contains("SIGHUP")),
+        "{}",
+        gw.log()
+    );
+
+    // The first connection was kept: a new one could not trust the
+    // certificate served now.
+    let (status, _) = ok(post_with(&old, &url, &spo2(4, 95.0)).await);
+    assert_eq!(status, 201, "{}", gw.log());
+}
+
+async fn post_with(client: &reqwest::Client, url: &str, body: &Value) -> Result<(u16, Value)> {
+    let r = client
+        .post(url)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(Value::Null)))
 }

@@ -57,7 +57,11 @@ unit in code (system http://unitsofmeasure.org) or unit; effectiveDateTime with
 time zone; subject.identifier with the fnr/D-nummer/FH-nummer OID (or a reference to
 a Patient entry); device.identifier.value (or a reference to a Device entry).
 Repeats are harmless: the event id comes from Observation.identifier, else from
-the content and device.";
+the content and device.
+
+Certificates: [tls] cert_file, key_file and client_ca_file are reloaded when a file
+changes (checked every 2 s) or on SIGHUP (kill -HUP <pid>); open connections keep
+theirs. The platforms' hub_cert_file/hub_key_file are read at start.";
 
 /// FHIR R4 gateway for home-monitoring platforms: receives Observations over
 /// HTTPS (mutual TLS) and submits them to the hub over gRPC.

@@ -72,7 +72,7 @@ pub enum StartError {
 /// A gateway that is bound and ready to serve.
 pub struct Gateway {
     listener: TcpListener,
-    tls: rustls::ServerConfig,
+    tls: server::Tls,
     app: axum::Router,
     /// The bound address.
     pub local_addr: SocketAddr,
@@ -83,7 +83,7 @@ impl Gateway {
     /// connect on first use) and binds the listener.
     pub async fn bind(cfg: FileConfig, listen: SocketAddr) -> Result<Gateway, StartError> {
         let token_url = cfg.token_url();
-        let tls = server::tls_config(&cfg.tls, token_url.is_some())?;
+        let tls = server::Tls::load(cfg.tls.clone(), token_url.is_some())?;
         let tokens = match token_url {
             Some(url) => Some(Arc::new(tokens(&cfg, url)?)),
             None => None,

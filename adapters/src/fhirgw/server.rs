@@ -71,22 +71,55 @@ pub fn tls_config(
     Ok(cfg)
 }
 
+/// The listener's rustls config as loaded now, and what it was loaded
+/// from, so it can be reloaded while the gateway serves.
+pub struct Tls {
+    section: TlsSection,
+    tokens_too: bool,
+    current: knutepunkt::tls::Shared,
+}
+
+impl Tls {
+    pub fn load(section: TlsSection, tokens_too: bool) -> Result<Tls, knutepunkt::tls::TlsError> {
+        let current = Arc::new(ArcSwap::from_pointee(tls_config(&section, tokens_too)?));
+        Ok(Tls {
+            section,
+            tokens_too,
+            current,
+        })
+    }
+
+    /// Reloads the certificates on SIGHUP and when a file changes, as the
+    /// hub does (`knutepunkt::tls::spawn_reloader_of`): new connections get
+    /// the new ones, open connections keep theirs.
+    fn spawn_reloader(&self, stop: CancellationToken) {
+        let files = vec![
+            self.section.cert_file.clone(),
+            self.section.key_file.clone(),
+            self.section.client_ca_file.clone(),
+        ];
+        let (section, tokens_too) = (self.section.clone(), self.tokens_too);
+        let current = self.current.clone();
+        let reload = move || {
+            current.store(Arc::new(tls_config(&section, tokens_too)?));
+            Ok(())
+        };
+        knutepunkt::tls::spawn_reloader_of(files, reload, stop);
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets
 /// in-flight requests finish.
 pub async fn run(
     listener: TcpListener,
-    tls: ServerConfig,
+    tls: Tls,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let rx = accept_loop(
-        listener,
-        Arc::new(ArcSwap::from_pointee(tls)),
-        "fhir-gateway",
-        stop.clone(),
-    );
+    tls.spawn_reloader(stop.clone());
+    let rx = accept_loop(listener, tls.current.clone(), "fhir-gateway", stop.clone());
     let stopper = stop.clone();
     axum::serve(
         HttpsListener { rx, local },

@@ -147,6 +147,35 @@ pub fn certs() -> Result<PathBuf> {
     .map_err(|e| anyhow!(e))
 }
 
+/// Replaces `dst` by the contents of `src` atomically (rename), keeping
+/// `dst`'s modification time when `keep_mtime`, so a file watcher cannot
+/// notice and only a SIGHUP reloads. For certificate reload tests.
+pub fn replace_file(src: &Path, dst: &Path, keep_mtime: bool) -> Result<()> {
+    let tmp = dst.with_extension("new");
+    std::fs::copy(src, &tmp)?;
+    if keep_mtime {
+        let mtime = std::fs::metadata(dst)?.modified()?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)?
+            .set_modified(mtime)?;
+    }
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+/// A copy of the shared dev certificates in a directory of its own, which a
+/// test may change without touching any other test.
+pub fn own_certs() -> Result<tempfile::TempDir> {
+    let shared = certs()?;
+    let mine = tempfile::tempdir()?;
+    for e in std::fs::read_dir(&shared)? {
+        let e = e?;
+        std::fs::copy(e.path(), mine.path().join(e.file_name()))?;
+    }
+    Ok(mine)
+}
+
 /// Runs `knutepunkt dev-certs --out <out>` with `args`: a second, unrelated
 /// PKI (its own CA) for tests that need foreign certificates or keys.
 pub fn dev_certs(out: &Path, args: &[&str]) -> Result<()> {

@@ -2,17 +2,8 @@
 
 use super::*;
 
-/// Replaces `dst` by the contents of `src` atomically (rename), keeping
-/// `dst`'s modification time when `keep_mtime`, so the hub's file watcher
-/// cannot notice and only a SIGHUP reloads.
 fn replace(src: &Path, dst: &Path, keep_mtime: bool) {
-    let tmp = dst.with_extension("new");
-    ok(std::fs::copy(src, &tmp));
-    if keep_mtime {
-        let mtime = ok(ok(std::fs::metadata(dst)).modified());
-        ok(ok(std::fs::OpenOptions::new().write(true).open(&tmp)).set_modified(mtime));
-    }
-    ok(std::fs::rename(&tmp, dst));
+    ok(harness::replace_file(src, dst, keep_mtime));
 }
 
 /// Waits until a new connection trusting only `ca` gets an event accepted.
@@ -40,11 +31,7 @@ async fn certificate_reload_on_change_and_sighup_keeps_connections() {
     // This hub's own copy of the certificates, so replacing them touches no
     // other test.
     let shared = ok(harness::certs());
-    let mine = ok(tempfile::tempdir());
-    for e in ok(std::fs::read_dir(&shared)) {
-        let e = ok(e);
-        ok(std::fs::copy(e.path(), mine.path().join(e.file_name())));
-    }
+    let mine = ok(harness::own_certs());
     let data = ok(tempfile::tempdir());
     let hub = ok(Hub::start(
         data.path(),
