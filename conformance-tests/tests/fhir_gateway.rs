@@ -26,7 +26,15 @@ async fn post_as(
     url: &str,
     body: &Value,
 ) -> Result<(u16, Option<String>, Value)> {
-    let r = platform_client(cert)?
+    post_with(&platform_client(cert)?, url, body).await
+}
+
+async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<(u16, Option<String>, Value)> {
+    let r = client
         .post(url)
         .header("content-type", "application/fhir+json")
         .body(body.to_string())
@@ -491,7 +499,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let url = gw.url(&format!("/fhir/r4/{OSLO}/Observation"));
     let old = client_trusting(&ok(harness::certs()).join("ca.pem"));
-    let (status, _) = ok(post_with(&old, &url, &spo2(3, 96.0)).await);
+    let (status, _, _) = ok(post_with(&old, &url, &spo2(3, 96.0)).await);
     assert_eq!(status, 201, "{}", gw.log());
 
     let renew = |from: &std::path::Path, keep_mtime: bool| {
@@ -540,17 +548,6 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
 
     // The first connection was kept: a new one could not trust the
     // certificate served now.
-    let (status, _) = ok(post_with(&old, &url, &spo2(4, 95.0)).await);
+    let (status, _, _) = ok(post_with(&old, &url, &spo2(4, 95.0)).await);
     assert_eq!(status, 201, "{}", gw.log());
-}
-
-async fn post_with(client: &reqwest::Client, url: &str, body: &Value) -> Result<(u16, Value)> {
-    let r = client
-        .post(url)
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or(Value::Null)))
 }

@@ -93,11 +93,7 @@ fn check<B: Backend>(mix: Mix) {
     if std::env::var_os("PROPTEST_CASES").is_none() {
         config.cases = 32;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = runtime();
     let mut runner = TestRunner::new(config);
     let result = runner.run(&ops::ops(MAX_OPS, mix), |ops| {
         rt.block_on(run::<B>(&ops)).map_err(TestCaseError::fail)
@@ -105,6 +101,15 @@ fn check<B: Backend>(mix: Mix) {
     if let Err(e) = result {
         panic!("the backend and the model disagree: {e}");
     }
+}
+
+/// The runtime the model tests drive their stores on: one worker.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One case: the backend, the model and what the test remembers.

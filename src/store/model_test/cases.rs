@@ -157,11 +157,7 @@ fn all() -> Vec<(&'static str, Vec<Op>)> {
 }
 
 fn check_all<B: Backend>() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = super::runtime();
     for (name, ops) in all() {
         if let Err(e) = rt.block_on(run::<B>(&ops)) {
             panic!("{name}: the backend and the model disagree: {e}");

@@ -112,11 +112,7 @@ async fn check<B: Backend>(dir: &Path) {
 
 fn run<B: Backend>() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = super::runtime();
     rt.block_on(check::<B>(dir.path()));
 }
 
