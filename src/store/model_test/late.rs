@@ -61,12 +61,11 @@ async fn settle<B: Backend>(b: &B, name: &str, seq: u64, outcome: Settle) -> usi
     report.escalated.len()
 }
 
-async fn check<B: Backend>(dir: &Path) {
-    let window = 3600 * SEC;
-    let b = B::open(dir, vec![spec("a-epj", None), spec("a-pull", None)], window).await;
+/// Stores RED alarm `event` (municipality A, patient 0); its seq.
+async fn put_alarm<B: Backend>(b: &B, event: usize) -> u64 {
     let rec = ops::record(&PutOp {
         vendor: 0,
-        event: 0,
+        event,
         org: 0,
         patient: 0,
         kind: Kind::Alarm(Class::Red),
@@ -78,35 +77,59 @@ async fn check<B: Backend>(dir: &Path) {
         Ok(PutOutcome::Accepted(r)) => r.id,
         other => panic!("put: {other:?}"),
     };
-    let seq = match b.store().get(org, rt, id).await {
+    match b.store().get(org, rt, id).await {
         Ok(Some(s)) => s.seq,
         other => panic!("get: {other:?}"),
-    };
-    let b = b.restart(dir, with_late_fallback(), window).await;
-    assert_eq!(
-        state(&b, seq).await,
-        None,
-        "older than a-sen: not its event"
-    );
+    }
+}
 
+fn delivered(s: &Option<DeliveryState>) -> bool {
+    matches!(s, Some(DeliveryState::Delivered { .. }))
+}
+
+async fn check<B: Backend>(dir: &Path) {
+    let window = 3600 * SEC;
+    let b = B::open(dir, vec![spec("a-epj", None), spec("a-pull", None)], window).await;
+    let seq = put_alarm(&b, 0).await;
+    let other = put_alarm(&b, 1).await;
+    let b = b.restart(dir, with_late_fallback(), window).await;
+    let st = state(&b, seq).await;
+    assert_eq!(st, None, "older than a-sen: not its event");
+
+    // Delivered by the late fallback: known as such, before and after a
+    // restart, and not queued there again by a second escalation.
     assert_eq!(settle(&b, "a-epj", seq, dead_letter()).await, 1);
     assert_eq!(state(&b, seq).await, Some(DeliveryState::Pending));
     assert_eq!(take_seqs(&b, "a-sen").await, vec![seq]);
     settle(&b, "a-sen", seq, Settle::Delivered).await;
-    let delivered = |s: Option<DeliveryState>| matches!(s, Some(DeliveryState::Delivered { .. }));
+    let st = state(&b, seq).await;
+    assert!(delivered(&st), "{st:?}");
+
+    // Dead-lettered there, replayed by an operator, then delivered.
+    assert_eq!(settle(&b, "a-epj", other, dead_letter()).await, 1);
+    assert_eq!(take_seqs(&b, "a-sen").await, vec![other]);
+    settle(&b, "a-sen", other, dead_letter()).await;
+    let st = state(&b, other).await;
     assert!(
-        delivered(state(&b, seq).await),
-        "{:?}",
-        state(&b, seq).await
+        matches!(st, Some(DeliveryState::DeadLettered { .. })),
+        "{st:?}"
     );
+    let replayed = b.store().dead_letter_replay("a-sen", other).await;
+    assert!(replayed.unwrap_or_else(|e| panic!("replay: {e}")));
+    assert_eq!(state(&b, other).await, Some(DeliveryState::Pending));
+    assert_eq!(take_seqs(&b, "a-sen").await, vec![other]);
+    settle(&b, "a-sen", other, Settle::Delivered).await;
 
     let b = b.restart(dir, with_late_fallback(), window).await;
-    let after = state(&b, seq).await;
-    assert!(delivered(after.clone()), "after a restart: {after:?}");
-    // a-pull gives up too: reported, but a-sen has had the alarm.
-    assert_eq!(settle(&b, "a-pull", seq, dead_letter()).await, 1);
+    for q in [seq, other] {
+        let st = state(&b, q).await;
+        assert!(delivered(&st), "{q} after a restart: {st:?}");
+    }
+    // a-pull gives up too: reported, but a-sen has had both alarms.
+    for q in [seq, other] {
+        assert_eq!(settle(&b, "a-pull", q, dead_letter()).await, 1);
+    }
     assert_eq!(take_seqs(&b, "a-sen").await, Vec::<u64>::new());
-    assert!(delivered(state(&b, seq).await));
     b.close().await;
 }
 
