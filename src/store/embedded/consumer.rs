@@ -508,11 +508,7 @@ pub(crate) fn settle(
                 // No floor to fold into: keep the final state for `$status`
                 // (and escalation's "has had it") until retention removes
                 // the event.
-                batch.insert(
-                    &s.ks.cons,
-                    keys::name_seq(Some(b'S'), name, seq),
-                    keys::settled_value(kind, now),
-                );
+                mark_settled(s, &mut batch, name, seq, (kind, now));
             }
         }
         let from_log = c.urgent.remove(seq).is_some() | c.routine.remove(&seq).is_some();
@@ -529,6 +525,21 @@ pub(crate) fn settle(
     drop(c);
     hand_over(s, handed);
     Ok(report)
+}
+
+/// Writes the `S` mark of (`name`, `seq`): settled as `kind` at `at`.
+fn mark_settled(
+    s: &Shared,
+    batch: &mut fjall::OwnedWriteBatch,
+    name: &str,
+    seq: u64,
+    (kind, at): (u8, u64),
+) {
+    batch.insert(
+        &s.ks.cons,
+        keys::name_seq(Some(b'S'), name, seq),
+        keys::settled_value(kind, at),
+    );
 }
 
 /// Adds the dead letter of (`name`, `seq`) to `batch`, and says so.
@@ -567,11 +578,7 @@ fn fold(
             if !urgent {
                 c.above.insert(seq, (kind, now));
             }
-            batch.insert(
-                &s.ks.cons,
-                keys::name_seq(Some(b'S'), name, seq),
-                keys::settled_value(kind, now),
-            );
+            mark_settled(s, batch, name, seq, (kind, now));
         }
     }
     if floor > c.floor {
