@@ -335,10 +335,20 @@ pub mod synthetic {
 
     /// The `n`-th synthetic fødselsnummer (deterministic, valid control digits).
     pub fn fnr(n: u32) -> String {
-        let mut n = n;
+        numbered(n, 1)
+    }
+
+    /// A synthetic D-number: first digit + 4.
+    pub fn dnr(n: u32) -> String {
+        numbered(n, 41)
+    }
+
+    /// The `n`-th synthetic 11-digit number whose day runs from `first_day`
+    /// (1 for a fødselsnummer, 41 for a D-number): day, month 81-92
+    /// (synthetic), year 00-99, individual 000-499, two control digits.
+    fn numbered(mut n: u32, first_day: u32) -> String {
         loop {
-            // day 01-28, month 81-92 (synthetic), year 00-99, individual 000-499
-            let day = 1 + (n % 28);
+            let day = first_day + (n % 28);
             let month = 81 + ((n / 28) % 12);
             let year = (n / 336) % 100;
             let ind = (n / 33_600) % 500;
@@ -352,27 +362,6 @@ pub mod synthetic {
                 }
             }
             // This combination has no valid control digits: try the next one.
-            n = n.wrapping_add(1_000_003);
-        }
-    }
-
-    /// A synthetic D-number: first digit + 4.
-    pub fn dnr(n: u32) -> String {
-        let mut n = n;
-        loop {
-            let day = 41 + (n % 28);
-            let month = 81 + ((n / 28) % 12);
-            let year = (n / 336) % 100;
-            let ind = (n / 33_600) % 500;
-            let base = format!("{day:02}{month:02}{year:02}{ind:03}");
-            let d: Vec<u8> = base.bytes().map(|c| c - b'0').collect();
-            if let Some(k1) = mod11(&d, &[3, 7, 6, 1, 8, 9, 4, 5, 2]) {
-                let mut d2 = d.clone();
-                d2.push(k1);
-                if let Some(k2) = mod11(&d2, &[5, 4, 3, 2, 7, 6, 5, 4, 3, 2]) {
-                    return format!("{base}{k1}{k2}");
-                }
-            }
             n = n.wrapping_add(1_000_003);
         }
     }
