@@ -16,10 +16,12 @@
 //!   platforms POST Observations that it submits to the hub over gRPC.
 //! - [`mqtt`]: the MQTT/SenML device gateway (binary `mqtt-gateway`): broker
 //!   → hub events, acked to the broker only after the hub's receipt.
+//! - [`signal`] and [`logging`]: how every binary stops and logs.
 
 pub mod conn;
 pub mod epj;
 pub mod fhirgw;
 pub mod kit;
+pub mod logging;
 pub mod mqtt;
 pub mod signal;

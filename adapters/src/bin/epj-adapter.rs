@@ -119,14 +119,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
-        .with_context(|| format!("--log {:?} is not a valid filter; try --log info", args.log))?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .init();
+    knutepunkt_adapters::logging::init(&args.log)?;
 
     let mode = Mode::from_flags(
         &args.mode,

@@ -141,13 +141,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run(a: RunArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&a.log))
-        .context("--log")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    knutepunkt_adapters::logging::init(&a.log)?;
     let vendor = a.conn.vendor.clone();
     let scheme = Scheme::new(
         &a.broker.topic_prefix,
