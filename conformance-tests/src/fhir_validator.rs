@@ -18,14 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use crate::cache::{READY_MARKER, install_dir, install_once};
+
 /// The error text when python3 is not installed: a skip, not a failure.
 pub const SKIPPED_NO_PYTHON: &str = "skipped: python3 not found";
 
 const REQUIREMENTS: &str = include_str!("../fhir-validator/requirements.txt");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fhir-validator/validate.py");
-/// Written last into a finished venv; a directory without it is not used.
-const READY_MARKER: &str = ".knutepunkt-ready";
-
 /// Whether a [`validate`] error means "skipped" rather than "failed".
 pub fn is_skip(err: &str) -> bool {
     err.starts_with("skipped:")
@@ -100,44 +99,14 @@ fn create_or_reuse_venv() -> Result<PathBuf, String> {
         _ => return Err(SKIPPED_NO_PYTHON.to_string()),
     };
 
-    let base = cache_dir();
-    let key = format!("{REQUIREMENTS}\n{version}");
-    let dir = base.join(format!("fhir-venv-{:016x}", fnv1a(key.as_bytes())));
+    let dir = install_dir("fhir-venv", &format!("{REQUIREMENTS}\n{version}"));
     let python = venv_bin(&dir);
-    if dir.join(READY_MARKER).exists() && python.exists() {
-        return Ok(python);
-    }
-
-    std::fs::create_dir_all(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let tmp = base.join(format!("fhir-venv-tmp-{}-{nonce}", std::process::id()));
-    eprintln!(
-        "fhir_validator: creating the validator venv in {} (once; {version})",
-        dir.display()
-    );
-    let built = build_venv(&tmp);
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    match std::fs::rename(&tmp, &dir) {
-        Ok(()) => Ok(python),
-        Err(e) => {
-            // Someone else finished first (or left a broken directory).
-            let _ = std::fs::remove_dir_all(&tmp);
-            if dir.join(READY_MARKER).exists() && python.exists() {
-                Ok(python)
-            } else {
-                Err(format!(
-                    "could not move the new venv into {} ({e}); remove that directory and retry",
-                    dir.display()
-                ))
-            }
-        }
-    }
+    install_once(
+        &dir,
+        &python,
+        &format!("fhir_validator: the validator venv ({version})"),
+        build_venv,
+    )
 }
 
 fn build_venv(tmp: &Path) -> Result<(), String> {
@@ -170,32 +139,7 @@ fn build_venv(tmp: &Path) -> Result<(), String> {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: could not start: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The end of pip's output says what went wrong.
-    let tail: Vec<&str> = text.lines().rev().take(30).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Err(format!(
-        "{what} failed ({}):\n{}",
-        out.status,
-        tail.join("\n")
-    ))
-}
-
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".cache").join("knutepunkt"),
-        None => std::env::temp_dir().join("knutepunkt-cache"),
-    }
+    crate::cache::run(cmd, what).map(drop)
 }
 
 fn venv_bin(dir: &Path) -> PathBuf {
@@ -206,23 +150,9 @@ fn venv_bin(dir: &Path) -> PathBuf {
     }
 }
 
-/// FNV-1a, 64 bit: a hash that is stable across Rust versions and runs
-/// (std's `DefaultHasher` promises neither), for the venv's directory name.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv_is_stable() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
 
     #[test]
     fn skip_is_recognised() {

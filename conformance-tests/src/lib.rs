@@ -6,6 +6,7 @@
 //! or a private server a test may crash).
 
 pub mod buf;
+pub mod cache;
 pub mod fhir_validator;
 pub mod fhirgw;
 pub mod harness;
