@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::deliver::Registry;
-use crate::store::{DeadLetter, DeadLetterFilter, Store};
+use crate::store::{DeadLetter, DeadLetterFilter, Store, seq_to_time};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -264,11 +264,15 @@ async fn show(
         Ok(p) => p,
         Err(e) => return bad_path(e),
     };
+    // The seq is the time it was stored (µs): a filter of that one
+    // microsecond reads one dead letter, not the destination's whole list.
     let filter = DeadLetterFilter {
         destination: Some(destination.clone()),
-        ..DeadLetterFilter::default()
+        from: Some(seq_to_time(seq)),
+        to: Some(seq_to_time(seq.saturating_add(1))),
+        code: None,
     };
-    match s.store.dead_letters(filter, usize::MAX).await {
+    match s.store.dead_letters(filter, 1).await {
         Ok(v) => match v.into_iter().find(|d| d.seq == seq) {
             Some(d) => Json(DeadLetterView::from(d)).into_response(),
             None => no_dead_letter(),

@@ -225,36 +225,32 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     );
 
     // The operator sees it with the CLI, fixes the EPJ, and replays.
-    let bin = ok(conformance_tests::harness::binary("knutepunkt"));
-    let out = ok(std::process::Command::new(&bin)
-        .args([
-            "dlq",
-            "--admin-token",
-            conformance_tests::harness::ADMIN_TOKEN,
-            "--admin",
-            &admin,
-            "list",
-        ])
-        .output());
+    let dlq_cli = |args: &[&str]| {
+        let bin = ok(conformance_tests::harness::binary("knutepunkt"));
+        let token = conformance_tests::harness::ADMIN_TOKEN;
+        ok(std::process::Command::new(&bin)
+            .args(["dlq", "--admin-token", token, "--admin", &admin])
+            .args(args)
+            .output())
+    };
+    let out = dlq_cli(&["list"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && listing.contains(&refs[1]),
         "{listing}"
     );
-    ok(epj.set_mode(json!({"mode": "ok"})).await);
     let seq = dead["seq"].to_string();
-    let out = ok(std::process::Command::new(&bin)
-        .args([
-            "dlq",
-            "--admin-token",
-            conformance_tests::harness::ADMIN_TOKEN,
-            "--admin",
-            &admin,
-            "replay",
-            "oslo-epj",
-            &seq,
-        ])
-        .output());
+    let out = dlq_cli(&["show", "oslo-epj", &seq]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains(&refs[1]) && shown.contains("422"),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let next = (dead["seq"].as_u64().unwrap_or_default() + 1).to_string();
+    assert!(!dlq_cli(&["show", "oslo-epj", &next]).status.success());
+    ok(epj.set_mode(json!({"mode": "ok"})).await);
+    let out = dlq_cli(&["replay", "oslo-epj", &seq]);
     assert!(
         out.status.success(),
         "{}",
@@ -262,18 +258,7 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     );
     ok(epj.wait_created(3, Duration::from_secs(20)).await);
     // A second replay finds nothing: the dead letter is gone.
-    let out = ok(std::process::Command::new(&bin)
-        .args([
-            "dlq",
-            "--admin-token",
-            conformance_tests::harness::ADMIN_TOKEN,
-            "--admin",
-            &admin,
-            "replay",
-            "oslo-epj",
-            &seq,
-        ])
-        .output());
+    let out = dlq_cli(&["replay", "oslo-epj", &seq]);
     assert!(!out.status.success());
     // $status tells the EPJ side too.
     let (_, st) = ok(get_json(&format!(

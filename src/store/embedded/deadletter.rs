@@ -17,13 +17,20 @@ pub(crate) fn dead_letters(
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let from = filter.from.map(time_to_seq).unwrap_or(0);
     let to = filter.to.map(time_to_seq).unwrap_or(u64::MAX);
-    let prefix = match &filter.destination {
-        Some(d) => keys::name_prefix(None, d),
-        None => Vec::new(),
-    };
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    // One destination's keys are (name, seq): read only its time range.
+    let keys: Box<dyn Iterator<Item = _>> =
+        match &filter.destination {
+            Some(d) => Box::new(s.ks.dlq.range(
+                keys::name_seq(None, d, from)..=keys::name_seq(None, d, to.saturating_sub(1)),
+            )),
+            None => Box::new(s.ks.dlq.prefix(Vec::new())),
+        };
     let mut out = Vec::new();
     // Keys sort by name length first; collect, then order by (name, seq).
-    for g in s.ks.dlq.prefix(prefix) {
+    for g in keys {
         if filter.destination.is_some() && out.len() >= limit {
             break;
         }
