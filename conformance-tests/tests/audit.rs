@@ -13,7 +13,7 @@ use conformance_tests::harness::{
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 const DNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.2";
@@ -156,21 +156,13 @@ async fn every_access_leaves_one_audit_record() {
     assert_eq!(status, 200, "{b}");
     let offered: Vec<String> = conformance_tests::harness::entry_refs(&b);
     assert_eq!(offered.len(), 3, "{b}");
-    let parts: Vec<Value> = offered
-        .iter()
-        .map(|r| {
-            json!({"name": "confirmation", "part": [
-                {"name": "resource", "valueReference": {"reference": r}},
-                {"name": "outcome", "valueCode": "journaled"},
-            ]})
-        })
-        .collect();
+    let body = conformance_tests::harness::journaled(&offered);
     let r = ok(ok(authed(
         reqwest::Method::POST,
         &format!("{base}/$confirm?consumer=oslo-vakt"),
     )
     .await)
-    .json(&json!({"resourceType": "Parameters", "parameter": parts}))
+    .json(&body)
     .send()
     .await);
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());

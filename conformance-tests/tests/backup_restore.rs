@@ -19,7 +19,7 @@ use conformance_tests::harness::{
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const FNR_OID: &str = "urn:oid:2.16.578.1.12.4.1.4.1";
 
@@ -66,18 +66,10 @@ async fn pending(hub: &Hub, count: usize) -> Vec<String> {
 }
 
 async fn confirm(hub: &Hub, refs: &[String]) {
-    let parts: Vec<Value> = refs
-        .iter()
-        .map(|r| {
-            json!({"name": "confirmation", "part": [
-                {"name": "resource", "valueReference": {"reference": r}},
-                {"name": "outcome", "valueCode": "journaled"},
-            ]})
-        })
-        .collect();
+    let body = conformance_tests::harness::journaled(refs);
     let url = format!("{}/$confirm?consumer=oslo-vakt", hub.fhir_base(OSLO));
     let r = ok(ok(authed(reqwest::Method::POST, &url).await)
-        .json(&json!({"resourceType": "Parameters", "parameter": parts}))
+        .json(&body)
         .send()
         .await);
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());

@@ -148,16 +148,7 @@ async fn pull(hub: &Hub, count: usize) -> Vec<String> {
 
 /// `$confirm` of oslo-vakt: every reference journaled. The OperationOutcome.
 async fn confirm(hub: &Hub, refs: &[String]) -> Value {
-    let parts: Vec<Value> = refs
-        .iter()
-        .map(|r| {
-            json!({"name": "confirmation", "part": [
-                {"name": "resource", "valueReference": {"reference": r}},
-                {"name": "outcome", "valueCode": "journaled"},
-            ]})
-        })
-        .collect();
-    let body = json!({"resourceType": "Parameters", "parameter": parts});
+    let body = conformance_tests::harness::journaled(refs);
     let r = ok(ok(authed(
         reqwest::Method::POST,
         &format!("{}/$confirm?consumer=oslo-vakt", hub.fhir_base(OSLO)),

@@ -20,7 +20,6 @@ use knutepunkt::proto::v1 as pb;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use prost::Message;
-use serde_json::json;
 
 type Received = Arc<Mutex<Vec<Bytes>>>;
 
@@ -126,21 +125,13 @@ async fn each_event_is_one_trace_without_national_ids_or_tokens() {
     assert_eq!(status, 200, "{b}");
     let offered = entry_refs(&b);
     assert_eq!(offered.len(), 2, "{b}");
-    let parts: Vec<_> = offered
-        .iter()
-        .map(|r| {
-            json!({"name": "confirmation", "part": [
-                {"name": "resource", "valueReference": {"reference": r}},
-                {"name": "outcome", "valueCode": "journaled"},
-            ]})
-        })
-        .collect();
+    let body = conformance_tests::harness::journaled(&offered);
     let r = ok(ok(authed(
         reqwest::Method::POST,
         &format!("{base}/$confirm?consumer=oslo-vakt"),
     )
     .await)
-    .json(&json!({"resourceType": "Parameters", "parameter": parts}))
+    .json(&body)
     .send()
     .await);
     assert_eq!(r.status(), 200);

@@ -221,6 +221,20 @@ pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A `$confirm` Parameters body: every reference in `refs` journaled.
+pub fn journaled(refs: &[String]) -> serde_json::Value {
+    let parts: Vec<serde_json::Value> = refs
+        .iter()
+        .map(|r| {
+            serde_json::json!({"name": "confirmation", "part": [
+                {"name": "resource", "valueReference": {"reference": r}},
+                {"name": "outcome", "valueCode": "journaled"},
+            ]})
+        })
+        .collect();
+    serde_json::json!({"resourceType": "Parameters", "parameter": parts})
+}
+
 /// `Type/id` of every entry of a Bundle, in order.
 pub fn entry_refs(bundle: &serde_json::Value) -> Vec<String> {
     bundle["entry"]
