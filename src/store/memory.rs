@@ -214,6 +214,30 @@ impl MemoryStore {
         }
     }
 
+    /// A restart with these consumers: every lease is lost, a consumer's
+    /// spec may change (its fallback, say), and a new consumer starts at
+    /// the log's end, as the real backends start one.
+    pub fn restart_with(&self, consumers: Vec<ConsumerSpec>) {
+        self.restart();
+        let mut inner = self.lock();
+        let start = inner.last_seq;
+        for spec in consumers {
+            match inner.consumers.get_mut(&spec.name) {
+                Some(c) => c.spec = spec,
+                None => {
+                    let state = ConsumerState {
+                        spec: spec.clone(),
+                        start,
+                        queue: BTreeSet::new(),
+                        leases: BTreeMap::new(),
+                        settled: BTreeMap::new(),
+                    };
+                    inner.consumers.insert(spec.name, state);
+                }
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain maps behind, still
         // consistent enough for a model; carry on rather than cascade.

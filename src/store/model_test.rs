@@ -126,6 +126,8 @@ struct Case<B> {
     /// Consumer and seqs of the last take.
     last_taken: Option<(usize, Vec<u64>)>,
     audit_seqs: Vec<u64>,
+    /// `a-sen` is configured (an [`Op::Join`] ran).
+    joined: bool,
 }
 
 /// Compares two answers; the error says where and how they differ.
@@ -157,6 +159,7 @@ async fn run<B: Backend>(ops: &[Op]) -> Result<(), String> {
         refs: Vec::new(),
         last_taken: None,
         audit_seqs: Vec::new(),
+        joined: false,
     };
     let mut result = Ok(());
     for (i, op) in ops.iter().enumerate() {
@@ -282,11 +285,17 @@ impl<B: Backend> Case<B> {
                     norm::result(m, |r| r),
                 )
             }
-            Op::Restart => {
+            Op::Restart | Op::Join => {
+                self.joined |= matches!(op, Op::Join);
+                let specs = if self.joined {
+                    ops::consumers_after_join()
+                } else {
+                    ops::consumers()
+                };
                 if let Some(b) = self.backend.take() {
-                    self.backend = Some(b.restart(dir, ops::consumers(), WINDOW_US).await);
+                    self.backend = Some(b.restart(dir, specs.clone(), WINDOW_US).await);
                 }
-                self.model.restart();
+                self.model.restart_with(specs);
                 Ok(())
             }
             Op::Search(s) => self.search(s).await,

@@ -70,8 +70,8 @@ impl Backend for WallClockModel {
         &self.0
     }
 
-    async fn restart(self, _dir: &Path, _consumers: Vec<ConsumerSpec>, _window: u64) -> Self {
-        self.0.restart();
+    async fn restart(self, _dir: &Path, consumers: Vec<ConsumerSpec>, _window: u64) -> Self {
+        self.0.restart_with(consumers);
         self
     }
 

@@ -139,6 +139,52 @@ fn a_waiting_note_does_not_hide_a_later_event() -> Vec<Op> {
     ]
 }
 
+/// A fallback configured after the alarm (a-sen joins; a-tilsyn escalates
+/// to it): the alarm reaches it only through its queue, and once settled
+/// there its state stays known, after a restart too. (The embedded store
+/// wrote no mark for it and then said nothing; `late.rs` found it.)
+fn escalated_to_a_fallback_that_joined_later() -> Vec<Op> {
+    let take = |consumer| Op::Take {
+        consumer,
+        max: 10,
+        lease: None,
+    };
+    vec![
+        red_alarm(0),
+        red_alarm(1),
+        Op::Join,
+        dead_letter(4), // a-tilsyn: a-sen is queued the older alarm
+        take(5),
+        settle(5, Outcome::Delivered),
+        Op::Restart,
+        take(5),
+        Op::Advance { secs: 600 },
+        Op::Escalate, // the other alarm, overdue at a-tilsyn, goes to a-sen
+        take(5),
+        Op::Settle {
+            picks: vec![(
+                1,
+                Outcome::DeadLetter {
+                    attempts: 1,
+                    error: 0,
+                },
+            )],
+            stray: true,
+            consumer: 5,
+        }, // a-sen gives up on the second alarm
+        Op::Replay { pick: 0 }, // a-sen's dead letter sorts first
+        take(5),
+        Op::Settle {
+            picks: vec![(1, Outcome::Delivered)],
+            stray: true,
+            consumer: 5,
+        },
+        take(5),
+        Op::Restart,
+        take(5),
+    ]
+}
+
 fn all() -> Vec<(&'static str, Vec<Op>)> {
     vec![
         (
@@ -152,6 +198,10 @@ fn all() -> Vec<(&'static str, Vec<Op>)> {
         (
             "a_waiting_note_does_not_hide_a_later_event",
             a_waiting_note_does_not_hide_a_later_event(),
+        ),
+        (
+            "escalated_to_a_fallback_that_joined_later",
+            escalated_to_a_fallback_that_joined_later(),
         ),
     ]
 }

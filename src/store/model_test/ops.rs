@@ -13,7 +13,8 @@ use crate::store::{Class, ConsumerSpec, NewRecord, RetentionPolicy, patient_key}
 pub const SEC: u64 = 1_000_000;
 pub const ORGS: [&str; 2] = ["958935420", "964338531"];
 pub const VENDORS: [&str; 2] = ["acme", "bravo"];
-pub const NAMES: [&str; 5] = ["a-epj", "a-pull", "a-vakt", "b-epj", "a-tilsyn"];
+/// Consumers by index; `a-sen` exists only after an [`Op::Join`].
+pub const NAMES: [&str; 6] = ["a-epj", "a-pull", "a-vakt", "b-epj", "a-tilsyn", "a-sen"];
 /// (system, code) of measurements; alarms carry `ALARM_CODE`.
 pub const CODES: [(&str, &str); 3] = [
     ("http://loinc.org", "8867-4"),
@@ -47,6 +48,28 @@ pub fn consumers() -> Vec<ConsumerSpec> {
         spec("b-epj", 1, false, None),
         spec("a-tilsyn", 0, false, Some("a-pull")),
     ]
+}
+
+/// The consumers after an [`Op::Join`]: `a-sen` (municipality A, reads the
+/// log) is configured at a restart, and `a-tilsyn` escalates to it from
+/// then on. So a fallback can be handed alarms older than itself, which it
+/// does not read from its log (the case `late.rs` checks by hand).
+pub fn consumers_after_join() -> Vec<ConsumerSpec> {
+    let mut v = consumers();
+    for c in &mut v {
+        if c.name == "a-tilsyn" {
+            c.escalate_to = Some("a-sen".into());
+        }
+    }
+    v.push(ConsumerSpec {
+        name: "a-sen".into(),
+        municipality: org(0),
+        escalation_only: false,
+        escalate_to: None,
+        red_deadline_us: 30 * SEC,
+        yellow_deadline_us: 120 * SEC,
+    });
+    v
 }
 
 /// Small retention policies (µs), picked by index.
@@ -122,6 +145,8 @@ pub enum Op {
         policy: usize,
     },
     Restart,
+    /// A restart with [`consumers_after_join`] (a plain restart once joined).
+    Join,
     Search(SearchOp),
     DeadLetters {
         consumer: Option<usize>,
@@ -264,6 +289,7 @@ fn alarm_op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(|pick| Op::Replay { pick }),
         1 => (0..4usize).prop_map(|policy| Op::Retention { policy }),
         3 => Just(Op::Restart),
+        1 => Just(Op::Join),
     ]
 }
 
@@ -280,6 +306,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..8usize, 0..2usize).prop_map(|(pick, reason)| Op::Discard { pick, reason }),
         3 => (0..4usize).prop_map(|policy| Op::Retention { policy }),
         2 => Just(Op::Restart),
+        1 => Just(Op::Join),
         5 => search().prop_map(Op::Search),
         2 => (
             proptest::option::of(0..NAMES.len()),
