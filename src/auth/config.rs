@@ -208,56 +208,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     let served = cfg.served_municipalities()?;
     let mut ids = BTreeSet::new();
     for c in &auth.clients {
-        let bad = |why: &str| Err(invalid(format!("auth.clients {:?}: {why}", c.id)));
-        if c.id.is_empty()
-            || c.id.len() > 64
-            || !c
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return bad("id: use 1-64 characters of a-z, A-Z, 0-9, '-', '_' and '.'");
-        }
-        if !ids.insert(c.id.as_str()) {
-            return bad("id is registered twice");
-        }
-        let Ok(org) = Orgnr::parse(&c.municipality) else {
-            return bad("municipality is not a valid 9-digit orgnr");
-        };
-        if served.as_ref().is_some_and(|s| !s.contains(&org)) {
-            return bad("municipality is not one of the municipalities this hub serves");
-        }
-        if c.scopes.is_empty() {
-            return bad("scopes is empty: give the scopes the client needs");
-        }
-        for s in &c.scopes {
-            if Scope::parse(s).is_none() {
-                return bad(&format!(
-                    "scope {s:?} is unknown; known scopes: {}",
-                    Scope::ALL
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-        }
-        match (&c.jwk, &c.jwk_file) {
-            (Some(_), Some(_)) => return bad("give jwk or jwk_file, not both"),
-            (None, None) => return bad("needs its public key: jwk or jwk_file"),
-            _ => {}
-        }
-        if let Some(name) = &c.consumer {
-            let ok = cfg
-                .destinations()
-                .iter()
-                .any(|(o, d)| *o == org && &d.name == name && d.kind == DestinationKind::Pull);
-            if !ok {
-                return bad(
-                    "consumer names no pull destination (kind = \"pull\") of the client's municipality",
-                );
-            }
-        }
+        validate_client(cfg, served.as_ref(), &mut ids, c)?;
     }
     if let Some(x) = &auth.external
         && (x.issuer.is_empty() || x.audience.is_empty())
@@ -266,6 +217,72 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "auth.external: issuer and audience must not be empty".into(),
         ));
     }
+    validate_admin_and_audit(cfg)
+}
+
+/// One registered client: its id (unique), municipality (served), scopes
+/// (known), key (one of jwk and jwk_file) and pull consumer (its own).
+fn validate_client<'a>(
+    cfg: &Config,
+    served: Option<&BTreeSet<Orgnr>>,
+    ids: &mut BTreeSet<&'a str>,
+    c: &'a ClientConfig,
+) -> Result<(), ConfigError> {
+    let bad = |why: &str| Err(invalid(format!("auth.clients {:?}: {why}", c.id)));
+    if c.id.is_empty()
+        || c.id.len() > 64
+        || !c
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return bad("id: use 1-64 characters of a-z, A-Z, 0-9, '-', '_' and '.'");
+    }
+    if !ids.insert(c.id.as_str()) {
+        return bad("id is registered twice");
+    }
+    let Ok(org) = Orgnr::parse(&c.municipality) else {
+        return bad("municipality is not a valid 9-digit orgnr");
+    };
+    if served.as_ref().is_some_and(|s| !s.contains(&org)) {
+        return bad("municipality is not one of the municipalities this hub serves");
+    }
+    if c.scopes.is_empty() {
+        return bad("scopes is empty: give the scopes the client needs");
+    }
+    for s in &c.scopes {
+        if Scope::parse(s).is_none() {
+            return bad(&format!(
+                "scope {s:?} is unknown; known scopes: {}",
+                Scope::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    match (&c.jwk, &c.jwk_file) {
+        (Some(_), Some(_)) => return bad("give jwk or jwk_file, not both"),
+        (None, None) => return bad("needs its public key: jwk or jwk_file"),
+        _ => {}
+    }
+    if let Some(name) = &c.consumer {
+        let ok = cfg
+            .destinations()
+            .iter()
+            .any(|(o, d)| *o == org && &d.name == name && d.kind == DestinationKind::Pull);
+        if !ok {
+            return bad(
+                "consumer names no pull destination (kind = \"pull\") of the client's municipality",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The admin token's hash and the audit log's retention.
+fn validate_admin_and_audit(cfg: &Config) -> Result<(), ConfigError> {
     if let Some(h) = &cfg.admin.token_sha256 {
         if cfg.admin.token_file.is_some() {
             return Err(invalid(
