@@ -103,32 +103,7 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
-                // Never wait here: this loop is what sends the acks that
-                // the tasks queue (rumqttc sends requests only while it is
-                // polled). Waiting for a permit here, while every permit
-                // was held by a task waiting for its ack to be queued,
-                // stopped the gateway for good once the ack queue filled.
-                let permits = permits.clone();
-                let (done, next) = oneshot::channel();
-                if chains.len() > 4 * ctx.cfg.max_in_flight {
-                    chains.retain(|_, rx| {
-                        matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                    });
-                }
-                let prev = chains.insert(p.topic.clone(), next);
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    if let Some(prev) = prev {
-                        let _ = prev.await;
-                    }
-                    // Closed only if the gateway is gone; then nothing to do.
-                    let Ok(permit) = permits.acquire_owned().await else {
-                        return;
-                    };
-                    handle(&ctx, p).await;
-                    drop(done);
-                    drop(permit);
-                });
+                dispatch(&ctx, &permits, &mut chains, p);
             }
             Ok(_) => {}
             Err(e) => {
@@ -148,6 +123,49 @@ pub async fn run(
     }
     // Stop: tasks stop retrying; those that finish still get their ack out.
     let _ = stop_tx.send(true);
+    stop(&ctx, &mut events, &permits).await;
+    Ok(())
+}
+
+/// Hands one message to a task of its own, after the previous message of
+/// the same topic (a device's order is kept) and once one of
+/// `max_in_flight` permits is free.
+fn dispatch(
+    ctx: &Arc<Ctx>,
+    permits: &Arc<Semaphore>,
+    chains: &mut HashMap<String, oneshot::Receiver<()>>,
+    p: Publish,
+) {
+    // Never wait here: the event loop is what sends the acks that the
+    // tasks queue (rumqttc sends requests only while it is polled).
+    // Waiting for a permit here, while every permit was held by a task
+    // waiting for its ack to be queued, stopped the gateway for good once
+    // the ack queue filled.
+    let permits = permits.clone();
+    let (done, next) = oneshot::channel();
+    if chains.len() > 4 * ctx.cfg.max_in_flight {
+        chains.retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+    }
+    let prev = chains.insert(p.topic.clone(), next);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        if let Some(prev) = prev {
+            let _ = prev.await;
+        }
+        // Closed only if the gateway is gone; then nothing to do.
+        let Ok(permit) = permits.acquire_owned().await else {
+            return;
+        };
+        handle(&ctx, p).await;
+        drop(done);
+        drop(permit);
+    });
+}
+
+/// After the loop: lets the tasks in flight finish (their acks still go
+/// out) for up to `STOP_GRACE`, disconnects, and forgets the broker
+/// session if configured to.
+async fn stop(ctx: &Ctx, events: &mut rumqttc::EventLoop, permits: &Semaphore) {
     let until = Instant::now() + STOP_GRACE;
     while permits.available_permits() < ctx.cfg.max_in_flight && Instant::now() < until {
         match tokio::time::timeout(Duration::from_millis(50), events.poll()).await {
@@ -166,7 +184,6 @@ pub async fn run(
     } else {
         tracing::info!("stopped; unacknowledged messages stay in the broker session");
     }
-    Ok(())
 }
 
 /// Connects once with a clean session under the gateway's client id, which
