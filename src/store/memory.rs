@@ -104,6 +104,19 @@ struct ConsumerState {
     settled: BTreeMap<u64, Final>,
 }
 
+impl ConsumerState {
+    /// A consumer that reads the events stored after `start`.
+    fn new(spec: ConsumerSpec, start: u64) -> Self {
+        ConsumerState {
+            spec,
+            start,
+            queue: BTreeSet::new(),
+            leases: BTreeMap::new(),
+            settled: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     last_seq: u64,
@@ -184,16 +197,7 @@ impl MemoryStore {
     pub fn new(consumers: Vec<ConsumerSpec>, idempotency_window_us: u64, clock: Clock) -> Self {
         let consumers = consumers
             .into_iter()
-            .map(|spec| {
-                let state = ConsumerState {
-                    spec: spec.clone(),
-                    start: 0,
-                    queue: BTreeSet::new(),
-                    leases: BTreeMap::new(),
-                    settled: BTreeMap::new(),
-                };
-                (spec.name, state)
-            })
+            .map(|spec| (spec.name.clone(), ConsumerState::new(spec, 0)))
             .collect();
         MemoryStore {
             inner: Mutex::new(Inner {
@@ -225,14 +229,10 @@ impl MemoryStore {
             match inner.consumers.get_mut(&spec.name) {
                 Some(c) => c.spec = spec,
                 None => {
-                    let state = ConsumerState {
-                        spec: spec.clone(),
-                        start,
-                        queue: BTreeSet::new(),
-                        leases: BTreeMap::new(),
-                        settled: BTreeMap::new(),
-                    };
-                    inner.consumers.insert(spec.name, state);
+                    let name = spec.name.clone();
+                    inner
+                        .consumers
+                        .insert(name, ConsumerState::new(spec, start));
                 }
             }
         }

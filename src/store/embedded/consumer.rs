@@ -236,8 +236,6 @@ impl Cons {
         Ok(())
     }
 
-    /// Extends the routine window until `want` items are free to take (or
-    /// the log is read to its visible end).
     /// Routine items in the window that a take at `now` could pick: not
     /// leased, and not waiting (nor behind an item of the same patient that
     /// waits) for the alarm it answers. Counting a waiting note as free let
@@ -259,6 +257,8 @@ impl Cons {
         n
     }
 
+    /// Extends the routine window until `want` items are free to take (or
+    /// the log is read to its visible end).
     fn refill_routine(&mut self, s: &Shared, want: usize, now: u64) -> Result<(), StoreError> {
         if self.spec.escalation_only {
             return Ok(());

@@ -9,7 +9,13 @@ use crate::store::Class;
 
 /// A dead letter of (stored event 0) at `consumer` (index into `NAMES`).
 fn dead_letter(consumer: usize) -> Op {
-    settle(
+    dead_letter_of(0, consumer)
+}
+
+/// A dead letter of stored event `event` at `consumer`.
+fn dead_letter_of(event: usize, consumer: usize) -> Op {
+    settle_of(
+        event,
         consumer,
         Outcome::DeadLetter {
             attempts: 1,
@@ -19,8 +25,13 @@ fn dead_letter(consumer: usize) -> Op {
 }
 
 fn settle(consumer: usize, outcome: Outcome) -> Op {
+    settle_of(0, consumer, outcome)
+}
+
+/// `outcome` for stored event `event` at `consumer`, whether taken or not.
+fn settle_of(event: usize, consumer: usize, outcome: Outcome) -> Op {
     Op::Settle {
-        picks: vec![(0, outcome)],
+        picks: vec![(event, outcome)],
         stray: true,
         consumer,
     }
@@ -75,28 +86,15 @@ fn escalated_to_a_fallback_that_reads_the_log() -> Vec<Op> {
         settle(1, Outcome::Delivered),
         take(1),
         red_alarm(1),
-        Op::Settle {
-            picks: vec![(
-                1,
-                Outcome::DeadLetter {
-                    attempts: 2,
-                    error: 1,
-                },
-            )],
-            stray: true,
-            consumer: 1,
-        }, // a-pull dead-letters the second: a-vakt gets it
-        Op::Settle {
-            picks: vec![(
-                1,
-                Outcome::DeadLetter {
-                    attempts: 1,
-                    error: 0,
-                },
-            )],
-            stray: true,
-            consumer: 4,
-        }, // a-tilsyn too: a-pull has had it
+        settle_of(
+            1,
+            1,
+            Outcome::DeadLetter {
+                attempts: 2,
+                error: 1,
+            },
+        ), // a-pull dead-letters the second: a-vakt gets it
+        dead_letter_of(1, 4), // a-tilsyn too: a-pull has had it
         take(1),
         take(2),
         Op::Advance { secs: 600 },
@@ -161,24 +159,10 @@ fn escalated_to_a_fallback_that_joined_later() -> Vec<Op> {
         Op::Advance { secs: 600 },
         Op::Escalate, // the other alarm, overdue at a-tilsyn, goes to a-sen
         take(5),
-        Op::Settle {
-            picks: vec![(
-                1,
-                Outcome::DeadLetter {
-                    attempts: 1,
-                    error: 0,
-                },
-            )],
-            stray: true,
-            consumer: 5,
-        }, // a-sen gives up on the second alarm
+        dead_letter_of(1, 5),   // a-sen gives up on the second alarm
         Op::Replay { pick: 0 }, // a-sen's dead letter sorts first
         take(5),
-        Op::Settle {
-            picks: vec![(1, Outcome::Delivered)],
-            stray: true,
-            consumer: 5,
-        },
+        settle_of(1, 5, Outcome::Delivered),
         take(5),
         Op::Restart,
         take(5),
