@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use super::bundle::{Issue, operation_outcome, parse_transaction, transaction_response};
+use super::bundle::{Entry, Issue, operation_outcome, parse_transaction, transaction_response};
 use super::mode::{Mode, ModeSwitch};
 use super::outbox::{CommitError, Outbox};
 use super::stats::Stats;
@@ -123,39 +123,8 @@ async fn import_inner(st: &AppState, mode: &Mode, headers: &HeaderMap, body: &[u
     if let Ok(entries) = &parsed {
         st.stats.bundle(entries.len());
     }
-    match mode {
-        Mode::Error500 => {
-            return outcome(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "exception",
-                "Bundle",
-                "simulated EPJ failure (mode error500); nothing was written, retry later".into(),
-            );
-        }
-        Mode::Error429 { retry_after_secs } => {
-            let mut r = outcome(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                "Bundle",
-                format!(
-                    "simulated overload (mode error429); nothing was written, retry after {retry_after_secs} s"
-                ),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            return r;
-        }
-        Mode::Down => {
-            // The connection layer drops these; reaching here means the mode
-            // changed while the request was in flight. Answer as 503.
-            return outcome(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "Bundle",
-                "the adapter went down while this request was in flight; retry later".into(),
-            );
-        }
-        Mode::Ok | Mode::Slow { .. } | Mode::Reject422 { .. } => {}
+    if let Some(r) = simulated_failure(mode) {
+        return r;
     }
     if !is_fhir_json(headers) {
         return outcome(
@@ -169,29 +138,80 @@ async fn import_inner(st: &AppState, mode: &Mode, headers: &HeaderMap, body: &[u
         Ok(e) => e,
         Err(issues) => return fhir(StatusCode::BAD_REQUEST, &operation_outcome(&issues)),
     };
-    if let Mode::Reject422 { reject_codes } = mode {
-        let issues: Vec<Issue> = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| reject_codes.is_empty() || e.codes.iter().any(|c| reject_codes.contains(c)))
-            .map(|(i, e)| Issue {
-                code: "business-rule",
-                diagnostics: format!(
-                    "{}/{} rejected by the EPJ (simulated, mode reject422); the whole transaction was refused and nothing was written",
-                    e.resource_type, e.id
-                ),
-                expression: format!("Bundle.entry[{i}].resource"),
-            })
-            .collect();
-        if !issues.is_empty() {
-            st.stats.rejected(issues.len());
-            return fhir(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &operation_outcome(&issues),
-            );
-        }
+    if let Mode::Reject422 { reject_codes } = mode
+        && let Some(r) = simulated_rejection(st, reject_codes, &entries)
+    {
+        return r;
     }
+    commit(st, entries).await
+}
 
+/// The answer of a mode that fails every Bundle before reading it.
+fn simulated_failure(mode: &Mode) -> Option<Response> {
+    match mode {
+        Mode::Error500 => Some(outcome(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "Bundle",
+            "simulated EPJ failure (mode error500); nothing was written, retry later".into(),
+        )),
+        Mode::Error429 { retry_after_secs } => {
+            let mut r = outcome(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "Bundle",
+                format!(
+                    "simulated overload (mode error429); nothing was written, retry after {retry_after_secs} s"
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            Some(r)
+        }
+        // The connection layer drops these; reaching here means the mode
+        // changed while the request was in flight. Answer as 503.
+        Mode::Down => Some(outcome(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "Bundle",
+            "the adapter went down while this request was in flight; retry later".into(),
+        )),
+        Mode::Ok | Mode::Slow { .. } | Mode::Reject422 { .. } => None,
+    }
+}
+
+/// Mode reject422: a 422 naming every entry with one of `reject_codes`
+/// (every entry when empty); `None` when no entry has one.
+fn simulated_rejection(
+    st: &AppState,
+    reject_codes: &[String],
+    entries: &[Entry],
+) -> Option<Response> {
+    let issues: Vec<Issue> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| reject_codes.is_empty() || e.codes.iter().any(|c| reject_codes.contains(c)))
+        .map(|(i, e)| Issue {
+            code: "business-rule",
+            diagnostics: format!(
+                "{}/{} rejected by the EPJ (simulated, mode reject422); the whole transaction was refused and nothing was written",
+                e.resource_type, e.id
+            ),
+            expression: format!("Bundle.entry[{i}].resource"),
+        })
+        .collect();
+    if issues.is_empty() {
+        return None;
+    }
+    st.stats.rejected(issues.len());
+    Some(fhir(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &operation_outcome(&issues),
+    ))
+}
+
+/// Writes a checked transaction and answers with its transaction-response.
+async fn commit(st: &AppState, entries: Vec<Entry>) -> Response {
     let outbox = st.outbox.clone();
     let committed = tokio::task::spawn_blocking(move || outbox.commit(&entries)).await;
     match committed {

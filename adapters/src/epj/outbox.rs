@@ -288,37 +288,11 @@ impl Outbox {
             Err(poisoned) => poisoned.into_inner(),
         };
         // Phase 1: decide, without touching the disk.
-        let mut outcomes = Vec::with_capacity(entries.len());
-        let mut fresh: HashMap<(String, String), String> = HashMap::new();
-        let mut fresh_ids: HashSet<(String, String)> = HashSet::new();
-        for (index, e) in entries.iter().enumerate() {
-            let key = (e.resource_type.clone(), e.match_identifier.clone());
-            if let Some(id) = inner.by_identifier.get(&key).or_else(|| fresh.get(&key)) {
-                outcomes.push(EntryOutcome {
-                    created: false,
-                    resource_type: e.resource_type.clone(),
-                    id: id.clone(),
-                });
-                continue;
-            }
-            let idkey = (e.resource_type.clone(), e.id.clone());
-            if inner.ids.contains(&idkey) || fresh_ids.contains(&idkey) {
-                return Err(CommitError::IdConflict {
-                    index,
-                    resource_type: e.resource_type.clone(),
-                    id: e.id.clone(),
-                });
-            }
-            for ident in &e.identifiers {
-                fresh.insert((e.resource_type.clone(), ident.clone()), e.id.clone());
-            }
-            fresh_ids.insert(idkey);
-            outcomes.push(EntryOutcome {
-                created: true,
-                resource_type: e.resource_type.clone(),
-                id: e.id.clone(),
-            });
-        }
+        let Decided {
+            outcomes,
+            fresh,
+            fresh_ids,
+        } = decide(&inner, entries)?;
 
         // Phase 2: write the new resources; undone on any failure below.
         let created: Vec<&Entry> = entries
@@ -343,12 +317,23 @@ impl Outbox {
         }
 
         // Phase 3: index and arrival log.
+        self.append_lines(&mut inner, &created)?;
+        for (key, id) in fresh {
+            inner.by_identifier.insert(key, id);
+        }
+        inner.ids.extend(fresh_ids);
+        Ok(outcomes)
+    }
+
+    /// Appends the created resources to the index and the arrival log
+    /// (synced when the outbox syncs).
+    fn append_lines(&self, inner: &mut Inner, created: &[&Entry]) -> Result<(), CommitError> {
+        if created.is_empty() {
+            return Ok(());
+        }
         let mut index_buf = Vec::new();
         let mut log_buf = Vec::new();
-        for (e, o) in entries.iter().zip(&outcomes) {
-            if !o.created {
-                continue;
-            }
+        for e in created {
             append_json_line(
                 &mut index_buf,
                 &IndexLine {
@@ -369,28 +354,72 @@ impl Outbox {
                 },
             );
         }
-        if !index_buf.is_empty() {
-            let index_path = self.dir.join(INDEX_FILE);
-            inner
-                .index_file
-                .write_all(&index_buf)
-                .map_err(io_err(&index_path))?;
-            let log_path = self.dir.join(RECEIVED_LOG);
-            inner
-                .log_file
-                .write_all(&log_buf)
-                .map_err(io_err(&log_path))?;
-            if self.fsync {
-                inner.index_file.sync_data().map_err(io_err(&index_path))?;
-                inner.log_file.sync_data().map_err(io_err(&log_path))?;
-            }
+        let index_path = self.dir.join(INDEX_FILE);
+        inner
+            .index_file
+            .write_all(&index_buf)
+            .map_err(io_err(&index_path))?;
+        let log_path = self.dir.join(RECEIVED_LOG);
+        inner
+            .log_file
+            .write_all(&log_buf)
+            .map_err(io_err(&log_path))?;
+        if self.fsync {
+            inner.index_file.sync_data().map_err(io_err(&index_path))?;
+            inner.log_file.sync_data().map_err(io_err(&log_path))?;
         }
-        for (key, id) in fresh {
-            inner.by_identifier.insert(key, id);
-        }
-        inner.ids.extend(fresh_ids);
-        Ok(outcomes)
+        Ok(())
     }
+}
+
+/// What a transaction will do, decided before anything is written.
+struct Decided {
+    outcomes: Vec<EntryOutcome>,
+    /// (resource type, identifier) → id of the resources it creates.
+    fresh: HashMap<(String, String), String>,
+    /// (resource type, id) of the resources it creates.
+    fresh_ids: HashSet<(String, String)>,
+}
+
+/// Decides each entry: an existing match (by identifier, also one created
+/// earlier in the same transaction) or a create; an id already taken
+/// refuses the whole transaction.
+fn decide(inner: &Inner, entries: &[Entry]) -> Result<Decided, CommitError> {
+    let mut d = Decided {
+        outcomes: Vec::with_capacity(entries.len()),
+        fresh: HashMap::new(),
+        fresh_ids: HashSet::new(),
+    };
+    for (index, e) in entries.iter().enumerate() {
+        let key = (e.resource_type.clone(), e.match_identifier.clone());
+        if let Some(id) = inner.by_identifier.get(&key).or_else(|| d.fresh.get(&key)) {
+            d.outcomes.push(EntryOutcome {
+                created: false,
+                resource_type: e.resource_type.clone(),
+                id: id.clone(),
+            });
+            continue;
+        }
+        let idkey = (e.resource_type.clone(), e.id.clone());
+        if inner.ids.contains(&idkey) || d.fresh_ids.contains(&idkey) {
+            return Err(CommitError::IdConflict {
+                index,
+                resource_type: e.resource_type.clone(),
+                id: e.id.clone(),
+            });
+        }
+        for ident in &e.identifiers {
+            d.fresh
+                .insert((e.resource_type.clone(), ident.clone()), e.id.clone());
+        }
+        d.fresh_ids.insert(idkey);
+        d.outcomes.push(EntryOutcome {
+            created: true,
+            resource_type: e.resource_type.clone(),
+            id: e.id.clone(),
+        });
+    }
+    Ok(d)
 }
 
 fn append_json_line<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
@@ -471,121 +500,5 @@ fn load_or_make_key(path: &Path) -> Result<Vec<u8>, OpenError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::epj::bundle::parse_transaction;
-    use serde_json::json;
-
-    fn entries(items: &[(&str, &str)]) -> Vec<Entry> {
-        let e: Vec<_> = items
-            .iter()
-            .map(|(id, ident)| {
-                json!({
-                    "request": {"method": "POST", "url": "Communication",
-                                "ifNoneExist": format!("identifier=sys|{ident}")},
-                    "resource": {"resourceType": "Communication", "id": id,
-                                 "identifier": [{"system": "sys", "value": ident}],
-                                 "priority": "stat",
-                                 "subject": {"identifier": {"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "01818800155"}}}
-                })
-            })
-            .collect();
-        let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": e});
-        parse_transaction(&serde_json::to_vec(&b).unwrap_or_default()).unwrap_or_default()
-    }
-
-    #[test]
-    fn conditional_create_survives_reopen_and_lost_index() -> Result<(), Box<dyn std::error::Error>>
-    {
-        let dir = tempfile::tempdir()?;
-        let (ob, _) = Outbox::open(dir.path(), false, Layout::Files, None)?;
-        let out = ob.commit(&entries(&[("a", "1"), ("b", "2"), ("c", "1")]))?;
-        assert_eq!(
-            out.iter()
-                .map(|o| (o.created, o.id.as_str()))
-                .collect::<Vec<_>>(),
-            vec![(true, "a"), (true, "b"), (false, "a")]
-        );
-        assert!(dir.path().join("Communication-a.json").exists());
-        drop(ob);
-
-        let (ob, rep) = Outbox::open(dir.path(), false, Layout::Files, None)?;
-        assert_eq!(rep.resources, 2);
-        assert_eq!(rep.recovered, 0);
-        let out = ob.commit(&entries(&[("a", "1")]))?;
-        assert!(!out[0].created);
-        drop(ob);
-
-        // Index lost: rebuilt from the files.
-        fs::remove_file(dir.path().join(INDEX_FILE))?;
-        let (ob, rep) = Outbox::open(dir.path(), false, Layout::Files, None)?;
-        assert_eq!(rep.recovered, 2);
-        assert!(!ob.commit(&entries(&[("b", "2")]))?[0].created);
-        Ok(())
-    }
-
-    #[test]
-    fn ndjson_writes_a_file_per_bundle_and_recovers_the_newest()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let (ob, _) = Outbox::open(dir.path(), false, Layout::Ndjson, None)?;
-        ob.commit(&entries(&[("a", "1"), ("b", "2"), ("c", "1")]))?;
-        ob.commit(&entries(&[("a", "1")]))?; // nothing new: no file
-        ob.commit(&entries(&[("d", "4")]))?;
-        let first = fs::read_to_string(dir.path().join("bundle-000000000000.ndjson"))?;
-        let ids: Vec<String> = first
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["id"].to_string()))
-            .collect::<Result<_, _>>()?;
-        assert_eq!(ids, vec!["\"a\"", "\"b\""]);
-        assert!(dir.path().join("bundle-000000000001.ndjson").exists());
-        assert!(!dir.path().join("bundle-000000000002.ndjson").exists());
-        assert!(!dir.path().join("Communication-a.json").exists());
-        drop(ob);
-
-        // The index lost its last line (a crash before the append): the
-        // newest Bundle file restores it, and numbering goes on after it.
-        let index = fs::read_to_string(dir.path().join(INDEX_FILE))?;
-        let kept: Vec<&str> = index.lines().take(2).collect();
-        fs::write(dir.path().join(INDEX_FILE), kept.join("\n") + "\n")?;
-        let (ob, rep) = Outbox::open(dir.path(), false, Layout::Ndjson, None)?;
-        assert_eq!((rep.resources, rep.recovered), (3, 1));
-        assert!(!ob.commit(&entries(&[("d", "4")]))?[0].created);
-        assert!(ob.commit(&entries(&[("e", "5")]))?[0].created);
-        assert!(dir.path().join("bundle-000000000002.ndjson").exists());
-        Ok(())
-    }
-
-    #[test]
-    fn id_conflict_writes_nothing() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let (ob, _) = Outbox::open(dir.path(), false, Layout::Files, None)?;
-        ob.commit(&entries(&[("a", "1")]))?;
-        let r = ob.commit(&entries(&[("n", "9"), ("a", "2")]));
-        assert!(matches!(r, Err(CommitError::IdConflict { index: 1, .. })));
-        assert!(!dir.path().join("Communication-n.json").exists());
-        Ok(())
-    }
-
-    #[test]
-    fn log_has_no_national_id() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let (ob, _) = Outbox::open(dir.path(), false, Layout::Files, None)?;
-        ob.commit(&entries(&[("a", "1")]))?;
-        let log = fs::read_to_string(dir.path().join(RECEIVED_LOG))?;
-        assert!(!log.contains("01818800155"));
-        assert!(log.contains("\"priority\":\"stat\""));
-        let sub = ob.pseudonym("urn:oid:2.16.578.1.12.4.1.4.1|01818800155");
-        assert!(log.contains(&sub));
-        Ok(())
-    }
-
-    #[test]
-    fn removes_leftover_temp_files() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join(".Observation-x.json.tmp"), b"{")?;
-        let (_ob, rep) = Outbox::open(dir.path(), false, Layout::Files, None)?;
-        assert_eq!(rep.temp_removed, 1);
-        Ok(())
-    }
-}
+#[path = "outbox_tests.rs"]
+mod tests;

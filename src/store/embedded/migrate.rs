@@ -9,7 +9,7 @@
 //! re-offer). The old formats are read here and nowhere else; this module
 //! is why sled is still a dependency.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -139,9 +139,33 @@ pub fn from_sled(
         return Err(MigrateError::NotEmpty(new.display().to_string()));
     }
     check_layout(new, &db, &ks)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("old store: {what}"));
     let mut report = MigrateReport::default();
+    let moved = move_events(&sdb, &db, &ks, &mut report, progress, oerr)?;
 
+    let mut batch = db.batch();
+    move_audit_and_jti(&sdb, &ks, &mut batch, &mut report, oerr)?;
+    move_consumers(&sdb, &ks, &mut batch, specs, &moved, &mut report, oerr)?;
+    batch.commit().map_err(super::write)?;
+    db.persist(fjall::PersistMode::SyncAll)
+        .map_err(super::write)?;
+    Ok(report)
+}
+
+/// The events moved: each municipality's seqs, and the last seq.
+struct Moved {
+    by_org: HashMap<u32, Vec<u64>>,
+    last_seq: u64,
+}
+
+/// Moves every event with its idempotency entry, in batches of 2,000.
+fn move_events(
+    sdb: &sled::Db,
+    db: &fjall::Database,
+    ks: &Spaces,
+    report: &mut MigrateReport,
+    progress: &mut dyn FnMut(u64),
+    oerr: impl Fn(sled::Error) -> MigrateError + Copy,
+) -> Result<Moved, MigrateError> {
     // Idempotency entries by resource id (the new key of both).
     let mut idem: HashMap<[u8; 16], ([u8; 32], bool)> = HashMap::new();
     for kv in sdb.scan_prefix([b'D']) {
@@ -149,70 +173,29 @@ pub fn from_sled(
         let e: OldIdem = postcard::from_bytes(&v).map_err(|_| corrupt("idempotency entry"))?;
         idem.insert(e.id, (e.hash, e.is_alarm));
     }
-    let seq_of = |id: &[u8; 16]| -> Result<u64, MigrateError> {
-        let mut k = vec![b'I'];
-        k.extend_from_slice(id);
-        Ok(sdb
-            .get(k)
-            .map_err(oerr)?
-            .and_then(|v| keys::be_u64(&v))
-            .unwrap_or(0))
-    };
-
     let mut batch = db.batch();
-    let mut last_seq = 0;
-    let mut by_org: HashMap<u32, Vec<u64>> = HashMap::new();
+    let mut moved = Moved {
+        by_org: HashMap::new(),
+        last_seq: 0,
+    };
     for kv in sdb.scan_prefix([b'R']) {
         let (k, v) = kv.map_err(oerr)?;
         let seq = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("record key"))?;
         let old: OldRecord = postcard::from_bytes(&v).map_err(|_| corrupt("record"))?;
-        let facts: Facts = serde_json::from_str(old.json).map_err(|_| corrupt("record JSON"))?;
-        let class = match (old.category, facts.priority.as_deref()) {
-            ("alert", Some("stat")) => Class::Red,
-            ("alert", Some("asap")) => Class::Yellow,
-            _ => Class::Routine,
-        };
-        let answers = match facts
-            .in_response_to
-            .first()
-            .and_then(|r| r.reference.as_deref())
-            .and_then(|r| r.strip_prefix("Communication/"))
-            .and_then(|u| uuid::Uuid::parse_str(u).ok())
-        {
-            Some(alarm) => seq_of(alarm.as_bytes())?,
-            None => 0,
-        };
-        let (hash, is_alarm) = idem.get(&old.id).copied().unwrap_or(([0; 32], false));
-        let record = Record {
-            org: old.org,
-            rtype: old.rtype,
-            id: old.id,
-            patient: old.patient,
-            class: class as u8,
-            answers,
-            category: old.category,
-            codes: old.codes,
-            json: old.json,
-        };
-        let entry = IdEntry {
-            seq,
-            hash,
-            org: old.org,
-            rtype: old.rtype,
-            is_alarm,
-        };
+        let org = old.org;
+        let (record, entry) = new_record(sdb, seq, old, &idem, oerr)?;
         writer::stage_keys(
-            &ks,
+            ks,
             &mut batch,
             seq,
             &record,
             keys::encode(&record)?,
             keys::encode(&entry)?,
         );
-        by_org.entry(old.org).or_default().push(seq);
-        last_seq = seq;
+        moved.by_org.entry(org).or_default().push(seq);
+        moved.last_seq = seq;
         report.events += 1;
-        if report.events % 2_000 == 0 {
+        if report.events.is_multiple_of(2_000) {
             batch.commit().map_err(super::write)?;
             batch = db.batch();
             progress(report.events);
@@ -220,23 +203,66 @@ pub fn from_sled(
     }
     batch.commit().map_err(super::write)?;
     progress(report.events);
+    Ok(moved)
+}
 
-    let mut batch = db.batch();
-    move_audit_and_jti(&sdb, &ks, &mut batch, &mut report, oerr)?;
-    move_consumers(
-        &sdb,
-        &ks,
-        &mut batch,
-        specs,
-        &by_org,
-        last_seq,
-        &mut report,
-        oerr,
-    )?;
-    batch.commit().map_err(super::write)?;
-    db.persist(fjall::PersistMode::SyncAll)
-        .map_err(super::write)?;
-    Ok(report)
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("old store: {what}"))
+}
+
+/// An old record as a new record and idempotency entry: the class and the
+/// answered alarm come out of its JSON.
+fn new_record<'a>(
+    sdb: &sled::Db,
+    seq: u64,
+    old: OldRecord<'a>,
+    idem: &HashMap<[u8; 16], ([u8; 32], bool)>,
+    oerr: impl Fn(sled::Error) -> MigrateError,
+) -> Result<(Record<'a>, IdEntry), MigrateError> {
+    let facts: Facts = serde_json::from_str(old.json).map_err(|_| corrupt("record JSON"))?;
+    let class = match (old.category, facts.priority.as_deref()) {
+        ("alert", Some("stat")) => Class::Red,
+        ("alert", Some("asap")) => Class::Yellow,
+        _ => Class::Routine,
+    };
+    let answers = match facts
+        .in_response_to
+        .first()
+        .and_then(|r| r.reference.as_deref())
+        .and_then(|r| r.strip_prefix("Communication/"))
+        .and_then(|u| uuid::Uuid::parse_str(u).ok())
+    {
+        // The answered alarm's seq, by its resource id.
+        Some(alarm) => {
+            let mut k = vec![b'I'];
+            k.extend_from_slice(alarm.as_bytes());
+            sdb.get(k)
+                .map_err(oerr)?
+                .and_then(|v| keys::be_u64(&v))
+                .unwrap_or(0)
+        }
+        None => 0,
+    };
+    let (hash, is_alarm) = idem.get(&old.id).copied().unwrap_or(([0; 32], false));
+    let entry = IdEntry {
+        seq,
+        hash,
+        org: old.org,
+        rtype: old.rtype,
+        is_alarm,
+    };
+    let record = Record {
+        org: old.org,
+        rtype: old.rtype,
+        id: old.id,
+        patient: old.patient,
+        class: class as u8,
+        answers,
+        category: old.category,
+        codes: old.codes,
+        json: old.json,
+    };
+    Ok((record, entry))
 }
 
 fn move_audit_and_jti(
@@ -269,40 +295,21 @@ fn move_audit_and_jti(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn move_consumers(
     sdb: &sled::Db,
     ks: &Spaces,
     batch: &mut fjall::OwnedWriteBatch,
     specs: &[ConsumerSpec],
-    by_org: &HashMap<u32, Vec<u64>>,
-    last_seq: u64,
+    moved: &Moved,
     report: &mut MigrateReport,
-    oerr: impl Fn(sled::Error) -> MigrateError,
+    oerr: impl Fn(sled::Error) -> MigrateError + Copy,
 ) -> Result<(), MigrateError> {
-    let now = now_micros();
     for spec in specs {
         let name = spec.name.as_str();
-        let mut pending: BTreeSet<u64> = BTreeSet::new();
-        let mut classes: HashMap<u64, (Class, [u8; 16])> = HashMap::new();
-        for kv in sdb.scan_prefix(keys::name_prefix(Some(b'O'), name)) {
-            let (k, v) = kv.map_err(&oerr)?;
-            // `O` name class seq.
-            let Ok(seq) = keys::tail_seq(&k) else {
-                continue;
-            };
-            let class = k
-                .len()
-                .checked_sub(9)
-                .and_then(|i| Class::from_tag(k[i]))
-                .unwrap_or(Class::Routine);
-            let patient: [u8; 16] = v.as_ref().try_into().unwrap_or([0; 16]);
-            pending.insert(seq);
-            classes.insert(seq, (class, patient));
-        }
+        let queue = old_queue(sdb, name, oerr)?;
         if spec.escalation_only {
             // No log cursor: its queue is explicit.
-            for (seq, (class, patient)) in &classes {
+            for (seq, (class, patient)) in &queue {
                 batch.insert(
                     &ks.cons,
                     keys::name_seq(Some(b'Q'), name, *seq),
@@ -312,79 +319,132 @@ fn move_consumers(
             batch.insert(
                 &ks.cons,
                 keys::name_prefix(Some(b'F'), name),
-                keys::floor_value(last_seq, last_seq),
+                keys::floor_value(moved.last_seq, moved.last_seq),
             );
         } else {
-            let floor = pending
-                .first()
-                .map_or(last_seq, |first| first.saturating_sub(1));
-            for seq in by_org
-                .get(&spec.municipality.as_u32())
-                .into_iter()
-                .flatten()
-                .filter(|s| **s > floor && !pending.contains(s))
-            {
-                batch.insert(
-                    &ks.cons,
-                    keys::name_seq(Some(b'S'), name, *seq),
-                    keys::settled_value(keys::SETTLED_DELIVERED, now),
-                );
-            }
-            batch.insert(
-                &ks.cons,
-                keys::name_prefix(Some(b'F'), name),
-                keys::floor_value(0, floor),
-            );
+            write_floor(ks, batch, spec, &queue, moved);
         }
         for kv in sdb.scan_prefix(keys::name_prefix(Some(b'E'), name)) {
-            let (k, _) = kv.map_err(&oerr)?;
+            let (k, _) = kv.map_err(oerr)?;
             if let Some((_, seq)) = old_name_seq(&k) {
                 batch.insert(&ks.cons, keys::name_seq(Some(b'E'), name, seq), []);
             }
         }
-        for kv in sdb.scan_prefix(keys::name_prefix(Some(b'Q'), name)) {
-            let (k, v) = kv.map_err(&oerr)?;
-            let (Some((_, seq)), Ok(d)) = (old_name_seq(&k), postcard::from_bytes::<OldDlq>(&v))
-            else {
-                continue;
-            };
-            let rec = DlqRecord {
-                class: d.class,
-                attempts: d.attempts,
-                error: d.error,
-                response: d.response,
-                at: micros(&d.at),
-                discarded: None,
-            };
-            batch.insert(
-                &ks.dlq,
-                keys::name_seq(None, name, seq),
-                keys::encode(&rec)?,
-            );
-            report.dead_letters += 1;
-        }
-        for kv in sdb.scan_prefix(keys::name_prefix(Some(b'S'), name)) {
-            let (k, v) = kv.map_err(&oerr)?;
-            let (Some((_, seq)), Ok(OldState::Discarded { at, reason })) =
-                (old_name_seq(&k), postcard::from_bytes::<OldState>(&v))
-            else {
-                continue;
-            };
-            let rec = DlqRecord {
-                class: Class::Routine as u8,
-                attempts: 0,
-                error: String::new(),
-                response: None,
-                at: micros(&at),
-                discarded: Some((micros(&at), reason)),
-            };
-            batch.insert(
-                &ks.dlq,
-                keys::name_seq(None, name, seq),
-                keys::encode(&rec)?,
-            );
-        }
+        move_dead_letters(sdb, ks, batch, name, report, oerr)?;
         report.consumers += 1;
+    }
+    Ok(())
+}
+
+/// A destination's old outbox entries (`O` name class seq → patient):
+/// seq → (class, patient).
+fn old_queue(
+    sdb: &sled::Db,
+    name: &str,
+    oerr: impl Fn(sled::Error) -> MigrateError,
+) -> Result<BTreeMap<u64, (Class, [u8; 16])>, MigrateError> {
+    let mut queue = BTreeMap::new();
+    for kv in sdb.scan_prefix(keys::name_prefix(Some(b'O'), name)) {
+        let (k, v) = kv.map_err(&oerr)?;
+        let Ok(seq) = keys::tail_seq(&k) else {
+            continue;
+        };
+        let class = k
+            .len()
+            .checked_sub(9)
+            .and_then(|i| Class::from_tag(k[i]))
+            .unwrap_or(Class::Routine);
+        let patient: [u8; 16] = v.as_ref().try_into().unwrap_or([0; 16]);
+        queue.insert(seq, (class, patient));
+    }
+    Ok(queue)
+}
+
+/// A log-reading destination: its floor sits just below its oldest queued
+/// item, and every event of its municipality above the floor that it no
+/// longer had queued is settled as delivered.
+fn write_floor(
+    ks: &Spaces,
+    batch: &mut fjall::OwnedWriteBatch,
+    spec: &ConsumerSpec,
+    queue: &BTreeMap<u64, (Class, [u8; 16])>,
+    moved: &Moved,
+) {
+    let name = spec.name.as_str();
+    let now = now_micros();
+    let floor = queue
+        .keys()
+        .next()
+        .map_or(moved.last_seq, |first| first.saturating_sub(1));
+    for seq in moved
+        .by_org
+        .get(&spec.municipality.as_u32())
+        .into_iter()
+        .flatten()
+        .filter(|s| **s > floor && !queue.contains_key(s))
+    {
+        batch.insert(
+            &ks.cons,
+            keys::name_seq(Some(b'S'), name, *seq),
+            keys::settled_value(keys::SETTLED_DELIVERED, now),
+        );
+    }
+    batch.insert(
+        &ks.cons,
+        keys::name_prefix(Some(b'F'), name),
+        keys::floor_value(0, floor),
+    );
+}
+
+/// A destination's dead letters (`Q`) and discarded items (`S` Discarded).
+fn move_dead_letters(
+    sdb: &sled::Db,
+    ks: &Spaces,
+    batch: &mut fjall::OwnedWriteBatch,
+    name: &str,
+    report: &mut MigrateReport,
+    oerr: impl Fn(sled::Error) -> MigrateError,
+) -> Result<(), MigrateError> {
+    for kv in sdb.scan_prefix(keys::name_prefix(Some(b'Q'), name)) {
+        let (k, v) = kv.map_err(&oerr)?;
+        let (Some((_, seq)), Ok(d)) = (old_name_seq(&k), postcard::from_bytes::<OldDlq>(&v)) else {
+            continue;
+        };
+        let rec = DlqRecord {
+            class: d.class,
+            attempts: d.attempts,
+            error: d.error,
+            response: d.response,
+            at: micros(&d.at),
+            discarded: None,
+        };
+        batch.insert(
+            &ks.dlq,
+            keys::name_seq(None, name, seq),
+            keys::encode(&rec)?,
+        );
+        report.dead_letters += 1;
+    }
+    for kv in sdb.scan_prefix(keys::name_prefix(Some(b'S'), name)) {
+        let (k, v) = kv.map_err(&oerr)?;
+        let (Some((_, seq)), Ok(OldState::Discarded { at, reason })) =
+            (old_name_seq(&k), postcard::from_bytes::<OldState>(&v))
+        else {
+            continue;
+        };
+        let rec = DlqRecord {
+            class: Class::Routine as u8,
+            attempts: 0,
+            error: String::new(),
+            response: None,
+            at: micros(&at),
+            discarded: Some((micros(&at), reason)),
+        };
+        batch.insert(
+            &ks.dlq,
+            keys::name_seq(None, name, seq),
+            keys::encode(&rec)?,
+        );
     }
     Ok(())
 }

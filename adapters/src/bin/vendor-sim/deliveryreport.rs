@@ -20,87 +20,15 @@ pub fn markdown(
     epj_mem: Option<(u64, u64)>,
     started_at: chrono::DateTime<Utc>,
 ) -> String {
-    let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let intake_rate = intake.map(|i| i.events as f64 / i.secs.max(1e-9));
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "## Knutepunkt delivery bench, {}\n",
-        started_at.format("%Y-%m-%d %H:%M UTC")
-    );
-    let _ = writeln!(s, "- command: `vendor-sim {}`", args.join(" "));
-    let _ = writeln!(
-        s,
-        "- hub with TLS and vendor mutual TLS; Oslo has one push destination to `epj-adapter` over HTTPS (max_batch {}, max_rate {}){}; times from the adapter's `received.log` vs the vendor's ack, same clock\n",
-        a.max_batch,
-        a.max_rate,
-        if a.no_pull {
-            ", no pull destination (--no-pull)"
-        } else {
-            " and a pull destination drained by the bench's own client"
-        }
-    );
-    let _ = writeln!(s, "| measurement | setting | result | ratio |");
-    let _ = writeln!(s, "|---|---|---|---|");
-    let l = &e2e.load;
-    let _ = writeln!(
-        s,
-        "| end-to-end: ack → resource at the EPJ adapter | {} events/s for {:.0} s, {} streams, Oslo | p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.2} ms over {} events ({} at the adapter before the ack reached the vendor, counted as 0; {} missing); hub ack p99 {:.2} ms, {:.0} events/s achieved | — |",
-        a.e2e_rate,
-        a.e2e_secs.as_secs_f64(),
-        l.clients,
-        q(&e2e.latency_us, 0.5),
-        q(&e2e.latency_us, 0.99),
-        q(&e2e.latency_us, 0.999),
-        e2e.latency_us.max() as f64 / 1000.0,
-        e2e.latency_us.len(),
-        e2e.before_ack,
-        e2e.missing,
-        l.ms(0.99),
-        l.accepted_per_sec()
-    );
+    header(&mut s, a, started_at);
+    e2e_row(&mut s, a, e2e);
     if let Some(al) = alarm {
-        let _ = writeln!(
-            s,
-            "| RED alarm (4.1) submitted while draining | behind {} measurements queued with the adapter down; {} still queued at its ack; {} resources arrived before it | ack → at the adapter {:.1} ms | — |",
-            al.backlog, al.left_at_submit, al.ahead, al.draining_ms
-        );
-        let _ = writeln!(
-            s,
-            "| RED alarm (4.1) submitted while down | same backlog, alarm queued last | adapter back up → alarm at the adapter {:.1} ms (includes the hub noticing: breaker 1 s, backoff cap 0.5 s) | — |",
-            al.while_down_ms
-        );
-        let _ = writeln!(
-            s,
-            "| drain of the alarm backlog | {} events | {:.1} s after the switch → {:.0} events/s (fill: {:.0} events/s ingest) | {} |",
-            al.backlog + 2,
-            al.drain_secs,
-            (al.backlog + 2) as f64 / al.drain_secs.max(1e-9),
-            al.fill.accepted_per_sec(),
-            intake_rate
-                .map(|r| format!(
-                    "{:.2} of intake",
-                    (al.backlog + 2) as f64 / al.drain_secs.max(1e-9) / r
-                ))
-                .unwrap_or_else(|| "—".into())
-        );
+        alarm_rows(&mut s, al, intake_rate);
     }
     if let Some(d) = drain {
-        let rate = d.backlog as f64 / d.from_first_secs.max(1e-9);
-        let _ = writeln!(
-            s,
-            "| drain | backlog {} events (balanced mix) built with the adapter down | {:.0} events/s from first to last delivery ({:.1} s; {:.1} s from the switch to ok) | {:.2} of the hub's ingest ({:.0} events/s filling this backlog){} |",
-            d.backlog,
-            rate,
-            d.from_first_secs,
-            d.from_switch_secs,
-            rate / d.fill.accepted_per_sec().max(1e-9),
-            d.fill.accepted_per_sec(),
-            intake_rate
-                .map(|r| format!("; {:.2} of the adapter's intake", rate / r))
-                .unwrap_or_default()
-        );
+        drain_row(&mut s, d, intake_rate);
     }
     if let Some(i) = intake {
         let _ = writeln!(
@@ -128,6 +56,93 @@ pub fn markdown(
         mem(epj_mem)
     );
     s
+}
+
+/// The title, the command and the setting, and the table's head.
+fn header(s: &mut String, a: &DeliveryArgs, started_at: chrono::DateTime<Utc>) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let _ = writeln!(
+        s,
+        "## Knutepunkt delivery bench, {}\n",
+        started_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    let _ = writeln!(s, "- command: `vendor-sim {}`", args.join(" "));
+    let _ = writeln!(
+        s,
+        "- hub with TLS and vendor mutual TLS; Oslo has one push destination to `epj-adapter` over HTTPS (max_batch {}, max_rate {}){}; times from the adapter's `received.log` vs the vendor's ack, same clock\n",
+        a.max_batch,
+        a.max_rate,
+        if a.no_pull {
+            ", no pull destination (--no-pull)"
+        } else {
+            " and a pull destination drained by the bench's own client"
+        }
+    );
+    let _ = writeln!(s, "| measurement | setting | result | ratio |");
+    let _ = writeln!(s, "|---|---|---|---|");
+}
+
+fn e2e_row(s: &mut String, a: &DeliveryArgs, e2e: &E2e) {
+    let q = |h: &Histogram<u64>, x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+    let l = &e2e.load;
+    let _ = writeln!(
+        s,
+        "| end-to-end: ack → resource at the EPJ adapter | {} events/s for {:.0} s, {} streams, Oslo | p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.2} ms over {} events ({} at the adapter before the ack reached the vendor, counted as 0; {} missing); hub ack p99 {:.2} ms, {:.0} events/s achieved | — |",
+        a.e2e_rate,
+        a.e2e_secs.as_secs_f64(),
+        l.clients,
+        q(&e2e.latency_us, 0.5),
+        q(&e2e.latency_us, 0.99),
+        q(&e2e.latency_us, 0.999),
+        e2e.latency_us.max() as f64 / 1000.0,
+        e2e.latency_us.len(),
+        e2e.before_ack,
+        e2e.missing,
+        l.ms(0.99),
+        l.accepted_per_sec()
+    );
+}
+
+fn alarm_rows(s: &mut String, al: &AlarmResult, intake_rate: Option<f64>) {
+    let _ = writeln!(
+        s,
+        "| RED alarm (4.1) submitted while draining | behind {} measurements queued with the adapter down; {} still queued at its ack; {} resources arrived before it | ack → at the adapter {:.1} ms | — |",
+        al.backlog, al.left_at_submit, al.ahead, al.draining_ms
+    );
+    let _ = writeln!(
+        s,
+        "| RED alarm (4.1) submitted while down | same backlog, alarm queued last | adapter back up → alarm at the adapter {:.1} ms (includes the hub noticing: breaker 1 s, backoff cap 0.5 s) | — |",
+        al.while_down_ms
+    );
+    let rate = (al.backlog + 2) as f64 / al.drain_secs.max(1e-9);
+    let _ = writeln!(
+        s,
+        "| drain of the alarm backlog | {} events | {:.1} s after the switch → {:.0} events/s (fill: {:.0} events/s ingest) | {} |",
+        al.backlog + 2,
+        al.drain_secs,
+        rate,
+        al.fill.accepted_per_sec(),
+        intake_rate
+            .map(|r| format!("{:.2} of intake", rate / r))
+            .unwrap_or_else(|| "—".into())
+    );
+}
+
+fn drain_row(s: &mut String, d: &DrainResult, intake_rate: Option<f64>) {
+    let rate = d.backlog as f64 / d.from_first_secs.max(1e-9);
+    let _ = writeln!(
+        s,
+        "| drain | backlog {} events (balanced mix) built with the adapter down | {:.0} events/s from first to last delivery ({:.1} s; {:.1} s from the switch to ok) | {:.2} of the hub's ingest ({:.0} events/s filling this backlog){} |",
+        d.backlog,
+        rate,
+        d.from_first_secs,
+        d.from_switch_secs,
+        rate / d.fill.accepted_per_sec().max(1e-9),
+        d.fill.accepted_per_sec(),
+        intake_rate
+            .map(|r| format!("; {:.2} of the adapter's intake", rate / r))
+            .unwrap_or_default()
+    );
 }
 
 fn mib(kib: u64) -> f64 {

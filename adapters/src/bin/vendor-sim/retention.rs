@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use knutepunkt::store::embedded::{EmbeddedOptions, EmbeddedStore, keys, open_engine_for_baseline};
-use knutepunkt::store::{EventLog, RetentionPolicy};
+use knutepunkt::store::{EventLog, RetentionPolicy, RetentionReport};
 
 use crate::hubenv;
 
@@ -96,6 +96,52 @@ pub async fn run(store_dir: &Path) -> Result<RetentionBench> {
         bail!("the store holds {stored} events: nothing to measure");
     }
 
+    let (report, pass) = retention_pass(store_dir, stored, median).await?;
+    let du_pass = hubenv::du_bytes(store_dir);
+    eprintln!(
+        "bench: retention: {} removed, {} held in {:.1} s; store {:.0} MiB on disk (closed)",
+        report.removed,
+        report.held,
+        pass.as_secs_f64(),
+        mib(du_pass)
+    );
+
+    let dir = store_dir.to_path_buf();
+    let (after_pass, after, compaction_after) = tokio::task::spawn_blocking(move || {
+        let (db, spaces) = open_all(&dir)?;
+        let after_pass = sizes(&db, &spaces)?;
+        let t = compact_all(&spaces)?;
+        let after = sizes(&db, &spaces)?;
+        Ok::<_, anyhow::Error>((after_pass, after, t))
+    })
+    .await
+    .context("retention: compaction task failed")??;
+    let du_after = hubenv::du_bytes(store_dir);
+    eprintln!(
+        "bench: retention: flush + major compaction {:.1} s; store {:.0} MiB on disk",
+        compaction_after.as_secs_f64(),
+        mib(du_after)
+    );
+
+    let spaces = per_space([&left, &yardstick, &after_pass, &after]);
+    Ok(RetentionBench {
+        stored,
+        removed: report.removed,
+        held: report.held,
+        pass,
+        du: [du_left, du_yardstick, du_pass, du_after],
+        compaction: [compaction_before, compaction_after],
+        spaces,
+    })
+}
+
+/// One retention pass (every class kept a day, the clock a day after the
+/// median event), with its progress every 5 s; the store is closed after.
+async fn retention_pass(
+    store_dir: &Path,
+    stored: u64,
+    median: u64,
+) -> Result<(RetentionReport, Duration)> {
     let store = EmbeddedStore::open(store_dir, EmbeddedOptions::default(), Vec::new())
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let policy = RetentionPolicy {
@@ -127,41 +173,14 @@ pub async fn run(store_dir: &Path) -> Result<RetentionBench> {
     let pass = started.elapsed();
     store.close().await;
     let report = report.context("the retention pass failed")?;
-    let du_pass = hubenv::du_bytes(store_dir);
-    eprintln!(
-        "bench: retention: {} removed, {} held in {:.1} s; store {:.0} MiB on disk (closed)",
-        report.removed,
-        report.held,
-        pass.as_secs_f64(),
-        mib(du_pass)
-    );
+    Ok((report, pass))
+}
 
-    let dir = store_dir.to_path_buf();
-    let (after_pass, after, compaction_after) = tokio::task::spawn_blocking(move || {
-        let (db, spaces) = open_all(&dir)?;
-        let after_pass = sizes(&db, &spaces)?;
-        let t = compact_all(&spaces)?;
-        let after = sizes(&db, &spaces)?;
-        Ok::<_, anyhow::Error>((after_pass, after, t))
-    })
-    .await
-    .context("retention: compaction task failed")??;
-    let du_after = hubenv::du_bytes(store_dir);
-    eprintln!(
-        "bench: retention: flush + major compaction {:.1} s; store {:.0} MiB on disk",
-        compaction_after.as_secs_f64(),
-        mib(du_after)
-    );
-
-    let four = |n: &str| {
-        [
-            size_of(&left, n),
-            size_of(&yardstick, n),
-            size_of(&after_pass, n),
-            size_of(&after, n),
-        ]
-    };
-    let mut spaces: Vec<(String, [u64; 4])> = yardstick
+/// Each keyspace's table bytes at the four points (as left, the yardstick,
+/// after the pass, after compaction), largest first, the journal last.
+fn per_space(at: [&[(String, u64)]; 4]) -> Vec<(String, [u64; 4])> {
+    let four = |n: &str| at.map(|sizes| size_of(sizes, n));
+    let mut spaces: Vec<(String, [u64; 4])> = at[1]
         .iter()
         .filter(|(n, _)| n != JOURNAL)
         .map(|(n, _)| (n.clone(), four(n)))
@@ -170,15 +189,7 @@ pub async fn run(store_dir: &Path) -> Result<RetentionBench> {
         .collect();
     spaces.sort_by(|x, y| y.1[1].cmp(&x.1[1]));
     spaces.push((JOURNAL.into(), four(JOURNAL)));
-    Ok(RetentionBench {
-        stored,
-        removed: report.removed,
-        held: report.held,
-        pass,
-        du: [du_left, du_yardstick, du_pass, du_after],
-        compaction: [compaction_before, compaction_after],
-        spaces,
-    })
+    spaces
 }
 
 fn size_of(sizes: &[(String, u64)], name: &str) -> u64 {
