@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use conformance_tests::harness::{
-    ADMIN_TOKEN, Hub, HubOptions, authed, certs, events, http_client, ok,
+    ADMIN_TOKEN, Hub, HubOptions, authed, events, http_client, ok, oslo_pulled_by_vakt,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -50,31 +50,8 @@ fn assert_clean(what: &str, text: &str) {
 
 async fn hub() -> (tempfile::TempDir, Hub) {
     let dir = ok(tempfile::tempdir());
-    let c = ok(certs()).display().to_string();
-    let extra = format!(
-        r#"
-[[municipalities]]
-orgnr = "{OSLO}"
-name = "Oslo kommune"
-
-[[municipalities.destinations]]
-name = "oslo-vakt"
-kind = "pull"
-lease_secs = 60
-
-[[auth.clients]]
-id = "oslo-vakt"
-municipality = "{OSLO}"
-scopes = ["system/pending.rs"]
-jwk_file = "{c}/epj-oslo-vakt.jwk.json"
-consumer = "oslo-vakt"
-
-[[municipalities]]
-orgnr = "{b}"
-name = "Bergen kommune"
-"#,
-        b = events::BERGEN
-    );
+    // Bergen and Oslo, Oslo pulled by `oslo-vakt`.
+    let extra = ok(oslo_pulled_by_vakt(None));
     let hub = ok(Hub::start(
         &dir.path().join("data"),
         HubOptions {

@@ -15,6 +15,12 @@
 //! taken that it would overtake; otherwise its items are released and
 //! taken again (alarms first). Any other answer releases it too.
 //!
+//! A delivered Bundle's audit record and settle run in a task of their
+//! own while the next Bundle is in flight; the worker waits for that task
+//! before it starts the next one, when it stops, and when it loses its
+//! delivery lease. A crash before the settle is durable only offers the
+//! items again, which the destination's conditional create makes harmless.
+//!
 //! A transaction is all or nothing, so when the destination refuses a
 //! Bundle for good (a final 4xx), its items go one at a time until each has
 //! been delivered or refused: only the refused item becomes a dead letter.
@@ -86,6 +92,8 @@ struct Worker {
     /// Moves with every commit: whether an alarm may have arrived since a
     /// Bundle was taken ahead.
     commits: watch::Receiver<u64>,
+    /// The audit record and settle of the last delivered Bundle.
+    recording: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the worker until `stop` is cancelled; the request in flight is
@@ -107,6 +115,7 @@ pub async fn run(
     tracing::info!(destination = %name, %url, "push delivery started");
     while !stop.is_cancelled() {
         if !lease.hold(&w.store, &stop).await {
+            w.recorded().await;
             w.release(ahead.take()).await;
             continue;
         }
@@ -163,6 +172,7 @@ pub async fn run(
             s.breaker = format!("{:?}", w.breaker.state(Instant::now())).to_lowercase();
         });
     }
+    w.recorded().await;
     w.release(ahead).await;
     lease.release(&w.store).await;
     tracing::info!(destination = %name, "push delivery stopped");
@@ -193,6 +203,7 @@ impl Worker {
             next_send: Instant::now(),
             lease_us: (dest.timeout_ms + super::lease::LEASE_TTL.as_millis() as u64) * 1000,
             commits,
+            recording: None,
             dest,
             store,
             transport,
@@ -330,7 +341,7 @@ impl Worker {
         let name = self.name().to_string();
         match verdict {
             Verdict::Delivered => {
-                self.delivered(&batch).await;
+                self.delivered(batch).await;
                 true
             }
             Verdict::Retry { reason, after } => {
@@ -360,26 +371,17 @@ impl Worker {
         }
     }
 
-    async fn delivered(&mut self, batch: &Batch) {
+    /// A delivered Bundle: the worker's own state now; the audit record
+    /// and the settle in a task of their own, so they run while the next
+    /// Bundle is in flight. At most one such task is outstanding: the one
+    /// before is awaited first, so settles stay in delivery order.
+    async fn delivered(&mut self, batch: Batch) {
         let name = self.name().to_string();
-        self.audit.record_push(&name, &batch.items).await;
-        let seqs = batch.seqs();
-        settle(
-            &self.store,
-            &name,
-            &self.registry,
-            seqs.iter().map(|s| (*s, Settle::Delivered)).collect(),
-        )
-        .await;
-        let now_wall = chrono::Utc::now();
-        // One handle per Bundle: the macro builds its labels on every call.
-        let latency = metrics::histogram!("knutepunkt_delivery_latency_seconds", "destination" => name.clone());
-        for seq in seqs {
-            latency.record((now_wall - seq_to_time(seq)).to_std().unwrap_or_default());
-            self.attempts.remove(&seq);
-        }
         metrics::counter!("knutepunkt_delivery_delivered_total", "destination" => name.clone())
             .increment(batch.items.len() as u64);
+        for seq in batch.seqs() {
+            self.attempts.remove(&seq);
+        }
         self.isolate = self.isolate.saturating_sub(1);
         self.backoff.reset();
         if self.breaker.on_success(Instant::now()) != BreakerState::Closed {
@@ -388,6 +390,29 @@ impl Worker {
         if !self.up {
             self.up = true;
             tracing::info!(destination = %name, "destination is up again; draining the queue");
+        }
+        self.recorded().await;
+        let (store, registry, audit) = (
+            self.store.clone(),
+            self.registry.clone(),
+            self.audit.clone(),
+        );
+        self.recording = Some(tokio::spawn(record_delivered(
+            store,
+            registry,
+            audit,
+            name,
+            batch.items,
+        )));
+    }
+
+    /// Waits until the last delivered Bundle is recorded (audited and
+    /// settled).
+    async fn recorded(&mut self) {
+        if let Some(task) = self.recording.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(destination = %self.name(), error = %e, "recording a delivered Bundle failed; its items will be sent again");
         }
     }
 
@@ -423,6 +448,31 @@ impl Worker {
             )],
         )
         .await;
+    }
+}
+
+/// Writes the audit record of a delivered Bundle and settles its items.
+async fn record_delivered(
+    store: Arc<dyn Store>,
+    registry: Registry,
+    audit: crate::audit::Auditor,
+    name: String,
+    items: Vec<OutboxItem>,
+) {
+    audit.record_push(&name, &items).await;
+    let seqs: Vec<u64> = items.iter().map(|i| i.resource.seq).collect();
+    settle(
+        &store,
+        &name,
+        &registry,
+        seqs.iter().map(|s| (*s, Settle::Delivered)).collect(),
+    )
+    .await;
+    let now_wall = chrono::Utc::now();
+    // One handle per Bundle: the macro builds its labels on every call.
+    let latency = metrics::histogram!("knutepunkt_delivery_latency_seconds", "destination" => name);
+    for seq in seqs {
+        latency.record((now_wall - seq_to_time(seq)).to_std().unwrap_or_default());
     }
 }
 
