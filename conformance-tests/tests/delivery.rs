@@ -8,9 +8,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use conformance_tests::harness::events::{self, OSLO};
-use conformance_tests::harness::{EpjAdapter, Hub, HubOptions, ReceiptStatus, get_json};
+use conformance_tests::harness::{
+    EpjAdapter, Hub, HubOptions, ReceiptStatus, get_json, oslo_pulled_by_vakt,
+};
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
+use tokio_stream::StreamExt;
 
 /// A hub whose Oslo has one push destination (the adapter, unless `None`)
 /// escalating to a pull destination "oslo-vakt" (the response centre).
@@ -175,6 +178,57 @@ async fn outage_and_recovery_lose_nothing_keep_order_and_do_not_flood() {
     assert!(
         hub.logs().contains("destination is up again"),
         "no log line for the recovery"
+    );
+}
+
+/// Bundles sent one after another go over one kept-alive connection, also
+/// when their answers are large (a transaction-response of 1,000 entries is
+/// about 160 KB): the hub reads each answer to its end, so the connection
+/// goes back to its pool instead of costing a TCP and TLS handshake per
+/// Bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_one_after_another_share_one_connection() {
+    let dir = ok(tempfile::tempdir());
+    let epj = ok(EpjAdapter::start("ok").await);
+    // The first Bundle is answered after 1 s; the rest queue behind it and
+    // go in Bundles of up to 1,000.
+    ok(epj
+        .set_mode(json!({"mode": "slow", "delay_ms": 1000}))
+        .await);
+    let hub = ok(Hub::start(
+        &dir.path().join("data"),
+        HubOptions {
+            config_extra: ok(oslo_pulled_by_vakt(Some((&epj, "max_batch = 1000")))),
+            ..HubOptions::default()
+        },
+    )
+    .await);
+    // Whatever the first take holds (at most 1,000), a full Bundle follows.
+    let n = 2_000;
+    let mut c = ok(hub.client().await);
+    let evs: Vec<pb::Event> = (0..n)
+        .map(|i| events::heart_rate(&format!("conn-{i}"), OSLO, i % 7))
+        .collect();
+    let receipts: Vec<pb::Receipt> = ok(ok(c.submit_stream(tokio_stream::iter(evs)).await)
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>());
+    assert_eq!(receipts.len(), n as usize);
+    ok(epj.set_mode(json!({"mode": "ok"})).await);
+    ok(epj.wait_created(n as usize, Duration::from_secs(60)).await);
+
+    let stats = ok(epj.stats().await);
+    let count = |k: &str| stats[k].as_u64().unwrap_or(0);
+    assert!(
+        count("max_bundle_entries") >= 1_000,
+        "the test needs large Bundles (and answers): {stats}"
+    );
+    assert_eq!(
+        count("fhir_connections"),
+        1,
+        "every Bundle should reuse the first connection: {stats}"
     );
 }
 

@@ -10,6 +10,10 @@ use crate::config::Destination;
 /// Largest answer body kept with a dead letter.
 const MAX_KEPT_RESPONSE: usize = 8 * 1024;
 
+/// Most bytes of a success answer read (and thrown away) so that its
+/// connection can carry the next request.
+const MAX_DRAINED_RESPONSE: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PushSetupError {
     #[error("destination {name}: cannot read ca_file {path}: {source}")]
@@ -93,6 +97,7 @@ async fn send(http: &reqwest::Client, url: &str, body: String) -> Verdict {
             let retry_after =
                 parse_retry_after(r.headers().get("retry-after").and_then(|v| v.to_str().ok()));
             let body = if (200..300).contains(&status) {
+                drain(r).await;
                 None
             } else {
                 r.text().await.ok().map(|mut t| {
@@ -107,6 +112,21 @@ async fn send(http: &reqwest::Client, url: &str, body: String) -> Verdict {
                 })
             };
             classify(status, retry_after, body)
+        }
+    }
+}
+
+/// Reads a success answer to its end and throws it away: hyper puts a
+/// connection back in the pool only when its answer was read to the end,
+/// so an unread transaction-response would cost a new TCP and TLS
+/// handshake for every Bundle. An answer past [`MAX_DRAINED_RESPONSE`] or
+/// one that fails midway just closes the connection.
+async fn drain(mut r: reqwest::Response) {
+    let mut read = 0usize;
+    while let Ok(Some(chunk)) = r.chunk().await {
+        read += chunk.len();
+        if read > MAX_DRAINED_RESPONSE {
+            break;
         }
     }
 }

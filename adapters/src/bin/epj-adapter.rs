@@ -33,9 +33,9 @@ Admin API (same listener, never affected by the mode):
                           | {\"mode\":\"slow\",\"delay_ms\":500} | {\"mode\":\"error500\"}
                           | {\"mode\":\"error429\",\"retry_after_secs\":5}
                           | {\"mode\":\"reject422\",\"reject_codes\":[\"4.1\"]}
-  GET    /_admin/stats    counters (requests_total, dropped, by_status, bundles_total,
-                          entries_total, max_bundle_entries, created, duplicates,
-                          rejected_entries)
+  GET    /_admin/stats    counters (requests_total, fhir_connections, dropped, by_status,
+                          bundles_total, entries_total, max_bundle_entries, created,
+                          duplicates, rejected_entries)
   DELETE /_admin/stats    zero the counters (answers the values before)
 
   curl --cacert /tmp/epj/tls/cert.pem -X POST https://127.0.0.1:PORT/_admin/mode \\

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::Request;
@@ -90,11 +91,16 @@ pub async fn run(
                     return;
                 }
             };
+            let counted = Arc::new(AtomicBool::new(false));
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
                 let state = state.clone();
+                let fhir = !req.uri().path().starts_with(ADMIN_PREFIX);
+                if fhir && !counted.swap(true, Ordering::Relaxed) {
+                    state.stats.fhir_connection();
+                }
                 async move {
-                    if !req.uri().path().starts_with(ADMIN_PREFIX) && state.mode.is_down() {
+                    if fhir && state.mode.is_down() {
                         state.stats.request();
                         state.stats.dropped();
                         return Err(Dropped);

@@ -12,6 +12,7 @@ use serde::Serialize;
 #[derive(Debug, Default)]
 pub struct Stats {
     requests_total: AtomicU64,
+    fhir_connections: AtomicU64,
     dropped: AtomicU64,
     bundles_total: AtomicU64,
     entries_total: AtomicU64,
@@ -27,6 +28,9 @@ pub struct Stats {
 pub struct Snapshot {
     /// Requests to `/fhir` (any method), including dropped ones.
     pub requests_total: u64,
+    /// Connections that carried at least one request to `/fhir`: a client
+    /// that keeps its connection alive opens one.
+    pub fhir_connections: u64,
     /// Requests closed without an answer (mode `down`).
     pub dropped: u64,
     /// Answered requests by HTTP status, e.g. `{"200": 3, "429": 1}`.
@@ -49,6 +53,11 @@ impl Stats {
     /// A request arrived at `/fhir`.
     pub fn request(&self) {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection carried its first request to `/fhir`.
+    pub fn fhir_connection(&self) {
+        self.fhir_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request was dropped without an answer.
@@ -93,6 +102,7 @@ impl Stats {
         };
         Snapshot {
             requests_total: self.requests_total.load(Ordering::Relaxed),
+            fhir_connections: self.fhir_connections.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             by_status,
             bundles_total: self.bundles_total.load(Ordering::Relaxed),
@@ -108,6 +118,7 @@ impl Stats {
     pub fn reset(&self) {
         for c in [
             &self.requests_total,
+            &self.fhir_connections,
             &self.dropped,
             &self.bundles_total,
             &self.entries_total,
