@@ -175,26 +175,8 @@ impl Outbox {
             None => load_or_make_key(&dir.join(KEY_FILE))?,
         };
         let mut report = OpenReport::default();
-        let mut by_identifier = HashMap::new();
-        let mut ids = HashSet::new();
-
         let index_path = dir.join(INDEX_FILE);
-        if index_path.exists() {
-            let f = File::open(&index_path).map_err(open_err(&index_path))?;
-            for line in BufReader::new(f).lines() {
-                let line = line.map_err(open_err(&index_path))?;
-                // A torn last line (crash mid-append) is skipped; the file
-                // scan below restores that resource.
-                let Ok(rec) = serde_json::from_str::<IndexLine>(&line) else {
-                    continue;
-                };
-                for ident in rec.identifiers {
-                    by_identifier.insert((rec.resource_type.clone(), ident), rec.id.clone());
-                }
-                ids.insert((rec.resource_type, rec.id));
-            }
-        }
-
+        let (mut by_identifier, mut ids) = read_index(&index_path)?;
         let mut index_file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -203,26 +185,7 @@ impl Outbox {
 
         let scan = layout::scan(dir).map_err(open_err(dir))?;
         report.temp_removed = scan.temp_removed;
-        let mut recovered = Vec::new();
-        for (rtype, id, p) in scan.resource_files {
-            if ids.contains(&(rtype.clone(), id.clone())) {
-                continue;
-            }
-            let bytes = fs::read(&p).map_err(open_err(&p))?;
-            match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(v) => recovered.push(IndexLine {
-                    resource_type: rtype,
-                    id,
-                    identifiers: identifiers_of(&v),
-                }),
-                Err(e) => {
-                    tracing::warn!(file = %p.display(), error = %e, "skipping a resource file that is not JSON");
-                }
-            }
-        }
-        if let Some(p) = &scan.newest_bundle {
-            recover_bundle_file(p, &ids, &mut recovered)?;
-        }
+        let recovered = unindexed(&scan, &ids)?;
         let mut buf = Vec::new();
         for rec in &recovered {
             for ident in &rec.identifiers {
@@ -420,6 +383,61 @@ fn decide(inner: &Inner, entries: &[Entry]) -> Result<Decided, CommitError> {
         });
     }
     Ok(d)
+}
+
+/// (resource type, identifier) → id, and every (resource type, id).
+type IndexMaps = (HashMap<(String, String), String>, HashSet<(String, String)>);
+
+/// Reads the identifier index. A torn last line (crash mid-append) is
+/// skipped; [`unindexed`] restores that resource from its file.
+fn read_index(index_path: &Path) -> Result<IndexMaps, OpenError> {
+    let mut by_identifier = HashMap::new();
+    let mut ids = HashSet::new();
+    if !index_path.exists() {
+        return Ok((by_identifier, ids));
+    }
+    let f = File::open(index_path).map_err(open_err(index_path))?;
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(open_err(index_path))?;
+        let Ok(rec) = serde_json::from_str::<IndexLine>(&line) else {
+            continue;
+        };
+        for ident in rec.identifiers {
+            by_identifier.insert((rec.resource_type.clone(), ident), rec.id.clone());
+        }
+        ids.insert((rec.resource_type, rec.id));
+    }
+    Ok((by_identifier, ids))
+}
+
+/// Resources in the folder that the index lacks (a crash between writing
+/// a file and appending its index line): resource files, and the lines of
+/// the newest Bundle file.
+fn unindexed(
+    scan: &layout::Scan,
+    ids: &HashSet<(String, String)>,
+) -> Result<Vec<IndexLine>, OpenError> {
+    let mut recovered = Vec::new();
+    for (rtype, id, p) in &scan.resource_files {
+        if ids.contains(&(rtype.clone(), id.clone())) {
+            continue;
+        }
+        let bytes = fs::read(p).map_err(open_err(p))?;
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => recovered.push(IndexLine {
+                resource_type: rtype.clone(),
+                id: id.clone(),
+                identifiers: identifiers_of(&v),
+            }),
+            Err(e) => {
+                tracing::warn!(file = %p.display(), error = %e, "skipping a resource file that is not JSON");
+            }
+        }
+    }
+    if let Some(p) = &scan.newest_bundle {
+        recover_bundle_file(p, ids, &mut recovered)?;
+    }
+    Ok(recovered)
 }
 
 fn append_json_line<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
