@@ -155,8 +155,9 @@ fn counter(stats: &serde_json::Value, name: &str) -> u64 {
 /// load, the hub that pushes is killed while a Bundle is in flight (the EPJ
 /// answers slowly). Another hub must resume within 10 s, every acknowledged
 /// event must reach the EPJ, nothing may be created twice there, and the
-/// items sent twice (the in-flight Bundle the killed hub never settled) are
-/// at most one Bundle and are all conditional-create hits.
+/// items sent twice (the in-flight Bundle the killed hub never settled, and
+/// the one before it if its settle had not finished) are at most two
+/// Bundles and are all conditional-create hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_pushing_hub_under_load_resumes_within_10_s_without_double_creates() {
     let Some(schema) = ok(pg::schema("push_kill_under_load").await) else {
@@ -244,9 +245,11 @@ async fn kill_9_of_the_pushing_hub_under_load_resumes_within_10_s_without_double
     );
     // (The adapter counts an entry as created only when it answered; the
     // Bundle cut off by the kill was written, so its resend counts as hits.)
+    // At most two Bundles: the one in flight, and the one before it, whose
+    // audit record and settle run while the next Bundle is in flight.
     assert!(
-        resent <= MAX_BATCH,
-        "{resent} items sent twice: more than the one Bundle in flight at the kill"
+        resent <= 2 * MAX_BATCH,
+        "{resent} items sent twice: more than the Bundle in flight at the kill and the one before it"
     );
 }
 
