@@ -33,6 +33,67 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[error("mode down: connection dropped without an answer")]
 struct Dropped;
 
+/// What one accepted connection needs.
+struct Conn {
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    state: AppState,
+    http: hyper::server::conn::http1::Builder,
+}
+
+impl Conn {
+    /// Completes TLS and serves the connection's requests until it closes.
+    async fn serve(
+        self,
+        tcp: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let Conn {
+            acceptor,
+            app,
+            state,
+            http,
+        } = self;
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let counted = Arc::new(AtomicBool::new(false));
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            let state = state.clone();
+            let fhir = !req.uri().path().starts_with(ADMIN_PREFIX);
+            if fhir && !counted.swap(true, Ordering::Relaxed) {
+                state.stats.fhir_connection();
+            }
+            async move {
+                if fhir && state.mode.is_down() {
+                    state.stats.request();
+                    state.stats.dropped();
+                    return Err(Dropped);
+                }
+                match app.oneshot(req).await {
+                    Ok(resp) => Ok(resp),
+                    Err(never) => match never {},
+                }
+            }
+        });
+        let conn = http.serve_connection(TokioIo::new(tls), svc);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
 /// Serves HTTPS on `listener` until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish (up to 10 s).
 pub async fn run(
@@ -73,49 +134,13 @@ pub async fn run(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let state = state.clone();
-        let watcher = graceful.watcher();
-        let http = http.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let counted = Arc::new(AtomicBool::new(false));
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let app = app.clone();
-                let state = state.clone();
-                let fhir = !req.uri().path().starts_with(ADMIN_PREFIX);
-                if fhir && !counted.swap(true, Ordering::Relaxed) {
-                    state.stats.fhir_connection();
-                }
-                async move {
-                    if fhir && state.mode.is_down() {
-                        state.stats.request();
-                        state.stats.dropped();
-                        return Err(Dropped);
-                    }
-                    match app.oneshot(req).await {
-                        Ok(resp) => Ok(resp),
-                        Err(never) => match never {},
-                    }
-                }
-            });
-            let conn = http.serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        let conn = Conn {
+            acceptor: acceptor.clone(),
+            app: app.clone(),
+            state: state.clone(),
+            http: http.clone(),
+        };
+        tokio::spawn(conn.serve(tcp, peer, graceful.watcher(), permit));
     }
     drop(listener);
     tracing::info!("stopped accepting; waiting for in-flight requests");
