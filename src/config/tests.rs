@@ -150,3 +150,47 @@ fn an_escalation_cycle_is_refused() {
     let ok = Config::load(Some(&f), &Overrides::default());
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+/// Each destination setting that cannot work is refused with what to
+/// change; a well-formed pair loads.
+#[test]
+fn a_destination_that_cannot_work_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let f = dir.path().join("c.toml");
+    let head = "insecure_dev = true\n[[municipalities]]\norgnr = \"958935420\"\n";
+    let load = |dests: &str| {
+        std::fs::write(&f, format!("{head}{dests}")).unwrap_or_else(|e| panic!("{e}"));
+        format!("{:?}", Config::load(Some(&f), &Overrides::default()))
+    };
+    let pull = |name: &str, extra: &str| {
+        format!("[[municipalities.destinations]]\nname = \"{name}\"\nkind = \"pull\"\n{extra}")
+    };
+    let push = |extra: &str| {
+        format!("[[municipalities.destinations]]\nname = \"epj\"\nkind = \"push\"\n{extra}")
+    };
+    for (dests, says) in [
+        (pull("Oslo EPJ", ""), "use 1-64 characters"),
+        (pull("vakt", "") + &pull("vakt", ""), "used twice"),
+        (push(""), "needs url"),
+        (push("url = \"ftp://epj\"\n"), "must start with https://"),
+        (pull("vakt", "url = \"https://epj\"\n"), "takes no url"),
+        (pull("vakt", "lease_secs = 0\n"), "at least 1"),
+        (
+            push("url = \"https://epj\"\nbackoff_base_ms = 500\nbackoff_cap_ms = 100\n"),
+            "at most backoff_cap_ms",
+        ),
+        (
+            pull("vakt", "escalate_to = \"vakt\"\n"),
+            "names the destination itself",
+        ),
+        (
+            pull("vakt", "escalate_to = \"nobody\"\n"),
+            "names no configured destination",
+        ),
+    ] {
+        let err = load(&dests);
+        assert!(err.contains(says), "{dests}: {err}");
+    }
+    let fine = load(&(push("url = \"https://epj\"\n") + &pull("vakt", "")));
+    assert!(fine.starts_with("Ok("), "{fine}");
+}

@@ -139,12 +139,6 @@ impl Config {
     }
 
     fn validate_destinations(&self) -> Result<(), ConfigError> {
-        let bad = |d: &Destination, why: &str| {
-            Err(ConfigError::Invalid(format!(
-                "destination {:?}: {why}",
-                d.name
-            )))
-        };
         let all: Vec<&Destination> = self
             .municipalities
             .iter()
@@ -152,88 +146,109 @@ impl Config {
             .collect();
         let mut names = BTreeSet::new();
         for d in &all {
-            if d.name.is_empty()
-                || d.name.len() > 64
-                || !d
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                return bad(d, "name: use 1-64 characters of a-z, 0-9 and '-'");
-            }
+            destination_name(d).map_err(|why| invalid(d, why))?;
             if !names.insert(d.name.as_str()) {
-                return bad(d, "name is used twice; names must be unique across the hub");
-            }
-            match (d.kind, &d.url) {
-                (DestinationKind::Push, None) => return bad(d, "kind = \"push\" needs url"),
-                (DestinationKind::Push, Some(u))
-                    if !(u.starts_with("https://") || u.starts_with("http://")) =>
-                {
-                    return bad(
-                        d,
-                        "url must start with https:// (or http:// on loopback for tests)",
-                    );
-                }
-                (DestinationKind::Pull, Some(_)) => return bad(d, "kind = \"pull\" takes no url"),
-                _ => {}
-            }
-            if d.max_batch == 0 || d.max_rate == 0 || d.breaker_failures == 0 || d.lease_secs == 0 {
-                return bad(
+                return Err(invalid(
                     d,
-                    "max_batch, max_rate, breaker_failures and lease_secs must be at least 1",
-                );
+                    "name is used twice; names must be unique across the hub",
+                ));
             }
-            if d.backoff_base_ms == 0 || d.backoff_cap_ms < d.backoff_base_ms {
-                return bad(
-                    d,
-                    "backoff_base_ms must be at least 1 and at most backoff_cap_ms",
-                );
-            }
+            destination_settings(d).map_err(|why| invalid(d, why))?;
         }
         for m in &self.municipalities {
             for d in &m.destinations {
-                let Some(e) = &d.escalate_to else {
-                    continue;
-                };
-                if e == &d.name {
-                    return bad(d, "escalate_to names the destination itself");
-                }
-                if !names.contains(e.as_str()) {
-                    return bad(d, "escalate_to names no configured destination");
-                }
-                // An alarm never leaves its municipality: the fallback
-                // would deliver (or let its EPJ pull) another tenant's data.
-                if !m.destinations.iter().any(|f| &f.name == e) {
-                    return bad(
-                        d,
-                        "escalate_to names a destination of another municipality; \
-                         name one of this municipality's destinations",
-                    );
-                }
+                escalation_target(&m.destinations, d, &names).map_err(|why| invalid(d, why))?;
             }
         }
-        // A cycle (a -> b -> a) would hand an alarm round and round, and
-        // the embedded store locks a consumer and then its fallback.
-        let next: std::collections::BTreeMap<&str, &str> = all
-            .iter()
-            .filter_map(|d| d.escalate_to.as_deref().map(|e| (d.name.as_str(), e)))
-            .collect();
-        for d in &all {
-            let mut at = d.name.as_str();
-            for _ in 0..next.len() {
-                match next.get(at) {
-                    Some(n) if *n == d.name => {
-                        return bad(
-                            d,
-                            "escalate_to leads back to this destination (an escalation \
-                             cycle); let the last fallback escalate to none",
-                        );
-                    }
-                    Some(n) => at = n,
-                    None => break,
-                }
-            }
-        }
-        Ok(())
+        no_escalation_cycle(&all)
     }
+}
+
+fn invalid(d: &Destination, why: &str) -> ConfigError {
+    ConfigError::Invalid(format!("destination {:?}: {why}", d.name))
+}
+
+fn destination_name(d: &Destination) -> Result<(), &'static str> {
+    let ok = !d.name.is_empty()
+        && d.name.len() <= 64
+        && d.name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("name: use 1-64 characters of a-z, 0-9 and '-'")
+    }
+}
+
+/// The url that the kind needs (or refuses) and the numbers that must be
+/// at least 1.
+fn destination_settings(d: &Destination) -> Result<(), &'static str> {
+    match (d.kind, &d.url) {
+        (DestinationKind::Push, None) => return Err("kind = \"push\" needs url"),
+        (DestinationKind::Push, Some(u))
+            if !(u.starts_with("https://") || u.starts_with("http://")) =>
+        {
+            return Err("url must start with https:// (or http:// on loopback for tests)");
+        }
+        (DestinationKind::Pull, Some(_)) => return Err("kind = \"pull\" takes no url"),
+        _ => {}
+    }
+    if d.max_batch == 0 || d.max_rate == 0 || d.breaker_failures == 0 || d.lease_secs == 0 {
+        return Err("max_batch, max_rate, breaker_failures and lease_secs must be at least 1");
+    }
+    if d.backoff_base_ms == 0 || d.backoff_cap_ms < d.backoff_base_ms {
+        return Err("backoff_base_ms must be at least 1 and at most backoff_cap_ms");
+    }
+    Ok(())
+}
+
+/// `escalate_to` names another configured destination of the same
+/// municipality (`siblings`): an alarm never leaves its municipality, as
+/// the fallback would deliver (or let its EPJ pull) another tenant's data.
+fn escalation_target(
+    siblings: &[Destination],
+    d: &Destination,
+    names: &BTreeSet<&str>,
+) -> Result<(), &'static str> {
+    let Some(e) = &d.escalate_to else {
+        return Ok(());
+    };
+    if e == &d.name {
+        return Err("escalate_to names the destination itself");
+    }
+    if !names.contains(e.as_str()) {
+        return Err("escalate_to names no configured destination");
+    }
+    if !siblings.iter().any(|f| &f.name == e) {
+        return Err("escalate_to names a destination of another municipality; \
+                    name one of this municipality's destinations");
+    }
+    Ok(())
+}
+
+/// A cycle (a -> b -> a) would hand an alarm round and round, and the
+/// embedded store locks a consumer and then its fallback.
+fn no_escalation_cycle(all: &[&Destination]) -> Result<(), ConfigError> {
+    let next: std::collections::BTreeMap<&str, &str> = all
+        .iter()
+        .filter_map(|d| d.escalate_to.as_deref().map(|e| (d.name.as_str(), e)))
+        .collect();
+    for d in all {
+        let mut at = d.name.as_str();
+        for _ in 0..next.len() {
+            match next.get(at) {
+                Some(n) if *n == d.name => {
+                    return Err(invalid(
+                        d,
+                        "escalate_to leads back to this destination (an escalation \
+                         cycle); let the last fallback escalate to none",
+                    ));
+                }
+                Some(n) => at = n,
+                None => break,
+            }
+        }
+    }
+    Ok(())
 }
