@@ -284,46 +284,62 @@ fn refused(answer: &Answer, codes: &[Code], field: &str) -> Outcome {
     }
 }
 
+/// An event the hub must refuse: the rule, its title, the status codes
+/// allowed and the field the message must name.
+struct Refusal {
+    rule: &'static str,
+    title: &'static str,
+    event: pb::Event,
+    codes: &'static [Code],
+    field: &'static str,
+}
+
+async fn expect_refused(ctx: &mut Ctx, report: &mut Report, r: Refusal) {
+    let a = ctx.sender.send(r.event).await;
+    record(report, r.rule, r.title, async {
+        refused(&a, r.codes, r.field)
+    })
+    .await;
+}
+
 async fn rejections(ctx: &mut Ctx, report: &mut Report) {
-    let mut ev = ctx.kit.heart_rate("bad-fnr", 70.0);
-    if let Some(p) = ev.patient.as_mut() {
+    let mut bad_fnr = ctx.kit.heart_rate("bad-fnr", 70.0);
+    if let Some(p) = bad_fnr.patient.as_mut() {
         // Break the last control digit of a synthetic number.
         let last = p.value.pop().and_then(|c| c.to_digit(10)).unwrap_or(0);
         p.value.push(char::from(b'0' + ((last + 1) % 10) as u8));
     }
-    let a = ctx.sender.send(ev).await;
-    record(
-        report,
-        "rejection.invalid_argument",
-        "a bad field is refused with INVALID_ARGUMENT naming the field (patient.value)",
-        async { refused(&a, &[Code::InvalidArgument], "patient.value") },
-    )
-    .await;
-
-    let ev = ctx.kit.measurement(
-        "spo2-120",
-        pb::MeasurementKind::OxygenSaturation,
-        120.0,
-        "%",
-    );
-    let a = ctx.sender.send(ev).await;
-    record(
-        report,
-        "rejection.impossible_value",
-        "a physically impossible value (SpO2 120 %) is refused with INVALID_ARGUMENT",
-        async { refused(&a, &[Code::InvalidArgument], "measurement.quantity") },
-    )
-    .await;
-
-    let ev = ctx.kit.alarm("code-9.99", "9.99", pb::Severity::Red);
-    let a = ctx.sender.send(ev).await;
-    record(
-        report,
-        "rejection.unknown_alarm_code",
-        "an alarm code outside the VKP list is refused with INVALID_ARGUMENT naming alarm.code",
-        async { refused(&a, &[Code::InvalidArgument], "alarm.code") },
-    )
-    .await;
+    let first = [
+        Refusal {
+            rule: "rejection.invalid_argument",
+            title: "a bad field is refused with INVALID_ARGUMENT naming the field (patient.value)",
+            event: bad_fnr,
+            codes: &[Code::InvalidArgument],
+            field: "patient.value",
+        },
+        Refusal {
+            rule: "rejection.impossible_value",
+            title: "a physically impossible value (SpO2 120 %) is refused with INVALID_ARGUMENT",
+            event: ctx.kit.measurement(
+                "spo2-120",
+                pb::MeasurementKind::OxygenSaturation,
+                120.0,
+                "%",
+            ),
+            codes: &[Code::InvalidArgument],
+            field: "measurement.quantity",
+        },
+        Refusal {
+            rule: "rejection.unknown_alarm_code",
+            title: "an alarm code outside the VKP list is refused with INVALID_ARGUMENT naming alarm.code",
+            event: ctx.kit.alarm("code-9.99", "9.99", pb::Severity::Red),
+            codes: &[Code::InvalidArgument],
+            field: "alarm.code",
+        },
+    ];
+    for r in first {
+        expect_refused(ctx, report, r).await;
+    }
 
     record(
         report,
@@ -333,47 +349,40 @@ async fn rejections(ctx: &mut Ctx, report: &mut Report) {
     )
     .await;
 
-    let ev = ctx
-        .kit
-        .note("orphan-note", Some(&ctx.kit.id("no-such-alarm")));
-    let a = ctx.sender.send(ev).await;
-    record(
-        report,
-        "rejection.unknown_alarm",
-        "a note answering an alarm the hub has not stored is refused naming in_response_to",
-        async { refused(&a, &[Code::InvalidArgument], "in_response_to") },
-    )
-    .await;
-
-    let mut ev = ctx.kit.heart_rate("foreign", 70.0);
-    ev.municipality = ctx.other_municipality.clone();
-    let a = ctx.sender.send(ev).await;
-    record(
-        report,
-        "rejection.not_permitted",
-        "an event for a municipality outside your agreement is refused",
-        async {
-            refused(
-                &a,
-                &[Code::PermissionDenied, Code::InvalidArgument],
-                "municipality",
-            )
-        },
-    )
-    .await;
-
-    let mut ev = ctx.kit.alarm("too-large", "4.1", pb::Severity::Green);
-    if let Some(pb::event::Payload::Alarm(al)) = ev.payload.as_mut() {
+    let mut foreign = ctx.kit.heart_rate("foreign", 70.0);
+    foreign.municipality = ctx.other_municipality.clone();
+    let mut too_large = ctx.kit.alarm("too-large", "4.1", pb::Severity::Green);
+    if let Some(pb::event::Payload::Alarm(al)) = too_large.payload.as_mut() {
         al.text = "x".repeat(ctx.max_message_bytes + 1024);
     }
-    let a = ctx.sender.send(ev).await;
-    record(
-        report,
-        "rejection.too_large",
-        "an event over the agreement's size is refused with RESOURCE_EXHAUSTED (not retried)",
-        async { refused(&a, &[Code::ResourceExhausted], "") },
-    )
-    .await;
+    let then = [
+        Refusal {
+            rule: "rejection.unknown_alarm",
+            title: "a note answering an alarm the hub has not stored is refused naming in_response_to",
+            event: ctx
+                .kit
+                .note("orphan-note", Some(&ctx.kit.id("no-such-alarm"))),
+            codes: &[Code::InvalidArgument],
+            field: "in_response_to",
+        },
+        Refusal {
+            rule: "rejection.not_permitted",
+            title: "an event for a municipality outside your agreement is refused",
+            event: foreign,
+            codes: &[Code::PermissionDenied, Code::InvalidArgument],
+            field: "municipality",
+        },
+        Refusal {
+            rule: "rejection.too_large",
+            title: "an event over the agreement's size is refused with RESOURCE_EXHAUSTED (not retried)",
+            event: too_large,
+            codes: &[Code::ResourceExhausted],
+            field: "",
+        },
+    ];
+    for r in then {
+        expect_refused(ctx, report, r).await;
+    }
 
     record(
         report,
