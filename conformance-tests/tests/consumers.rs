@@ -250,10 +250,7 @@ async fn one_refused_item_never_stalls_the_destination() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_red_alarm_is_escalated_at_once_and_once() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj
-        .set_mode(json!({"mode": "reject422", "reject_codes": ["4.1"]}))
-        .await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "reject422", "reject_codes": ["4.1"]})).await);
     let setup = Setup {
         epj: &epj,
         max_batch: 50,
@@ -428,12 +425,9 @@ async fn an_alarm_behind_a_large_backlog_of_its_patient_arrives_within_a_second(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_kill9_rebuilds_every_consumer_from_its_floor() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
     // Slow enough that the kill finds most items undelivered, also on the
     // PostgreSQL backend, whose submits take longer than the embedded store's.
-    ok(epj
-        .set_mode(json!({"mode": "slow", "delay_ms": 1000}))
-        .await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 1000})).await);
     let setup = Setup {
         epj: &epj,
         max_batch: 20,

@@ -189,12 +189,9 @@ async fn outage_and_recovery_lose_nothing_keep_order_and_do_not_flood() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_one_after_another_share_one_connection() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
     // The first Bundle is answered after 1 s; the rest queue behind it and
     // go in Bundles of up to 1,000.
-    ok(epj
-        .set_mode(json!({"mode": "slow", "delay_ms": 1000}))
-        .await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 1000})).await);
     let hub = ok(Hub::start(
         &dir.path().join("data"),
         HubOptions {
@@ -235,10 +232,7 @@ async fn bundles_one_after_another_share_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj
-        .set_mode(json!({"mode": "reject422", "reject_codes": ["4.1"]}))
-        .await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "reject422", "reject_codes": ["4.1"]})).await);
     let hub = hub_with(dir.path(), Some(&epj), "").await;
     let refs = submit_all(
         &hub,
@@ -331,11 +325,8 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resends_after_timeouts_create_no_duplicates() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
     // The EPJ stores, then answers after the hub has given up (timeout 1 s).
-    ok(epj
-        .set_mode(json!({"mode": "slow", "delay_ms": 1500}))
-        .await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 1500})).await);
     let hub = hub_with(dir.path(), Some(&epj), "").await;
     submit_all(
         &hub,
@@ -442,8 +433,7 @@ async fn an_alarm_past_its_deadline_is_escalated_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_delivery_every_event_ends_delivered() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 300})).await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 300})).await);
     let mut hub = hub_with(dir.path(), Some(&epj), "").await;
     let n = 300;
     submit_all(
@@ -552,10 +542,7 @@ async fn pull_leases_expire_and_confirmations_settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj
-        .set_mode(json!({"mode": "error429", "retry_after_secs": 3}))
-        .await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "error429", "retry_after_secs": 3})).await);
     let hub = hub_with(dir.path(), Some(&epj), "").await;
     submit_all(&hub, vec![events::heart_rate("ra-1", OSLO, 1)]).await;
     // The backoff alone (base 50 ms) would retry several times a second;
@@ -572,8 +559,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_during_delivery_loses_and_doubles_nothing() {
     let dir = ok(tempfile::tempdir());
-    let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 300})).await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 300})).await);
     let mut hub = hub_with(dir.path(), Some(&epj), "").await;
     let n = 200;
     submit_all(

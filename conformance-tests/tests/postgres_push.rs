@@ -163,8 +163,7 @@ async fn kill_9_of_the_pushing_hub_under_load_resumes_within_10_s_without_double
     let Some(schema) = ok(pg::schema("push_kill_under_load").await) else {
         return;
     };
-    let epj = ok(EpjAdapter::start("ok").await);
-    ok(epj.set_mode(json!({"mode": "slow", "delay_ms": 150})).await);
+    let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 150})).await);
     let (mut hubs, _dirs) = hubs_pushing_to(&schema, &epj, BERGEN, 3).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();

@@ -58,6 +58,14 @@ impl EpjAdapter {
         })
     }
 
+    /// Starts in mode `ok` and switches to `mode` (e.g.
+    /// `{"mode":"slow","delay_ms":300}`) before anyone sends to it.
+    pub async fn start_in(mode: serde_json::Value) -> Result<EpjAdapter> {
+        let epj = EpjAdapter::start("ok").await?;
+        epj.set_mode(mode).await?;
+        Ok(epj)
+    }
+
     pub fn fhir_url(&self) -> String {
         format!("https://{}/fhir", self.addr)
     }
