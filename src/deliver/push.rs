@@ -451,7 +451,9 @@ impl Worker {
     }
 }
 
-/// Writes the audit record of a delivered Bundle and settles its items.
+/// Writes the audit record of a delivered Bundle and settles its items,
+/// in that order: an item settled as delivered always has its audit record
+/// (a crash between the two only sends it again, with a second record).
 async fn record_delivered(
     store: Arc<dyn Store>,
     registry: Registry,

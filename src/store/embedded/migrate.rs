@@ -182,7 +182,6 @@ fn move_events(
         let (k, v) = kv.map_err(oerr)?;
         let seq = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("record key"))?;
         let old: OldRecord = postcard::from_bytes(&v).map_err(|_| corrupt("record"))?;
-        let org = old.org;
         let (record, entry) = new_record(sdb, seq, old, &idem, oerr)?;
         writer::stage_keys(
             ks,
@@ -192,7 +191,7 @@ fn move_events(
             keys::encode(&record)?,
             keys::encode(&entry)?,
         );
-        moved.by_org.entry(org).or_default().push(seq);
+        moved.by_org.entry(record.org).or_default().push(seq);
         moved.last_seq = seq;
         report.events += 1;
         if report.events.is_multiple_of(2_000) {

@@ -37,6 +37,15 @@ fn settle_of(event: usize, consumer: usize, outcome: Outcome) -> Op {
     }
 }
 
+/// A take of up to 10 items at `consumer`, without a lease.
+fn take_all(consumer: usize) -> Op {
+    Op::Take {
+        consumer,
+        max: 10,
+        lease: None,
+    }
+}
+
 /// A RED alarm (event `event` of vendor 0, municipality A, patient 0).
 fn red_alarm(event: usize) -> Op {
     Op::Put(PutOp {
@@ -61,11 +70,7 @@ fn escalated_again_after_a_dead_letter_at_the_fallback() -> Vec<Op> {
         dead_letter(0), // a-epj: escalated to a-vakt
         dead_letter(2), // a-vakt gives up too
         dead_letter(1), // a-pull: escalated, but a-vakt has had it
-        Op::Take {
-            consumer: 2,
-            max: 10,
-            lease: None,
-        },
+        take_all(2),
         settle(2, Outcome::Delivered), // not pending: ignored
     ]
 }
@@ -74,17 +79,12 @@ fn escalated_again_after_a_dead_letter_at_the_fallback() -> Vec<Op> {
 /// a-pull), while the fallback has the alarm pending, after it delivered
 /// it, and after it dead-lettered it: never a second copy.
 fn escalated_to_a_fallback_that_reads_the_log() -> Vec<Op> {
-    let take = |consumer| Op::Take {
-        consumer,
-        max: 10,
-        lease: None,
-    };
     vec![
         red_alarm(0),
         dead_letter(4), // a-tilsyn: a-pull has it pending
-        take(1),
+        take_all(1),
         settle(1, Outcome::Delivered),
-        take(1),
+        take_all(1),
         red_alarm(1),
         settle_of(
             1,
@@ -95,11 +95,11 @@ fn escalated_to_a_fallback_that_reads_the_log() -> Vec<Op> {
             },
         ), // a-pull dead-letters the second: a-vakt gets it
         dead_letter_of(1, 4), // a-tilsyn too: a-pull has had it
-        take(1),
-        take(2),
+        take_all(1),
+        take_all(2),
         Op::Advance { secs: 600 },
         Op::Escalate,
-        take(1),
+        take_all(1),
     ]
 }
 
@@ -142,30 +142,25 @@ fn a_waiting_note_does_not_hide_a_later_event() -> Vec<Op> {
 /// there its state stays known, after a restart too. (The embedded store
 /// wrote no mark for it and then said nothing; `late.rs` found it.)
 fn escalated_to_a_fallback_that_joined_later() -> Vec<Op> {
-    let take = |consumer| Op::Take {
-        consumer,
-        max: 10,
-        lease: None,
-    };
     vec![
         red_alarm(0),
         red_alarm(1),
         Op::Join,
         dead_letter(4), // a-tilsyn: a-sen is queued the older alarm
-        take(5),
+        take_all(5),
         settle(5, Outcome::Delivered),
         Op::Restart,
-        take(5),
+        take_all(5),
         Op::Advance { secs: 600 },
         Op::Escalate, // the other alarm, overdue at a-tilsyn, goes to a-sen
-        take(5),
+        take_all(5),
         dead_letter_of(1, 5),   // a-sen gives up on the second alarm
         Op::Replay { pick: 0 }, // a-sen's dead letter sorts first
-        take(5),
+        take_all(5),
         settle_of(1, 5, Outcome::Delivered),
-        take(5),
+        take_all(5),
         Op::Restart,
-        take(5),
+        take_all(5),
     ]
 }
 
