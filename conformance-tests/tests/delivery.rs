@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 
 /// A hub whose Oslo has one push destination (the adapter, unless `None`)
 /// escalating to a pull destination "oslo-vakt" (the response centre).
-async fn hub_with(dir: &std::path::Path, epj: Option<&EpjAdapter>, extra: &str) -> Hub {
+async fn hub_with(dir: &std::path::Path, epj: Option<&EpjAdapter>, max_batch: usize) -> Hub {
     let push = match epj {
         Some(e) => format!(
             r#"
@@ -26,14 +26,13 @@ name = "oslo-epj"
 kind = "push"
 url = "{}"
 ca_file = "{}"
-max_batch = 50
+max_batch = {max_batch}
 timeout_ms = 1000
 backoff_base_ms = 50
 backoff_cap_ms = 400
 breaker_failures = 3
 breaker_open_secs = 1
 escalate_to = "oslo-vakt"
-{extra}
 "#,
             e.fhir_url(),
             e.cert.display()
@@ -109,7 +108,7 @@ fn ids(received: &[Value]) -> Vec<String> {
 async fn outage_and_recovery_lose_nothing_keep_order_and_do_not_flood() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start("ok").await);
-    let hub = hub_with(dir.path(), Some(&epj), "").await;
+    let hub = hub_with(dir.path(), Some(&epj), 50).await;
     let first = submit_all(
         &hub,
         (0..10)
@@ -233,7 +232,7 @@ async fn bundles_one_after_another_share_one_connection() {
 async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start_in(json!({"mode": "reject422", "reject_codes": ["4.1"]})).await);
-    let hub = hub_with(dir.path(), Some(&epj), "").await;
+    let hub = hub_with(dir.path(), Some(&epj), 50).await;
     let refs = submit_all(
         &hub,
         vec![
@@ -327,7 +326,7 @@ async fn resends_after_timeouts_create_no_duplicates() {
     let dir = ok(tempfile::tempdir());
     // The EPJ stores, then answers after the hub has given up (timeout 1 s).
     let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 1500})).await);
-    let hub = hub_with(dir.path(), Some(&epj), "").await;
+    let hub = hub_with(dir.path(), Some(&epj), 50).await;
     submit_all(
         &hub,
         vec![
@@ -360,7 +359,7 @@ async fn resends_after_timeouts_create_no_duplicates() {
 async fn a_red_alarm_overtakes_the_backlog() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start("down").await);
-    let hub = hub_with(dir.path(), Some(&epj), "").await;
+    let hub = hub_with(dir.path(), Some(&epj), 50).await;
     let mut evs: Vec<pb::Event> = (0..400)
         .map(|i| events::heart_rate(&format!("bk-{i}"), OSLO, 10 + i % 20))
         .collect();
@@ -384,7 +383,7 @@ async fn a_red_alarm_overtakes_the_backlog() {
 async fn an_alarm_past_its_deadline_is_escalated_once() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start("down").await);
-    let hub = hub_with(dir.path(), Some(&epj), "").await;
+    let hub = hub_with(dir.path(), Some(&epj), 50).await;
     let refs = submit_all(
         &hub,
         vec![
@@ -434,7 +433,7 @@ async fn an_alarm_past_its_deadline_is_escalated_once() {
 async fn kill9_during_delivery_every_event_ends_delivered() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 300})).await);
-    let mut hub = hub_with(dir.path(), Some(&epj), "").await;
+    let mut hub = hub_with(dir.path(), Some(&epj), 50).await;
     let n = 300;
     submit_all(
         &hub,
@@ -462,7 +461,7 @@ async fn kill9_during_delivery_every_event_ends_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_leases_expire_and_confirmations_settle() {
     let dir = ok(tempfile::tempdir());
-    let hub = hub_with(dir.path(), None, "").await;
+    let hub = hub_with(dir.path(), None, 50).await;
     let refs = submit_all(
         &hub,
         vec![
@@ -543,7 +542,7 @@ async fn pull_leases_expire_and_confirmations_settle() {
 async fn retry_after_is_honoured() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start_in(json!({"mode": "error429", "retry_after_secs": 3})).await);
-    let hub = hub_with(dir.path(), Some(&epj), "").await;
+    let hub = hub_with(dir.path(), Some(&epj), 50).await;
     submit_all(&hub, vec![events::heart_rate("ra-1", OSLO, 1)]).await;
     // The backoff alone (base 50 ms) would retry several times a second;
     // Retry-After: 3 must hold the next attempt back.
@@ -560,7 +559,11 @@ async fn retry_after_is_honoured() {
 async fn graceful_shutdown_during_delivery_loses_and_doubles_nothing() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 300})).await);
-    let mut hub = hub_with(dir.path(), Some(&epj), "").await;
+    // Bundles of 5 at 300 ms each: 200 events take at least 12 s to deliver,
+    // so the stop lands mid-delivery however slowly the machine answers.
+    // (With Bundles of 50 the whole queue went in four requests, and a busy
+    // CI machine once stopped the hub only after all of them.)
+    let mut hub = hub_with(dir.path(), Some(&epj), 5).await;
     let n = 200;
     submit_all(
         &hub,
