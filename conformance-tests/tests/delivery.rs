@@ -433,7 +433,9 @@ async fn an_alarm_past_its_deadline_is_escalated_once() {
 async fn kill9_during_delivery_every_event_ends_delivered() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start_in(json!({"mode": "slow", "delay_ms": 300})).await);
-    let mut hub = hub_with(dir.path(), Some(&epj), 50).await;
+    // Bundles of 10 at 300 ms each: at least 9 s for 300 events, so the kill
+    // lands mid-delivery on a busy machine too.
+    let mut hub = hub_with(dir.path(), Some(&epj), 10).await;
     let n = 300;
     submit_all(
         &hub,
