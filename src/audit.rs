@@ -1,7 +1,9 @@
 //! The audit trail: every read, search, `$pending`, `$confirm` and push
-//! delivery of patient data is written down before the data leaves the hub
-//! (pasientjournalloven § 22, Normen). If the record cannot be written, the
-//! data is not served.
+//! delivery of patient data is written down (pasientjournalloven § 22,
+//! Normen). A read is recorded, durably, before the data leaves the hub: if
+//! the record cannot be written, the data is not served. A push delivery is
+//! recorded when the EPJ has taken the Bundle, before the items are settled
+//! (`Auditor::record_push`), so a settled item always has its record.
 //!
 //! [`Auditor`] builds records (who, municipality, action, sanitized query or
 //! resource ids, patients, outcome) and appends them through the
@@ -202,8 +204,18 @@ impl Auditor {
             rec.add_resource(i.resource.resource);
             self.add_patient(&mut rec.patients, Some(i.patient), &i.resource.json);
         }
-        if self.write(records).await.is_err() {
-            tracing::error!(destination, "a delivered Bundle has no audit record");
+        // Unsynced: the Bundle has left, so waiting for a sync of its own
+        // protects nothing, and at 1,000 events/s with one event per Bundle
+        // it doubled the syncs that every vendor's ack waits behind. The
+        // caller settles after this, and the store makes the settle durable
+        // only with the record (see `AuditLog::audit_append_unsynced`).
+        let n = records.len();
+        match self.store.audit_append_unsynced(records).await {
+            Ok(_) => metrics::counter!("knutepunkt_audit_records_total").increment(n as u64),
+            Err(e) => {
+                metrics::counter!("knutepunkt_audit_write_failures_total").increment(1);
+                tracing::error!(destination, error = %e, "a delivered Bundle has no audit record");
+            }
         }
     }
 }

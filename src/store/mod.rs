@@ -509,6 +509,16 @@ pub trait AuditLog: Send + Sync {
     /// the group commit of events), with the `seq` each got.
     fn audit_append(&self, records: Vec<audit::AuditRecord>) -> StoreFuture<'_, Vec<u64>>;
 
+    /// Appends records of something that has already happened and cannot
+    /// be undone (a push delivery), without a sync of their own: they
+    /// resolve once written in commit order and become durable with the
+    /// next sync, before anything written after them (a settle). So a crash
+    /// that loses the record also loses the settle, and the item is
+    /// delivered and recorded again. The default waits for durability.
+    fn audit_append_unsynced(&self, records: Vec<audit::AuditRecord>) -> StoreFuture<'_, Vec<u64>> {
+        self.audit_append(records)
+    }
+
     /// One municipality's audit trail, oldest first.
     fn audit_search(&self, q: audit::AuditQuery) -> StoreFuture<'_, audit::AuditPage>;
 

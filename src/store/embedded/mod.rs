@@ -490,7 +490,24 @@ impl Consumers for EmbeddedStore {
 
 impl AuditLog for EmbeddedStore {
     fn audit_append(&self, records: Vec<AuditRecord>) -> StoreFuture<'_, Vec<u64>> {
-        self.send(move |reply| Req::Audit(records, reply))
+        self.send(move |reply| Req::Audit {
+            records,
+            sync: true,
+            reply,
+        })
+    }
+
+    /// Through the writer like every audit record (it numbers them), but a
+    /// group of such records alone is committed to the journal without a
+    /// sync; the next synced group (or any later sync) makes it durable.
+    /// The journal is one ordered file, so a settle written after the
+    /// record is never durable without it.
+    fn audit_append_unsynced(&self, records: Vec<AuditRecord>) -> StoreFuture<'_, Vec<u64>> {
+        self.send(move |reply| Req::Audit {
+            records,
+            sync: false,
+            reply,
+        })
     }
 
     fn audit_search(&self, q: AuditQuery) -> StoreFuture<'_, AuditPage> {

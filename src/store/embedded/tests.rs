@@ -455,10 +455,17 @@ async fn audit_and_jti_share_the_group_commit_and_survive_a_restart() {
         outcome: AuditOutcome::Success,
     };
     let seqs = s
-        .audit_append(vec![record.clone(), record])
+        .audit_append(vec![record.clone(), record.clone()])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(seqs[0] < seqs[1]);
+    // A push's record: numbered in the same sequence, journaled without a
+    // sync of its own, durable with the jti claim's group below.
+    let pushed = s
+        .audit_append_unsynced(vec![record])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(pushed[0] > seqs[1]);
     assert!(matches!(s.jti_claim("c", "j1", 100, 50).await, Ok(true)));
     assert!(matches!(s.jti_claim("c", "j1", 100, 60).await, Ok(false)));
     s.close().await;
@@ -476,7 +483,7 @@ async fn audit_and_jti_share_the_group_commit_and_survive_a_restart() {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items.len(), 3);
 }
 
 /// A backup taken while the store is open restores into a store that reads

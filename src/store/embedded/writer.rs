@@ -27,10 +27,13 @@ pub(crate) enum Req {
         Box<NewRecord>,
         oneshot::Sender<Result<PutOutcome, PutError>>,
     ),
-    Audit(
-        Vec<AuditRecord>,
-        oneshot::Sender<Result<Vec<u64>, StoreError>>,
-    ),
+    /// `sync: false`: a group holding nothing else is committed without a
+    /// sync (see `audit_append_unsynced`).
+    Audit {
+        records: Vec<AuditRecord>,
+        sync: bool,
+        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    },
     Jti {
         client: String,
         jti: String,
@@ -106,7 +109,7 @@ impl Writer {
                 // it asked for is stored all the same.
                 match (req, answer) {
                     (Req::Put(_, reply), Answer::Put(a)) => drop(reply.send(a)),
-                    (Req::Audit(_, reply), Answer::Audit(a)) => drop(reply.send(a)),
+                    (Req::Audit { reply, .. }, Answer::Audit(a)) => drop(reply.send(a)),
                     (Req::Jti { reply, .. }, Answer::Jti(a)) => drop(reply.send(a)),
                     (Req::JtiPrune { reply, .. }, Answer::JtiPrune(a)) => drop(reply.send(a)),
                     _ => {}
@@ -140,9 +143,19 @@ impl Writer {
             return answers;
         }
         let started = Instant::now();
-        let durable = batch
-            .commit()
-            .and_then(|()| shared.db.persist(PersistMode::SyncData));
+        // Events, synced audit records and assertion ids are answered only
+        // once durable; a group of unsynced audit records alone is not
+        // worth a sync (the next group's makes it durable).
+        let sync = reqs
+            .iter()
+            .any(|r| !matches!(r, Req::Audit { sync: false, .. }));
+        let durable = batch.commit().and_then(|()| {
+            if sync {
+                shared.db.persist(PersistMode::SyncData)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = durable {
             let err = self.failed(&e);
             self.last_seq = first_seq;
@@ -159,7 +172,9 @@ impl Writer {
                 })
                 .collect();
         }
-        metrics::histogram!("knutepunkt_store_commit_seconds").record(started.elapsed());
+        if sync {
+            metrics::histogram!("knutepunkt_store_commit_seconds").record(started.elapsed());
+        }
         metrics::histogram!("knutepunkt_store_group_size").record(reqs.len() as f64);
         metrics::gauge!("knutepunkt_store_cache_bytes").set(shared.db.cache_size() as f64);
         for (org, n) in &group.arrivals {
@@ -199,7 +214,7 @@ impl Writer {
     ) -> Answer {
         match req {
             Req::Put(rec, _) => Answer::Put(self.stage_event(rec, batch, group)),
-            Req::Audit(records, _) => {
+            Req::Audit { records, .. } => {
                 let mut seqs = Vec::with_capacity(records.len());
                 for rec in records {
                     self.last_audit = (self.last_audit + 1).max(now_micros());
@@ -258,55 +273,15 @@ impl Writer {
         batch: &mut fjall::OwnedWriteBatch,
         group: &mut Group,
     ) -> Result<PutOutcome, PutError> {
-        let ks = &self.shared.ks;
         let now = now_micros();
-        let lookup = |id: &uuid::Uuid, group: &Group| -> Result<Option<IdEntry>, PutError> {
-            if let Some(e) = group.ids.get(id.as_bytes()) {
-                return Ok(Some(*e));
-            }
-            match ks.ids.get(id.as_bytes()) {
-                Ok(None) => Ok(None),
-                Ok(Some(v)) => keys::decode(&v)
-                    .map(Some)
-                    .map_err(|e| PutError::Unavailable(e.to_string())),
-                Err(e) => Err(PutError::Unavailable(format!("store read failed: {e}"))),
-            }
-        };
         let n = &rec.resource;
-        let this = ResourceRef {
-            resource_type: n.resource_type,
-            id: n.id,
-        };
-        if let Some(prev) = lookup(&n.id, group)?
+        if let Some(prev) = self.lookup(&n.id, group)?
             && prev.seq.saturating_add(self.window_us) > now
         {
-            // Answer with what is stored: the original's type and id.
-            let stored = ResourceRef {
-                resource_type: crate::domain::ResourceType::from_tag(prev.rtype)
-                    .unwrap_or(n.resource_type),
-                id: n.id,
-            };
-            return if prev.hash == rec.content_hash {
-                Ok(PutOutcome::Duplicate(stored))
-            } else {
-                Err(PutError::Conflict(stored))
-            };
+            return resent(&prev, rec);
         }
         let org = rec.municipality.as_u32();
-        let answers = match &rec.answers_alarm {
-            None => 0,
-            Some(eid) => {
-                let alarm_id = crate::domain::resource_id(&rec.vendor, eid);
-                match lookup(&alarm_id, group)? {
-                    Some(a) if a.is_alarm && a.org == org => a.seq,
-                    _ => {
-                        return Err(PutError::UnknownAlarm {
-                            event_id: eid.clone(),
-                        });
-                    }
-                }
-            }
-        };
+        let answers = self.answered_alarm(rec, org, group)?;
         let seq = (self.last_seq + 1).max(now);
         let rt = n.resource_type.tag();
         let record = Record {
@@ -334,11 +309,43 @@ impl Writer {
         };
         let ebytes = keys::encode(&entry).map_err(|e| PutError::Unavailable(e.to_string()))?;
         self.last_seq = seq;
-        stage_keys(ks, batch, seq, &record, bytes, ebytes);
+        stage_keys(&self.shared.ks, batch, seq, &record, bytes, ebytes);
         *group.arrivals.entry(org).or_default() += 1;
         group.ids.insert(*n.id.as_bytes(), entry);
         group.writes += 1;
-        Ok(PutOutcome::Accepted(this))
+        Ok(PutOutcome::Accepted(ResourceRef {
+            resource_type: n.resource_type,
+            id: n.id,
+        }))
+    }
+
+    /// The id's entry: in the group being built, else in the store.
+    fn lookup(&self, id: &uuid::Uuid, group: &Group) -> Result<Option<IdEntry>, PutError> {
+        if let Some(e) = group.ids.get(id.as_bytes()) {
+            return Ok(Some(*e));
+        }
+        match self.shared.ks.ids.get(id.as_bytes()) {
+            Ok(None) => Ok(None),
+            Ok(Some(v)) => keys::decode(&v)
+                .map(Some)
+                .map_err(|e| PutError::Unavailable(e.to_string())),
+            Err(e) => Err(PutError::Unavailable(format!("store read failed: {e}"))),
+        }
+    }
+
+    /// The seq of the alarm a note answers (0 for none); the alarm must be
+    /// stored, or earlier in this group, and of the same municipality.
+    fn answered_alarm(&self, rec: &NewRecord, org: u32, group: &Group) -> Result<u64, PutError> {
+        let Some(eid) = &rec.answers_alarm else {
+            return Ok(0);
+        };
+        let alarm_id = crate::domain::resource_id(&rec.vendor, eid);
+        match self.lookup(&alarm_id, group)? {
+            Some(a) if a.is_alarm && a.org == org => Ok(a.seq),
+            _ => Err(PutError::UnknownAlarm {
+                event_id: eid.clone(),
+            }),
+        }
     }
 
     /// Refuses the group while free space is under the reserve, and logs
@@ -418,10 +425,26 @@ pub(crate) fn stage_keys(
     }
 }
 
+/// The answer to an event whose id is stored within the idempotency
+/// window: the same content is a duplicate, other content a conflict. Both
+/// name what is stored (the original's type and id).
+fn resent(prev: &IdEntry, rec: &NewRecord) -> Result<PutOutcome, PutError> {
+    let stored = ResourceRef {
+        resource_type: crate::domain::ResourceType::from_tag(prev.rtype)
+            .unwrap_or(rec.resource.resource_type),
+        id: rec.resource.id,
+    };
+    if prev.hash == rec.content_hash {
+        Ok(PutOutcome::Duplicate(stored))
+    } else {
+        Err(PutError::Conflict(stored))
+    }
+}
+
 fn refuse(req: &Req, e: &PutError) -> Answer {
     match req {
         Req::Put(..) => Answer::Put(Err(e.clone())),
-        Req::Audit(..) => Answer::Audit(Err(StoreError::Write(e.to_string()))),
+        Req::Audit { .. } => Answer::Audit(Err(StoreError::Write(e.to_string()))),
         Req::Jti { .. } => Answer::Jti(Err(StoreError::Write(e.to_string()))),
         Req::JtiPrune { .. } => Answer::JtiPrune(Err(StoreError::Write(e.to_string()))),
     }
