@@ -183,8 +183,12 @@ impl Writer {
             }
         }
         shared.commits.fetch_add(1, Ordering::AcqRel);
-        shared.visible.store(self.last_seq, Ordering::Release);
-        shared.committed.send_replace(self.last_seq);
+        // Only new events wake the delivery workers: a group of audit
+        // records or assertion ids alone has nothing for them to take.
+        if self.last_seq != first_seq {
+            shared.visible.store(self.last_seq, Ordering::Release);
+            shared.committed.send_replace(self.last_seq);
+        }
         answers
     }
 
