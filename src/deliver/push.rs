@@ -137,10 +137,13 @@ pub async fn run(
         } else {
             w.dest.max_batch
         };
+        // Marked seen before the take looks, so a commit that lands while
+        // it looks still wakes the wait below. (Marked after an empty take,
+        // it went unseen: its events waited for the next commit, or 1 s.)
+        committed.borrow_and_update();
         let mut batch = match w.next_batch(ahead.take(), max).await {
             Ok(Some(b)) => b,
             Ok(None) => {
-                committed.borrow_and_update();
                 tokio::select! {
                     _ = committed.changed() => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -389,3 +389,211 @@ async fn a_retry_releases_the_bundle_taken_ahead() {
     let want: Vec<String> = (0..12).map(|i| format!("r{i:02}")).collect();
     assert_eq!(after, want.iter().collect::<Vec<_>>(), "{requests:?}");
 }
+
+/// The embedded store, except that its first empty take lets a RED alarm
+/// commit before it answers: the commit lands after the take looked and
+/// before the worker goes back to waiting for commits.
+struct CommitDuringEmptyTake {
+    inner: Arc<dyn Store>,
+    armed: std::sync::atomic::AtomicBool,
+    committed_at: Mutex<Option<std::time::Instant>>,
+}
+
+impl crate::store::Consumers for CommitDuringEmptyTake {
+    fn take(
+        &self,
+        consumer: &str,
+        max: usize,
+        now: u64,
+        lease_until: Option<u64>,
+    ) -> crate::store::StoreFuture<'_, Vec<crate::store::OutboxItem>> {
+        let consumer = consumer.to_string();
+        Box::pin(async move {
+            let items = self.inner.take(&consumer, max, now, lease_until).await?;
+            if items.is_empty() && self.armed.swap(false, Ordering::SeqCst) {
+                put(&self.inner, "late", 3, Class::Red).await;
+                *self
+                    .committed_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::time::Instant::now());
+            }
+            Ok(items)
+        })
+    }
+    fn settle(
+        &self,
+        consumer: &str,
+        outcomes: Vec<(u64, Settle)>,
+    ) -> crate::store::StoreFuture<'_, crate::store::SettleReport> {
+        self.inner.settle(consumer, outcomes)
+    }
+    fn stats(&self, consumer: &str) -> crate::store::StoreFuture<'_, crate::store::ConsumerStats> {
+        self.inner.stats(consumer)
+    }
+    fn escalate_overdue(
+        &self,
+        now: u64,
+    ) -> crate::store::StoreFuture<'_, Vec<crate::store::Escalation>> {
+        self.inner.escalate_overdue(now)
+    }
+    fn dead_letters(
+        &self,
+        filter: DeadLetterFilter,
+        limit: usize,
+    ) -> crate::store::StoreFuture<'_, Vec<crate::store::DeadLetter>> {
+        self.inner.dead_letters(filter, limit)
+    }
+    fn dead_letter_replay(&self, consumer: &str, seq: u64) -> crate::store::StoreFuture<'_, bool> {
+        self.inner.dead_letter_replay(consumer, seq)
+    }
+    fn dead_letter_discard(
+        &self,
+        consumer: &str,
+        seq: u64,
+        reason: String,
+    ) -> crate::store::StoreFuture<'_, bool> {
+        self.inner.dead_letter_discard(consumer, seq, reason)
+    }
+    fn delivery_state(
+        &self,
+        consumer: &str,
+        seq: u64,
+    ) -> crate::store::StoreFuture<'_, Option<crate::store::DeliveryState>> {
+        self.inner.delivery_state(consumer, seq)
+    }
+}
+
+/// Everything else goes straight to the embedded store.
+impl crate::store::EventLog for CommitDuringEmptyTake {
+    fn put(
+        &self,
+        rec: NewRecord,
+    ) -> futures::future::BoxFuture<'_, Result<crate::store::PutOutcome, crate::store::PutError>>
+    {
+        self.inner.put(rec)
+    }
+    fn get(
+        &self,
+        municipality: Orgnr,
+        resource_type: ResourceType,
+        id: uuid::Uuid,
+    ) -> crate::store::StoreFuture<'_, Option<crate::store::StoredResource>> {
+        self.inner.get(municipality, resource_type, id)
+    }
+    fn search(
+        &self,
+        q: crate::store::SearchQuery,
+    ) -> crate::store::StoreFuture<'_, crate::store::SearchPage> {
+        self.inner.search(q)
+    }
+    fn ready(&self) -> Result<(), String> {
+        self.inner.ready()
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe()
+    }
+    fn apply_retention(
+        &self,
+        policy: crate::store::RetentionPolicy,
+        now: u64,
+    ) -> crate::store::StoreFuture<'_, crate::store::RetentionReport> {
+        self.inner.apply_retention(policy, now)
+    }
+}
+
+impl crate::store::AuditLog for CommitDuringEmptyTake {
+    fn audit_append(
+        &self,
+        records: Vec<crate::store::audit::AuditRecord>,
+    ) -> crate::store::StoreFuture<'_, Vec<u64>> {
+        self.inner.audit_append(records)
+    }
+    fn audit_search(
+        &self,
+        q: crate::store::audit::AuditQuery,
+    ) -> crate::store::StoreFuture<'_, crate::store::audit::AuditPage> {
+        self.inner.audit_search(q)
+    }
+    fn audit_prune(&self, before: u64) -> crate::store::StoreFuture<'_, usize> {
+        self.inner.audit_prune(before)
+    }
+}
+
+impl crate::store::ReplayGuard for CommitDuringEmptyTake {
+    fn jti_claim(
+        &self,
+        client: &str,
+        jti: &str,
+        exp: u64,
+        now: u64,
+    ) -> crate::store::StoreFuture<'_, bool> {
+        self.inner.jti_claim(client, jti, exp, now)
+    }
+    fn jti_prune(&self, now: u64) -> crate::store::StoreFuture<'_, usize> {
+        self.inner.jti_prune(now)
+    }
+}
+
+/// A destination that takes every Bundle and notes when each came.
+#[derive(Default)]
+struct Takes(Mutex<Vec<(std::time::Instant, Vec<String>)>>);
+
+impl Transport for Takes {
+    fn send(&self, bundle: String) -> futures::future::BoxFuture<'_, Verdict> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((std::time::Instant::now(), bundle_ids(&bundle)));
+        Box::pin(async { Verdict::Delivered })
+    }
+}
+
+/// An alarm that commits while the worker's take finds nothing still wakes
+/// the worker: it goes out at once, not after the 1 s fallback (or the
+/// next commit, which may never come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_during_an_empty_take_wakes_the_worker() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let embedded = open(dir.path());
+    let racing = Arc::new(CommitDuringEmptyTake {
+        inner: Arc::new(embedded.clone()),
+        armed: std::sync::atomic::AtomicBool::new(true),
+        committed_at: Mutex::new(None),
+    });
+    let store: Arc<dyn Store> = racing.clone();
+    let epj = Arc::new(Takes::default());
+    let (stop, worker) = start(&store, epj.clone(), toml_destination());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let sent = loop {
+        let got = epj
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .first()
+            .cloned();
+        if let Some(g) = got {
+            break g;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alarm never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    stop.cancel();
+    let _ = worker.await;
+    let committed = racing
+        .committed_at
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(|| panic!("no empty take ever let the alarm commit"));
+    let waited = sent.0.saturating_duration_since(committed);
+    assert_eq!(sent.1, ["late"]);
+    assert!(
+        waited < Duration::from_millis(500),
+        "the alarm waited {waited:?} after its commit: the worker missed the wake"
+    );
+    drop((store, racing));
+    embedded.close().await;
+}
