@@ -206,9 +206,9 @@ impl Auditor {
         }
         // Unsynced: the Bundle has left, so waiting for a sync of its own
         // protects nothing, and at 1,000 events/s with one event per Bundle
-        // it doubled the syncs that every vendor's ack waits behind. The
-        // caller settles after this, and the store makes the settle durable
-        // only with the record (see `AuditLog::audit_append_unsynced`).
+        // it doubled the writer's syncs (BENCHMARKS.md, eighth session).
+        // The caller settles after this, and the store makes the settle
+        // durable only with the record (`AuditLog::audit_append_unsynced`).
         let n = records.len();
         match self.store.audit_append_unsynced(records).await {
             Ok(_) => metrics::counter!("knutepunkt_audit_records_total").increment(n as u64),
