@@ -160,41 +160,13 @@ impl Hub {
         };
         let grpc_server = listen.grpc(grpc_router(&cfg, dyn_store.clone()).await?, grpc);
 
-        // --- security: EPJ tokens, admin credential, audit (src/auth, src/audit.rs) ---
-        let authority = Arc::new(crate::auth::Authority::from_config(
-            &cfg,
-            dyn_store.clone(),
-        )?);
-        let admin_guard = Arc::new(crate::auth::admin::AdminGuard::from_config(&cfg)?);
         let auditor = crate::audit::Auditor::from_config(&cfg, dyn_store.clone())?;
-        let app = api::router(ApiState {
-            store: dyn_store.clone(),
-            municipalities: cfg.served_municipalities().ok().flatten(),
-            public_url: cfg.public_url.clone(),
-            pull: Arc::new(pull_consumers(&cfg)),
-            destinations: Arc::new(all_destinations(&cfg)),
-            https: listen.tls.is_some(),
-            auth: authority,
-            audit: auditor.clone(),
-        });
+        let app = api_router(&cfg, &dyn_store, &auditor, listen.tls.is_some())?;
         let http_server = listen.http(app, http, http_addr);
 
         let registry = crate::deliver::Registry::default();
-        let admin_server = axum::serve(
-            admin,
-            crate::admin::router(crate::admin::AdminState {
-                store: dyn_store.clone(),
-                registry: registry.clone(),
-                guard: admin_guard,
-                metrics: metrics_handle(),
-                // PostgreSQL is backed up with its own tools (pg_basebackup, PITR).
-                backup: match &store {
-                    HubStore::Embedded(s) => Some(crate::backup::BackupSource::new(s, &cfg)),
-                    HubStore::Postgres(_) => None,
-                },
-            }),
-        )
-        .with_graceful_shutdown(token.clone().cancelled_owned());
+        let admin_server = axum::serve(admin, admin_router(&cfg, &store, &registry)?)
+            .with_graceful_shutdown(token.clone().cancelled_owned());
         // Delivery stops on its own token, after the servers, so that it can
         // finish the requests in flight before the store closes.
         let delivery_stop = CancellationToken::new();
@@ -219,6 +191,48 @@ impl Hub {
         drain_and_close(background, dyn_store, store).await;
         result
     }
+}
+
+/// The FHIR API for EPJ systems, with its token authority (src/auth) and
+/// the audit trail every read goes through (src/audit.rs).
+fn api_router(
+    cfg: &Config,
+    store: &Arc<dyn Store>,
+    auditor: &crate::audit::Auditor,
+    https: bool,
+) -> Result<axum::Router, ServeError> {
+    let authority = Arc::new(crate::auth::Authority::from_config(cfg, store.clone())?);
+    Ok(api::router(ApiState {
+        store: store.clone(),
+        municipalities: cfg.served_municipalities().ok().flatten(),
+        public_url: cfg.public_url.clone(),
+        pull: Arc::new(pull_consumers(cfg)),
+        destinations: Arc::new(all_destinations(cfg)),
+        https,
+        auth: authority,
+        audit: auditor.clone(),
+    }))
+}
+
+/// The admin API behind the admin credential: metrics, delivery status,
+/// dead letters and (embedded store only) online backups.
+fn admin_router(
+    cfg: &Config,
+    store: &HubStore,
+    registry: &crate::deliver::Registry,
+) -> Result<axum::Router, ServeError> {
+    let guard = Arc::new(crate::auth::admin::AdminGuard::from_config(cfg)?);
+    Ok(crate::admin::router(crate::admin::AdminState {
+        store: store.shared(),
+        registry: registry.clone(),
+        guard,
+        metrics: metrics_handle(),
+        // PostgreSQL is backed up with its own tools (pg_basebackup, PITR).
+        backup: match store {
+            HubStore::Embedded(s) => Some(crate::backup::BackupSource::new(s, cfg)),
+            HubStore::Postgres(_) => None,
+        },
+    }))
 }
 
 /// The TLS configurations of the listeners (reloaded when their files
