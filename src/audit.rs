@@ -164,14 +164,25 @@ impl Auditor {
 
     /// Writes records and waits until they are on disk.
     pub async fn write(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        let res = self.append(records, true).await;
+        if let Err(e) = &res {
+            tracing::error!(error = %e, "cannot write the audit record; the access is refused");
+        }
+        res
+    }
+
+    /// Appends records (`synced`: waits until they are on disk) and counts
+    /// them, or the failure.
+    async fn append(&self, records: Vec<AuditRecord>, synced: bool) -> Result<(), StoreError> {
         let n = records.len();
-        let res = self.store.audit_append(records).await;
+        let res = if synced {
+            self.store.audit_append(records).await
+        } else {
+            self.store.audit_append_unsynced(records).await
+        };
         match &res {
             Ok(_) => metrics::counter!("knutepunkt_audit_records_total").increment(n as u64),
-            Err(e) => {
-                metrics::counter!("knutepunkt_audit_write_failures_total").increment(1);
-                tracing::error!(error = %e, "cannot write the audit record; the access is refused");
-            }
+            Err(_) => metrics::counter!("knutepunkt_audit_write_failures_total").increment(1),
         }
         res.map(|_| ())
     }
@@ -209,13 +220,8 @@ impl Auditor {
         // it doubled the writer's syncs (BENCHMARKS.md, eighth session).
         // The caller settles after this, and the store makes the settle
         // durable only with the record (`AuditLog::audit_append_unsynced`).
-        let n = records.len();
-        match self.store.audit_append_unsynced(records).await {
-            Ok(_) => metrics::counter!("knutepunkt_audit_records_total").increment(n as u64),
-            Err(e) => {
-                metrics::counter!("knutepunkt_audit_write_failures_total").increment(1);
-                tracing::error!(destination, error = %e, "a delivered Bundle has no audit record");
-            }
+        if let Err(e) = self.append(records, false).await {
+            tracing::error!(destination, error = %e, "a delivered Bundle has no audit record");
         }
     }
 }

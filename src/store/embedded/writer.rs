@@ -174,6 +174,7 @@ impl Writer {
         }
         if sync {
             metrics::histogram!("knutepunkt_store_commit_seconds").record(started.elapsed());
+            shared.commits.fetch_add(1, Ordering::AcqRel);
         }
         metrics::histogram!("knutepunkt_store_group_size").record(reqs.len() as f64);
         metrics::gauge!("knutepunkt_store_cache_bytes").set(shared.db.cache_size() as f64);
@@ -182,7 +183,6 @@ impl Writer {
                 c.fetch_add(*n, Ordering::AcqRel);
             }
         }
-        shared.commits.fetch_add(1, Ordering::AcqRel);
         // Only new events wake the delivery workers: a group of audit
         // records or assertion ids alone has nothing for them to take.
         if self.last_seq != first_seq {
