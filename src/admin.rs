@@ -2,7 +2,9 @@
 //! default): Prometheus metrics, destinations and their queues, and dead
 //! letters — list, show, replay one or a filter, discard with a reason. `knutepunkt dlq …` is its
 //! command-line client. `GET /admin/backup` streams an online backup
-//! (`knutepunkt backup`). Plain JSON, not FHIR: this is for operators.
+//! (`knutepunkt backup`); `POST /admin/compact` gives the disk space of
+//! removed records back (`knutepunkt compact`). Plain JSON, not FHIR: this
+//! is for operators.
 //!
 //! Every route needs the admin credential (`crate::auth::admin`): a bearer
 //! token whose SHA-256 is configured. Keep `admin_addr` on loopback too.
@@ -32,6 +34,8 @@ pub struct AdminState {
     /// Where `GET /admin/backup` reads from (`None`: this store backend
     /// has its own backup tools).
     pub backup: Option<crate::backup::BackupSource>,
+    /// `POST`/`GET /admin/compact`: the one compaction this hub may run.
+    pub compaction: Arc<crate::compact::Compaction>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -39,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/destinations", get(destinations))
         .route("/admin/backup", get(backup))
+        .route("/admin/compact", get(compact_status).post(compact_start))
         .route("/admin/dlq", get(list))
         .route("/admin/dlq/replay", post(replay_filter))
         .route("/admin/dlq/{destination}/{seq}", get(show))
@@ -87,6 +92,22 @@ async fn backup(State(s): State<AdminState>) -> Response {
         src.stream(),
     )
         .into_response()
+}
+
+/// Starts giving back the disk space of removed records (202), unless a
+/// compaction runs already (409). `GET /admin/compact` follows it.
+async fn compact_start(State(s): State<AdminState>) -> Response {
+    match s.compaction.start(s.store.clone()) {
+        Ok(()) => (StatusCode::ACCEPTED, Json(s.compaction.status())).into_response(),
+        Err(crate::compact::AlreadyRunning) => err(
+            StatusCode::CONFLICT,
+            "a compaction is running; follow it with GET /admin/compact and start the next one after it",
+        ),
+    }
+}
+
+async fn compact_status(State(s): State<AdminState>) -> Response {
+    Json(s.compaction.status()).into_response()
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {

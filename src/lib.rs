@@ -29,6 +29,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod compact;
 pub mod config;
 pub mod deliver;
 pub mod demo;

@@ -10,6 +10,7 @@ use knutepunkt::config::{Config, LogFormat, Overrides};
 use knutepunkt::server::Hub;
 
 mod backup_cmd;
+mod compact_cmd;
 mod dlq_cmd;
 
 use dlq_cmd::DlqAction;
@@ -180,6 +181,17 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Give back the disk space of events that retention removed: the
+    /// running hub rewrites its store's tables (through its admin API; reads
+    /// and writes go on). Takes minutes on a big store; run it at a quiet
+    /// hour. Shows which part it is on and what each went from and to.
+    #[command(
+        after_help = "Examples:\n  knutepunkt compact                                   # admin API on 127.0.0.1:8081, token in KNUTEPUNKT_ADMIN_TOKEN\n  KNUTEPUNKT_ADMIN_TOKEN=\"$(cat /etc/knutepunkt/admin.token)\" knutepunkt compact --admin http://10.0.0.5:8081"
+    )]
+    Compact {
+        #[command(flatten)]
+        admin: AdminApi,
+    },
     /// Exit 0 when a URL answers 2xx, else 1: a health check for container
     /// images that have no curl.
     #[command(
@@ -195,7 +207,8 @@ enum Command {
     },
 }
 
-/// Where a running hub's admin API is and its token (`dlq`, `backup`).
+/// Where a running hub's admin API is and its token (`dlq`, `backup`,
+/// `compact`).
 #[derive(clap::Args, Debug)]
 struct AdminApi {
     /// Base URL of the hub's admin API.
@@ -344,6 +357,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
             .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
+        }
+        Command::Compact { admin } => {
+            compact_cmd::compact(&admin.admin, admin.admin_token.as_deref()).await?
         }
         Command::Probe { url, ca } => {
             probe(&url, ca.as_deref()).await?;

@@ -52,7 +52,7 @@ pub fn spawn(
                         tracing::info!(
                             removed = r.removed,
                             held = r.held,
-                            "retention: removed events past their retention; held ones a destination has not settled"
+                            "retention: removed events past their retention (their disk space comes back as compaction reaches them, or now with `knutepunkt compact`); held ones a destination has not settled"
                         );
                     }
                 }

@@ -215,7 +215,7 @@ fn api_router(
 }
 
 /// The admin API behind the admin credential: metrics, delivery status,
-/// dead letters and (embedded store only) online backups.
+/// dead letters, compaction and (embedded store only) online backups.
 fn admin_router(
     cfg: &Config,
     store: &HubStore,
@@ -227,6 +227,7 @@ fn admin_router(
         registry: registry.clone(),
         guard,
         metrics: metrics_handle(),
+        compaction: Arc::default(),
         // PostgreSQL is backed up with its own tools (pg_basebackup, PITR).
         backup: match store {
             HubStore::Embedded(s) => Some(crate::backup::BackupSource::new(s, cfg)),

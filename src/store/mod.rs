@@ -272,6 +272,31 @@ impl RetentionPolicy {
     }
 }
 
+/// What [`EventLog::reclaim_space`] gave back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpaceReport {
+    /// Each part of the store it compacted (a keyspace; the journal last),
+    /// in the order it went.
+    pub parts: Vec<SpacePart>,
+    /// Set where the backend has nothing to do (it returns space itself),
+    /// saying what an operator can do instead.
+    pub note: Option<String>,
+}
+
+/// One part of [`SpaceReport`]: bytes on disk before and after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpacePart {
+    pub name: String,
+    pub before: u64,
+    pub after: u64,
+    /// Why this part was left as it was (too little free disk to rewrite it).
+    pub skipped: Option<String>,
+}
+
+/// Told of each part as [`EventLog::reclaim_space`] starts it: its name,
+/// its place (1-based) and how many parts there are.
+pub type ReclaimProgress = std::sync::Arc<dyn Fn(&str, usize, usize) + Send + Sync>;
+
 /// What one retention pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -428,6 +453,20 @@ pub trait EventLog: Send + Sync {
         policy: RetentionPolicy,
         now: u64,
     ) -> StoreFuture<'_, RetentionReport>;
+
+    /// Gives the disk space of removed records back now, where the backend
+    /// does not do that on its own. Long work (minutes on a big store);
+    /// reads and writes go on meanwhile. The default does nothing and says
+    /// so in [`SpaceReport::note`].
+    fn reclaim_space(&self, progress: ReclaimProgress) -> StoreFuture<'_, SpaceReport> {
+        let _ = progress;
+        Box::pin(async {
+            Ok(SpaceReport {
+                parts: Vec::new(),
+                note: Some("this store gives the space of removed records back on its own".into()),
+            })
+        })
+    }
 }
 
 /// Destinations as consumers of the log (the JetStream model): a durable

@@ -20,6 +20,7 @@
 
 mod audit;
 pub mod backup;
+mod compact;
 mod consumer;
 mod deadletter;
 mod escalation;
@@ -44,9 +45,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::audit::{AuditPage, AuditQuery, AuditRecord};
 use super::{
     AuditLog, ConsumerSpec, ConsumerStats, Consumers, DeadLetter, DeadLetterFilter, DeliveryState,
-    Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReplayGuard, ResourceRef,
-    RetentionPolicy, RetentionReport, SearchPage, SearchQuery, Settle, SettleReport, StoreError,
-    StoreFuture, StoredResource,
+    Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReclaimProgress,
+    ReplayGuard, ResourceRef, RetentionPolicy, RetentionReport, SearchPage, SearchQuery, Settle,
+    SettleReport, SpaceReport, StoreError, StoreFuture, StoredResource,
 };
 use crate::domain::{Orgnr, ResourceType};
 use consumer::Cons;
@@ -426,6 +427,10 @@ impl EventLog for EmbeddedStore {
         now: u64,
     ) -> StoreFuture<'_, RetentionReport> {
         self.blocking(move |s| retention::apply(s, &policy, now))
+    }
+
+    fn reclaim_space(&self, progress: ReclaimProgress) -> StoreFuture<'_, SpaceReport> {
+        self.blocking(move |s| compact::reclaim(s, &progress))
     }
 }
 

@@ -43,9 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::audit::{AuditPage, AuditQuery, AuditRecord};
 use super::{
     AuditLog, ConsumerSpec, ConsumerStats, Consumers, DeadLetter, DeadLetterFilter, DeliveryState,
-    Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReplayGuard, ResourceRef,
-    RetentionPolicy, RetentionReport, SearchPage, SearchQuery, Settle, SettleReport, StoreError,
-    StoreFuture, StoredResource,
+    Escalation, EventLog, NewRecord, OutboxItem, PutError, PutOutcome, ReclaimProgress,
+    ReplayGuard, ResourceRef, RetentionPolicy, RetentionReport, SearchPage, SearchQuery, Settle,
+    SettleReport, SpaceReport, StoreError, StoreFuture, StoredResource,
 };
 use crate::domain::{Orgnr, ResourceType};
 use writer::Req;
@@ -437,6 +437,20 @@ impl EventLog for PostgresStore {
         now: u64,
     ) -> StoreFuture<'_, RetentionReport> {
         Box::pin(async move { read::apply_retention(&self.shared, &policy, now).await })
+    }
+
+    fn reclaim_space(&self, _progress: ReclaimProgress) -> StoreFuture<'_, SpaceReport> {
+        Box::pin(async {
+            Ok(SpaceReport {
+                parts: Vec::new(),
+                note: Some(
+                    "PostgreSQL's autovacuum makes the space of removed rows reusable; to give it \
+                     back to the operating system, run VACUUM FULL on the hub's tables in a \
+                     maintenance window (it locks them while it runs)"
+                        .into(),
+                ),
+            })
+        })
     }
 }
 
