@@ -223,6 +223,60 @@ pub(crate) struct DrainResult {
 }
 
 pub async fn run(a: DeliveryArgs) -> Result<()> {
+    let env = start(&a).await?;
+    let run = hub_phases(&a, env.hub, &env.epj, env.work.path()).await?;
+    let intake = if a.intake_events > 0 {
+        Some(intake_baseline(&a, &env.epj_bin, &env.epj, env.work.path()).await?)
+    } else {
+        None
+    };
+    eprintln!("bench-delivery: {}", env.epj.stop().await?);
+
+    println!(
+        "{}",
+        crate::deliveryreport::markdown(
+            &a,
+            &run.e2e,
+            run.alarm.as_ref(),
+            run.drain.as_ref(),
+            intake.as_ref(),
+            run.hub_mem,
+            run.epj_mem,
+            env.started_at
+        )
+    );
+    println!(
+        "{}",
+        crate::deliveryreport::more_markdown(
+            &run.more,
+            &run.e2e,
+            run.drain.as_ref(),
+            intake.as_ref(),
+            [env.load_start, run.load_end]
+        )
+    );
+    if a.keep {
+        let kept = env.work.keep();
+        eprintln!("bench-delivery: kept {}", kept.display());
+    }
+    Ok(())
+}
+
+/// The processes a run measures and the directory they work in.
+struct BenchEnv {
+    epj_bin: PathBuf,
+    epj: EpjProcess,
+    hub: HubProcess,
+    started_at: chrono::DateTime<Utc>,
+    load_start: String,
+    // Last: fields drop in order, and the directory goes after the processes
+    // that write to it.
+    work: tempfile::TempDir,
+}
+
+/// Creates the work directory and certificates, then starts the EPJ adapter
+/// and the hub pushing to it.
+async fn start(a: &DeliveryArgs) -> Result<BenchEnv> {
     let hub_bin = hubenv::sibling_bin(a.hub_bin.clone(), "knutepunkt")?;
     let epj_bin = hubenv::sibling_bin(a.epj_bin.clone(), "epj-adapter")?;
     let parent = a.work_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -255,13 +309,43 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
         hub.http,
         epj.fhir_url()
     );
-    let result = phases(&a, &hub, &epj).await;
+    Ok(BenchEnv {
+        epj_bin,
+        epj,
+        hub,
+        started_at,
+        load_start,
+        work,
+    })
+}
+
+/// What the phases with the hub measured, and the memory and load average
+/// read before it stopped.
+struct HubRun {
+    e2e: E2e,
+    alarm: Option<AlarmResult>,
+    drain: Option<DrainResult>,
+    more: soak::More,
+    hub_mem: Option<(u64, u64)>,
+    epj_mem: Option<(u64, u64)>,
+    load_end: String,
+}
+
+/// Runs every phase that needs the hub, then stops it (also after a failed
+/// phase, before that error is returned).
+async fn hub_phases(
+    a: &DeliveryArgs,
+    hub: HubProcess,
+    epj: &EpjProcess,
+    work: &Path,
+) -> Result<HubRun> {
+    let result = phases(a, &hub, epj).await;
     let more = match &result {
         Ok((e2e, alarm, drain)) => {
             let oslo = e2e.load.accepted
                 + alarm.as_ref().map_or(0, |x| x.backlog + 2)
                 + drain.as_ref().map_or(0, |x| x.backlog);
-            more_phases(&a, &hub, &epj, work.path(), oslo).await
+            more_phases(a, &hub, epj, work, oslo).await
         }
         Err(_) => Ok(soak::More::default()),
     };
@@ -272,42 +356,15 @@ pub async fn run(a: DeliveryArgs) -> Result<()> {
     let (e2e, alarm, drain) = result?;
     let more = more?;
     eprintln!("bench-delivery: {}", hub_stopped?);
-
-    let intake = if a.intake_events > 0 {
-        Some(intake_baseline(&a, &epj_bin, &epj, work.path()).await?)
-    } else {
-        None
-    };
-    eprintln!("bench-delivery: {}", epj.stop().await?);
-
-    println!(
-        "{}",
-        crate::deliveryreport::markdown(
-            &a,
-            &e2e,
-            alarm.as_ref(),
-            drain.as_ref(),
-            intake.as_ref(),
-            hub_mem,
-            epj_mem,
-            started_at
-        )
-    );
-    println!(
-        "{}",
-        crate::deliveryreport::more_markdown(
-            &more,
-            &e2e,
-            drain.as_ref(),
-            intake.as_ref(),
-            [load_start, load_end]
-        )
-    );
-    if a.keep {
-        let kept = work.keep();
-        eprintln!("bench-delivery: kept {}", kept.display());
-    }
-    Ok(())
+    Ok(HubRun {
+        e2e,
+        alarm,
+        drain,
+        more,
+        hub_mem,
+        epj_mem,
+        load_end,
+    })
 }
 
 async fn phases(
@@ -316,6 +373,26 @@ async fn phases(
     epj: &EpjProcess,
 ) -> Result<(E2e, Option<AlarmResult>, Option<DrainResult>)> {
     // 1. End to end at a steady rate.
+    let e2e = e2e_phase(a, hub, epj).await?;
+
+    // 2. A RED alarm behind a backlog.
+    let alarm = if a.alarm_backlog > 0 {
+        Some(alarm_phase(a, hub, epj).await?)
+    } else {
+        None
+    };
+
+    // 3. Drain a large backlog.
+    let drain = if a.drain_backlog > 0 {
+        Some(drain_phase(a, hub, epj).await?)
+    } else {
+        None
+    };
+    Ok((e2e, alarm, drain))
+}
+
+/// Phase 1: Oslo's events at a steady rate; ack → resource at the adapter.
+async fn e2e_phase(a: &DeliveryArgs, hub: &HubProcess, epj: &EpjProcess) -> Result<E2e> {
     let n = (a.e2e_rate * a.e2e_secs.as_secs_f64()).round().max(1.0) as u64;
     eprintln!(
         "bench-delivery: end-to-end, {} events/s for {:.0} s over {} streams",
@@ -348,6 +425,12 @@ async fn phases(
         eprintln!("bench-delivery: end-to-end: {e:#}");
     }
     let received: HashMap<String, i64> = log.read_new()?.into_iter().collect();
+    Ok(e2e_latencies(load, &received))
+}
+
+/// Matches each ack to its resource's arrival at the adapter: the latency
+/// histogram, arrivals stamped before their ack, and resources never seen.
+fn e2e_latencies(load: LoadReport, received: &HashMap<String, i64>) -> E2e {
     let mut latency_us = histogram();
     let (mut before_ack, mut missing) = (0u64, 0u64);
     for (res, acked) in &load.acks {
@@ -362,52 +445,43 @@ async fn phases(
             None => missing += 1,
         }
     }
-    let e2e = E2e {
+    E2e {
         load,
         latency_us,
         before_ack,
         missing,
-    };
+    }
+}
 
-    // 2. A RED alarm behind a backlog.
-    let alarm = if a.alarm_backlog > 0 {
-        Some(alarm_phase(a, hub, epj).await?)
-    } else {
-        None
-    };
-
-    // 3. Drain a large backlog.
-    let drain = if a.drain_backlog > 0 {
-        eprintln!(
-            "bench-delivery: drain, building a backlog of {} with the adapter down",
-            a.drain_backlog
-        );
-        epj.set_mode("down").await?;
-        let created0 = epj.stats().await?.created;
-        let fill = fill(hub, a, a.drain_backlog, "drain", Mix::BALANCED).await?;
-        // Let the hub see the outage settle (breaker open) before the switch.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        eprintln!("bench-delivery: drain, adapter up");
-        epj.set_mode("ok").await?;
-        let up = Instant::now();
-        let (first, done) = wait_created(
-            epj,
-            "drain",
-            created0,
-            created0 + a.drain_backlog,
-            a.phase_timeout,
-        )
-        .await?;
-        Some(DrainResult {
-            backlog: a.drain_backlog,
-            fill,
-            from_switch_secs: (done - up).as_secs_f64(),
-            from_first_secs: (done - first.unwrap_or(up)).as_secs_f64(),
-        })
-    } else {
-        None
-    };
-    Ok((e2e, alarm, drain))
+/// Phase 3: a large backlog built with the adapter down, then the time to
+/// empty it once it is back.
+async fn drain_phase(a: &DeliveryArgs, hub: &HubProcess, epj: &EpjProcess) -> Result<DrainResult> {
+    eprintln!(
+        "bench-delivery: drain, building a backlog of {} with the adapter down",
+        a.drain_backlog
+    );
+    epj.set_mode("down").await?;
+    let created0 = epj.stats().await?.created;
+    let fill = fill(hub, a, a.drain_backlog, "drain", Mix::BALANCED).await?;
+    // Let the hub see the outage settle (breaker open) before the switch.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("bench-delivery: drain, adapter up");
+    epj.set_mode("ok").await?;
+    let up = Instant::now();
+    let (first, done) = wait_created(
+        epj,
+        "drain",
+        created0,
+        created0 + a.drain_backlog,
+        a.phase_timeout,
+    )
+    .await?;
+    Ok(DrainResult {
+        backlog: a.drain_backlog,
+        fill,
+        from_switch_secs: (done - up).as_secs_f64(),
+        from_first_secs: (done - first.unwrap_or(up)).as_secs_f64(),
+    })
 }
 
 /// Pull (everything for Oslo so far, `oslo` events) and the soak.
