@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use knutepunkt::sim::Mix;
+use tokio::task::JoinHandle;
 
 use crate::Mode;
 use crate::hubenv::{self, EpjProcess, HubProcess};
@@ -71,17 +72,61 @@ pub async fn run(
     let created0 = epj.stats().await?.created;
     let confirmed = Arc::new(AtomicU64::new(0));
     let target = Arc::new(AtomicU64::new(u64::MAX));
-    let follower = if plan.pull {
-        let c = PullClient::new(hub, plan.pull_count).await?;
-        Some(tokio::spawn(pull::follow(
-            c,
-            confirmed.clone(),
-            target.clone(),
-            plan.timeout,
-        )))
-    } else {
-        None
+    let follower = start_follower(plan, hub, &confirmed, &target).await?;
+    let samples = load_chunks(plan, hub, epj, created0, &confirmed).await?;
+    let last_ack = Instant::now();
+    target.store(plan.events, Ordering::Relaxed);
+    crate::delivery::wait_created(
+        epj,
+        "soak push",
+        created0,
+        created0 + plan.events,
+        plan.timeout,
+    )
+    .await?;
+    let push_lag_secs = last_ack.elapsed().as_secs_f64();
+    let pull = match follower {
+        Some(f) => Some(finish_pull(f, &confirmed, plan.events).await?),
+        None => None,
     };
+    Ok(SoakResult {
+        events: plan.events,
+        samples,
+        push_lag_secs,
+        pull,
+        end_mem: hub.memory_kib(),
+        disk_bytes: hubenv::du_bytes(&work.join("hub")),
+    })
+}
+
+/// Starts the pull client following Oslo's pull destination (if the plan
+/// pulls); it stops once `confirmed` reaches `target`.
+async fn start_follower(
+    plan: &SoakPlan,
+    hub: &HubProcess,
+    confirmed: &Arc<AtomicU64>,
+    target: &Arc<AtomicU64>,
+) -> Result<Option<JoinHandle<Result<PullStats>>>> {
+    if !plan.pull {
+        return Ok(None);
+    }
+    let c = PullClient::new(hub, plan.pull_count).await?;
+    Ok(Some(tokio::spawn(pull::follow(
+        c,
+        confirmed.clone(),
+        target.clone(),
+        plan.timeout,
+    ))))
+}
+
+/// Stores the soak's events chunk by chunk; one RSS sample after each.
+async fn load_chunks(
+    plan: &SoakPlan,
+    hub: &HubProcess,
+    epj: &EpjProcess,
+    created0: u64,
+    confirmed: &AtomicU64,
+) -> Result<Vec<Sample>> {
     let mut samples = Vec::new();
     let mut stored = 0u64;
     let mut k = 0u64;
@@ -118,41 +163,27 @@ pub async fn run(
             rate: r.accepted_per_sec(),
         });
     }
-    let last_ack = Instant::now();
-    target.store(plan.events, Ordering::Relaxed);
-    crate::delivery::wait_created(
-        epj,
-        "soak push",
-        created0,
-        created0 + plan.events,
-        plan.timeout,
-    )
-    .await?;
-    let push_lag_secs = last_ack.elapsed().as_secs_f64();
-    let pull = match follower {
-        Some(mut f) => {
-            let mut last = confirmed.load(Ordering::Relaxed);
-            loop {
-                tokio::select! {
-                    r = &mut f => break Some(r.context("the pull client task failed")??),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        let c = confirmed.load(Ordering::Relaxed);
-                        eprintln!("  soak pull: {c}/{} confirmed ({}/s)", plan.events, c - last);
-                        last = c;
-                    }
-                }
+    Ok(samples)
+}
+
+/// Waits for the pull client to confirm everything, with its progress once a
+/// second.
+async fn finish_pull(
+    mut f: JoinHandle<Result<PullStats>>,
+    confirmed: &AtomicU64,
+    events: u64,
+) -> Result<PullStats> {
+    let mut last = confirmed.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            r = &mut f => break r.context("the pull client task failed")?,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                let c = confirmed.load(Ordering::Relaxed);
+                eprintln!("  soak pull: {c}/{} confirmed ({}/s)", events, c - last);
+                last = c;
             }
         }
-        None => None,
-    };
-    Ok(SoakResult {
-        events: plan.events,
-        samples,
-        push_lag_secs,
-        pull,
-        end_mem: hub.memory_kib(),
-        disk_bytes: hubenv::du_bytes(&work.join("hub")),
-    })
+    }
 }
 
 /// The pull phase (stats, items expected) and the soak.
