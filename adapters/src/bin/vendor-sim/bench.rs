@@ -124,49 +124,27 @@ async fn time_searches(
     stored: u64,
 ) -> Result<SearchReport> {
     let web = &hub.web;
-    // Tokens are fetched before timing (an EPJ reuses its token for minutes);
-    // one per municipality, each client sees only its own.
     let origin = hub.origin();
-    let mut oslo_token = crate::token::request(web, &hub.certs, &origin, EPJ_OSLO).await?;
-    let mut bergen_token = crate::token::request(web, &hub.certs, &origin, EPJ_BERGEN).await?;
-    let mut token_at = Instant::now();
-    #[allow(clippy::expect_used)]
-    let mut latency_us =
-        Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid");
+    let mut tokens = SearchTokens::fetch(hub, &origin).await?;
+    let mut tally = SearchTally::new();
     let mut rng = SplitMix64::new(77);
     let span_us = (Utc::now() - since).num_microseconds().unwrap_or(0).max(1) as u64;
-    let (mut ok, mut failed, mut entries) = (0u64, 0u64, 0u64);
-    let mut first_failure = None;
     let mut last_progress = Instant::now();
     for i in 0..n {
         // Access tokens live at most 5 minutes: renew well before, untimed.
-        if token_at.elapsed() > Duration::from_secs(120) {
-            oslo_token = crate::token::request(web, &hub.certs, &origin, EPJ_OSLO).await?;
-            bergen_token = crate::token::request(web, &hub.certs, &origin, EPJ_BERGEN).await?;
-            token_at = Instant::now();
+        if tokens.at.elapsed() > Duration::from_secs(120) {
+            tokens = SearchTokens::fetch(hub, &origin).await?;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
-            eprintln!("  searches: {i}/{n} done, {failed} failed");
+            eprintln!("  searches: {i}/{n} done, {} failed", tally.failed);
             last_progress = Instant::now();
         }
         let (org, token) = if i % 2 == 0 {
-            (OSLO, &oslo_token)
+            (OSLO, &tokens.oslo)
         } else {
-            (BERGEN, &bergen_token)
+            (BERGEN, &tokens.bergen)
         };
-        let rtype = if (i / 2) % 2 == 0 {
-            "Observation"
-        } else {
-            "Communication"
-        };
-        let mut query = vec![("_count", "50".to_string())];
-        if (i / 4) % 2 == 1 {
-            let t = since + chrono::Duration::microseconds(rng.below(span_us) as i64);
-            query.push((
-                "_lastUpdated",
-                format!("gt{}", t.to_rfc3339_opts(SecondsFormat::Micros, true)),
-            ));
-        }
+        let (rtype, query) = search_query(i, since, span_us, &mut rng);
         let url = format!("{origin}/fhir/r4/{org}/{rtype}");
         let t0 = Instant::now();
         let result = async {
@@ -182,33 +160,114 @@ async fn time_searches(
         }
         .await;
         let us = t0.elapsed().as_micros() as u64;
-        match result {
-            Ok((status, body)) if status.is_success() => {
-                ok += 1;
-                latency_us.saturating_record(us.max(1));
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    entries += v["entry"].as_array().map_or(0, |a| a.len() as u64);
-                }
-            }
-            Ok((status, _)) => {
-                failed += 1;
-                first_failure.get_or_insert_with(|| format!("HTTP {status} for {rtype}"));
-            }
-            Err(e) => {
-                failed += 1;
-                first_failure.get_or_insert_with(|| e.to_string());
-            }
-        }
+        tally.record(result, us, rtype);
     }
     Ok(SearchReport {
         stored,
         searches: n,
-        ok,
-        failed,
-        first_failure,
-        latency_us,
-        entries,
+        ok: tally.ok,
+        failed: tally.failed,
+        first_failure: tally.first_failure,
+        latency_us: tally.latency_us,
+        entries: tally.entries,
     })
+}
+
+/// The searching EPJs' access tokens and when they were fetched.
+struct SearchTokens {
+    oslo: String,
+    bergen: String,
+    at: Instant,
+}
+
+impl SearchTokens {
+    /// Fetches the tokens, before timing (an EPJ reuses its token for
+    /// minutes); one per municipality, each client sees only its own.
+    async fn fetch(hub: &HubProcess, origin: &str) -> Result<Self> {
+        let oslo = crate::token::request(&hub.web, &hub.certs, origin, EPJ_OSLO).await?;
+        let bergen = crate::token::request(&hub.web, &hub.certs, origin, EPJ_BERGEN).await?;
+        Ok(SearchTokens {
+            oslo,
+            bergen,
+            at: Instant::now(),
+        })
+    }
+}
+
+/// Search `i`'s resource type and query: Observation and Communication in
+/// turn, every other pair also with a random `_lastUpdated` lower bound.
+fn search_query(
+    i: u64,
+    since: chrono::DateTime<Utc>,
+    span_us: u64,
+    rng: &mut SplitMix64,
+) -> (&'static str, Vec<(&'static str, String)>) {
+    let rtype = if (i / 2).is_multiple_of(2) {
+        "Observation"
+    } else {
+        "Communication"
+    };
+    let mut query = vec![("_count", "50".to_string())];
+    if (i / 4) % 2 == 1 {
+        let t = since + chrono::Duration::microseconds(rng.below(span_us) as i64);
+        query.push((
+            "_lastUpdated",
+            format!("gt{}", t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        ));
+    }
+    (rtype, query)
+}
+
+/// The searches' counts and latencies so far.
+struct SearchTally {
+    ok: u64,
+    failed: u64,
+    entries: u64,
+    first_failure: Option<String>,
+    latency_us: Histogram<u64>,
+}
+
+impl SearchTally {
+    fn new() -> Self {
+        #[allow(clippy::expect_used)]
+        let latency_us = Histogram::new_with_bounds(1, 600_000_000, 3)
+            .expect("constant histogram bounds are valid");
+        SearchTally {
+            ok: 0,
+            failed: 0,
+            entries: 0,
+            first_failure: None,
+            latency_us,
+        }
+    }
+
+    /// Counts one search of `rtype` that took `us` µs: its latency and
+    /// entries if it succeeded, else the first failure.
+    fn record(
+        &mut self,
+        result: Result<(reqwest::StatusCode, bytes::Bytes), reqwest::Error>,
+        us: u64,
+        rtype: &str,
+    ) {
+        match result {
+            Ok((status, body)) if status.is_success() => {
+                self.ok += 1;
+                self.latency_us.saturating_record(us.max(1));
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    self.entries += v["entry"].as_array().map_or(0, |a| a.len() as u64);
+                }
+            }
+            Ok((status, _)) => {
+                self.failed += 1;
+                self.first_failure
+                    .get_or_insert_with(|| format!("HTTP {status} for {rtype}"));
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.first_failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
 }
 
 pub async fn run(a: BenchArgs) -> Result<()> {
@@ -350,6 +409,36 @@ async fn phases(
     work: &std::path::Path,
     started_at: chrono::DateTime<Utc>,
 ) -> Result<Phases> {
+    let stream = stream_phase(a, hub).await?;
+    let mem_after_stream = hub.memory_kib();
+    let cache_after_stream = hub.store_cache_bytes().await;
+    let disk_after_stream = hubenv::du_bytes(&work.join("hub"));
+    let unary = unary_phase(a, hub).await?;
+    let steady = steady_phase(a, hub).await?;
+    let mem_after_load = hub.memory_kib();
+    let cache_after_load = hub.store_cache_bytes().await;
+
+    let search = if a.search {
+        let stored = stream.accepted + unary.accepted + steady.accepted;
+        Some(search_phase(a, hub, stored, started_at).await?)
+    } else {
+        None
+    };
+    Ok(Phases {
+        stream,
+        mem_after_stream,
+        cache_after_stream,
+        disk_after_stream,
+        unary,
+        steady,
+        mem_after_load,
+        cache_after_load,
+        search,
+    })
+}
+
+/// The stream load: `clients` streams with `window` events in flight.
+async fn stream_phase(a: &BenchArgs, hub: &HubProcess) -> Result<LoadReport> {
     let mut stream_args = LoadArgs::new(
         hub.grpc,
         hub.conn(),
@@ -365,11 +454,11 @@ async fn phases(
         "bench: stream load, {} clients × window {}, {} events",
         a.clients, a.window, a.stream_events
     );
-    let stream = load::run(&stream_args, true).await?;
-    let mem_after_stream = hub.memory_kib();
-    let cache_after_stream = hub.store_cache_bytes().await;
-    let disk_after_stream = hubenv::du_bytes(&work.join("hub"));
+    load::run(&stream_args, true).await
+}
 
+/// The unary load: one Submit per event.
+async fn unary_phase(a: &BenchArgs, hub: &HubProcess) -> Result<LoadReport> {
     let mut unary_args = LoadArgs::new(
         hub.grpc,
         hub.conn(),
@@ -384,8 +473,11 @@ async fn phases(
         "bench: unary load, {} clients, {} events",
         a.unary_clients, a.unary_events
     );
-    let unary = load::run(&unary_args, true).await?;
+    load::run(&unary_args, true).await
+}
 
+/// The steady load: streams at a fixed rate for `steady_secs`.
+async fn steady_phase(a: &BenchArgs, hub: &HubProcess) -> Result<LoadReport> {
     let steady_events = (a.steady_rate * a.steady_secs.as_secs_f64())
         .round()
         .max(1.0) as u64;
@@ -408,36 +500,27 @@ async fn phases(
         a.steady_rate,
         a.steady_secs.as_secs_f64()
     );
-    let steady = load::run(&steady_args, true).await?;
-    let mem_after_load = hub.memory_kib();
-    let cache_after_load = hub.store_cache_bytes().await;
+    load::run(&steady_args, true).await
+}
 
-    let search = if a.search {
-        let stored = stream.accepted + unary.accepted + steady.accepted;
-        if stored < a.search_stored {
-            let more = a.search_stored - stored;
-            let mut fill = LoadArgs::new(hub.grpc, hub.conn(), Mode::Stream, a.clients, more);
-            fill.window = a.window;
-            fill.prefix = Some("bench-fill".into());
-            fill.seed = 4;
-            fill.max_time = a.phase_timeout;
-            eprintln!("bench: storing {more} more events for the search test");
-            load::run(&fill, true).await?;
-        }
-        eprintln!("bench: {} FHIR searches", a.searches);
-        Some(time_searches(hub, a.searches, started_at, a.search_stored.max(stored)).await?)
-    } else {
-        None
-    };
-    Ok(Phases {
-        stream,
-        mem_after_stream,
-        cache_after_stream,
-        disk_after_stream,
-        unary,
-        steady,
-        mem_after_load,
-        cache_after_load,
-        search,
-    })
+/// Tops the store up to `search_stored` events (`stored` so far), then times
+/// the FHIR searches.
+async fn search_phase(
+    a: &BenchArgs,
+    hub: &HubProcess,
+    stored: u64,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<SearchReport> {
+    if stored < a.search_stored {
+        let more = a.search_stored - stored;
+        let mut fill = LoadArgs::new(hub.grpc, hub.conn(), Mode::Stream, a.clients, more);
+        fill.window = a.window;
+        fill.prefix = Some("bench-fill".into());
+        fill.seed = 4;
+        fill.max_time = a.phase_timeout;
+        eprintln!("bench: storing {more} more events for the search test");
+        load::run(&fill, true).await?;
+    }
+    eprintln!("bench: {} FHIR searches", a.searches);
+    time_searches(hub, a.searches, started_at, a.search_stored.max(stored)).await
 }
