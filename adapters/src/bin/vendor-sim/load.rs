@@ -12,7 +12,6 @@
 //! handed to the stream (without) until its receipt: a hub that stalls shows
 //! up as latency, not as missing samples (no coordinated omission).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,21 +20,19 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use knutepunkt::proto::client::EventClient;
-use knutepunkt::proto::v1::{Event, Receipt, ReceiptStatus};
+use knutepunkt::proto::v1::{Receipt, ReceiptStatus};
 use knutepunkt::sim::{BERGEN, GenConfig, Generator, Mix, OSLO, Population};
-use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::{Mode, addr};
 use knutepunkt_adapters::conn::ConnArgs;
 
+mod client;
 mod report;
 
+use client::{stream_client, unary_client};
 pub use report::LoadReport;
 
 #[derive(Args, Debug, Clone)]
@@ -256,14 +253,7 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         if n == 0 {
             continue;
         }
-        let mut cfg = GenConfig::new(
-            a.seed.wrapping_mul(1_000_003).wrapping_add(i),
-            format!("{prefix}-c{i:04}"),
-            a.mix,
-        );
-        // A note answers an alarm only once that alarm has surely left the window.
-        cfg.min_note_lag = u64::from(a.window) + 1;
-        let generator = Generator::new(population.clone(), cfg).map_err(|e| anyhow::anyhow!(e))?;
+        let generator = client_generator(a, &population, &prefix, i)?;
         let shared = shared.clone();
         let window = a.window as usize;
         match a.mode {
@@ -280,6 +270,44 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
     if let Some(t) = ticker {
         t.abort();
     }
+    Ok(load_report(
+        a,
+        clients,
+        &shared,
+        start,
+        elapsed,
+        (latency, timed_out),
+    ))
+}
+
+/// Client `i`'s event generator: its own seed and event-id prefix.
+fn client_generator(
+    a: &LoadArgs,
+    population: &Arc<Population>,
+    prefix: &str,
+    i: u64,
+) -> Result<Generator> {
+    let mut cfg = GenConfig::new(
+        a.seed.wrapping_mul(1_000_003).wrapping_add(i),
+        format!("{prefix}-c{i:04}"),
+        a.mix,
+    );
+    // A note answers an alarm only once that alarm has surely left the window.
+    cfg.min_note_lag = u64::from(a.window) + 1;
+    Generator::new(population.clone(), cfg).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The finished load's report from the clients' shared counters and their
+/// merged latencies (`joined`: histogram, timed out).
+fn load_report(
+    a: &LoadArgs,
+    clients: u32,
+    shared: &Shared,
+    start: Instant,
+    elapsed: Duration,
+    joined: (Histogram<u64>, bool),
+) -> LoadReport {
+    let (latency, timed_out) = joined;
     let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let first_error = shared.first_error.lock().ok().and_then(|g| g.clone());
     let acks = shared
@@ -287,7 +315,7 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         .as_ref()
         .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
         .unwrap_or_default();
-    Ok(LoadReport {
+    LoadReport {
         mode: a.mode,
         clients,
         window: a.window,
@@ -302,8 +330,8 @@ pub async fn run(a: &LoadArgs, progress: bool) -> Result<LoadReport> {
         timed_out,
         first_error,
         acks,
-        marks: marks(&shared, start),
-    })
+        marks: marks(shared, start),
+    }
 }
 
 /// One connection per client; with several hubs the clients take them in
@@ -378,132 +406,6 @@ fn marks(shared: &Shared, start: Instant) -> Vec<(u64, Duration)> {
         .unwrap_or_default();
     m.sort_unstable();
     m
-}
-
-fn record(h: &mut Histogram<u64>, since: Instant) {
-    let us = since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-    h.saturating_record(us.max(1));
-}
-
-/// One SubmitStream: a sender task keeps at most `window` events in flight;
-/// this task reads receipts, matches them by event id and frees window slots.
-async fn stream_client(
-    channel: Channel,
-    mut generator: Generator,
-    n: u64,
-    pace: Option<Duration>,
-    window: usize,
-    start: Instant,
-    shared: Arc<Shared>,
-) -> Histogram<u64> {
-    let mut hist = histogram();
-    let mut client = EventClient::new(channel);
-    let (tx, rx) = mpsc::channel::<Event>(window.max(1));
-    let slots = Arc::new(Semaphore::new(window.max(1)));
-    let due_at: Arc<Mutex<HashMap<String, Instant>>> =
-        Arc::new(Mutex::new(HashMap::with_capacity(window * 2)));
-
-    let sender = {
-        let slots = slots.clone();
-        let due_at = due_at.clone();
-        tokio::spawn(async move {
-            let mut sent = 0u64;
-            tokio::time::sleep_until(start).await;
-            for k in 0..n {
-                let due = pace.map(|p| start + p.mul_f64(k as f64));
-                if let Some(d) = due {
-                    tokio::time::sleep_until(d).await;
-                }
-                match slots.acquire().await {
-                    Ok(p) => p.forget(),
-                    Err(_) => break,
-                }
-                let ev = generator.next_event();
-                let t = due.unwrap_or_else(Instant::now);
-                if let Ok(mut m) = due_at.lock() {
-                    m.insert(ev.event_id.clone(), t);
-                }
-                if tx.send(ev).await.is_err() {
-                    break;
-                }
-                sent += 1;
-            }
-            // Dropping `tx` half-closes the stream; the hub then ends it
-            // after the last receipt.
-            sent
-        })
-    };
-
-    let mut received = 0u64;
-    match client.submit_stream(ReceiverStream::new(rx)).await {
-        Ok(resp) => {
-            let mut receipts = resp.into_inner();
-            loop {
-                match receipts.next().await {
-                    Some(Ok(r)) => {
-                        received += 1;
-                        let t = due_at.lock().ok().and_then(|mut m| m.remove(&r.event_id));
-                        if let Some(t) = t {
-                            record(&mut hist, t);
-                        }
-                        shared.receipt(&r);
-                        slots.add_permits(1);
-                    }
-                    None => break,
-                    Some(Err(s)) => {
-                        shared.note_error(|| {
-                            format!("stream broke: {:?}: {}", s.code(), s.message())
-                        });
-                        break;
-                    }
-                }
-            }
-        }
-        Err(s) => {
-            shared.note_error(|| format!("SubmitStream refused: {:?}: {}", s.code(), s.message()))
-        }
-    }
-    // Stop the sender if the stream ended early, then settle the books.
-    slots.close();
-    let sent: u64 = sender.await.unwrap_or_default();
-    shared.errors(sent.saturating_sub(received), || {
-        "stream ended before every receipt came back".into()
-    });
-    shared.errors(n.saturating_sub(sent), || {
-        "stream ended before every event was sent".into()
-    });
-    hist
-}
-
-/// One client making unary Submit calls back to back (or paced).
-async fn unary_client(
-    channel: Channel,
-    mut generator: Generator,
-    n: u64,
-    pace: Option<Duration>,
-    start: Instant,
-    shared: Arc<Shared>,
-) -> Histogram<u64> {
-    let mut hist = histogram();
-    let mut client = EventClient::new(channel);
-    tokio::time::sleep_until(start).await;
-    for k in 0..n {
-        let due = pace.map(|p| start + p.mul_f64(k as f64));
-        if let Some(d) = due {
-            tokio::time::sleep_until(d).await;
-        }
-        let t = due.unwrap_or_else(Instant::now);
-        let mut req = tonic::Request::new(generator.next_event());
-        req.set_timeout(Duration::from_secs(30));
-        match client.submit(req).await {
-            Ok(r) => {
-                record(&mut hist, t);
-                shared.receipt(&r.into_inner());
-            }
-            Err(s) => shared.status(&s),
-        }
-    }
-    hist
 }
 
 #[cfg(test)]
