@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use knutepunkt::sim::{BERGEN, OSLO};
-use knutepunkt_adapters::epj::Snapshot;
-use knutepunkt_adapters::epj::layout::Layout;
-use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 use crate::addr;
+
+mod epj;
+
+pub use epj::EpjProcess;
 use knutepunkt_adapters::conn::ConnArgs;
 
 /// The vendor the bench submits as (a dev-certs client certificate).
@@ -294,14 +295,7 @@ impl HubProcess {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("log file handle")?;
-        let (mut cmd, ready_within) = match wrapper {
-            Some([program, args @ ..]) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(bin);
-                (c, Duration::from_secs(600))
-            }
-            _ => (Command::new(bin), Duration::from_secs(30)),
-        };
+        let (mut cmd, ready_within) = hub_command(bin, wrapper);
         let mut child = cmd
             .arg("serve")
             .arg("--config")
@@ -325,29 +319,7 @@ impl HubProcess {
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("the hub exited at once")?;
         let web = crate::token::https_client(&certs.join("ca.pem"))?;
-        let ready = format!("https://{http}/readyz");
-        let until = Instant::now() + ready_within;
-        loop {
-            if let Some(status) = child.try_wait().context("checking the hub process")? {
-                bail!(
-                    "the hub exited during start-up ({status}); its log:\n{}",
-                    tail(&log, 40)
-                );
-            }
-            if let Ok(r) = web.get(&ready).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if Instant::now() > until {
-                bail!(
-                    "the hub was not ready after {} s; its log:\n{}",
-                    ready_within.as_secs(),
-                    tail(&log, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(&mut child, &web, http, &log, ready_within).await?;
         Ok(HubProcess {
             child,
             pid,
@@ -440,6 +412,53 @@ async fn stop_child(child: &mut Child, pid: u32, what: &str, grace: Duration) ->
     }
 }
 
+/// The command that runs the hub (under `wrapper`, if any) and how long it
+/// gets to become ready.
+fn hub_command(bin: &Path, wrapper: Option<&[std::ffi::OsString]>) -> (Command, Duration) {
+    match wrapper {
+        Some([program, args @ ..]) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            (c, Duration::from_secs(600))
+        }
+        _ => (Command::new(bin), Duration::from_secs(30)),
+    }
+}
+
+/// Polls the hub's `/readyz` on `http` until it answers, the hub exits, or
+/// `within` has passed (the last two with the tail of its `log`).
+async fn wait_ready(
+    child: &mut Child,
+    web: &reqwest::Client,
+    http: SocketAddr,
+    log: &Path,
+    within: Duration,
+) -> Result<()> {
+    let ready = format!("https://{http}/readyz");
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().context("checking the hub process")? {
+            bail!(
+                "the hub exited during start-up ({status}); its log:\n{}",
+                tail(log, 40)
+            );
+        }
+        if let Ok(r) = web.get(&ready).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!(
+                "the hub was not ready after {} s; its log:\n{}",
+                within.as_secs(),
+                tail(log, 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The last `n` lines of a log file, for error messages.
 pub fn tail(path: &Path, n: usize) -> String {
     match std::fs::read_to_string(path) {
@@ -448,138 +467,5 @@ pub fn tail(path: &Path, n: usize) -> String {
             lines[lines.len().saturating_sub(n)..].join("\n")
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
-    }
-}
-
-/// The EPJ adapter (the EPJ test double) as a child process.
-pub struct EpjProcess {
-    child: Child,
-    pid: u32,
-    pub addr: SocketAddr,
-    /// Its import folder (`received.log` is here).
-    pub out: PathBuf,
-    /// Its self-signed certificate.
-    pub cert: PathBuf,
-    web: reqwest::Client,
-}
-
-impl EpjProcess {
-    /// Starts `epj-adapter` on a free port with files under `dir`.
-    pub async fn start(bin: &Path, dir: &Path, mode: &str, layout: Layout) -> Result<EpjProcess> {
-        let out = dir.join("out");
-        let tls = dir.join("tls");
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let log = dir.join("epj-adapter.log");
-        let err =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--mode", mode, "--log", "warn"])
-            .arg("--layout")
-            .arg(match layout {
-                Layout::Files => "files",
-                Layout::Ndjson => "ndjson",
-            })
-            .arg("--out")
-            .arg(&out)
-            .arg("--self-signed")
-            .arg(&tls)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("the EPJ adapter exited at once")?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("no stdout from the EPJ adapter")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .context("the EPJ adapter did not start within 30 s")?
-            .context("reading the EPJ adapter's stdout")?
-            .unwrap_or_default();
-        let addr: SocketAddr = first
-            .trim()
-            .strip_prefix("listening on https://")
-            .and_then(|a| a.parse().ok())
-            .with_context(|| {
-                format!(
-                    "unexpected first line from epj-adapter: {first:?}; its log:\n{}",
-                    tail(&log, 20)
-                )
-            })?;
-        let cert = tls.join("cert.pem");
-        let web = crate::token::https_client(&cert)?;
-        Ok(EpjProcess {
-            child,
-            pid,
-            addr,
-            out,
-            cert,
-            web,
-        })
-    }
-
-    /// The FHIR base the hub pushes to.
-    pub fn fhir_url(&self) -> String {
-        format!("https://{}/fhir", self.addr)
-    }
-
-    /// Switches the mode: `{"mode":"down"}`, `{"mode":"ok"}`, ...
-    pub async fn set_mode(&self, mode: &str) -> Result<()> {
-        let r = self
-            .web
-            .post(format!("https://{}/_admin/mode", self.addr))
-            .json(&serde_json::json!({ "mode": mode }))
-            .send()
-            .await
-            .context("POST /_admin/mode")?;
-        if !r.status().is_success() {
-            bail!("epj-adapter refused mode {mode}: HTTP {}", r.status());
-        }
-        Ok(())
-    }
-
-    /// The adapter's counters.
-    pub async fn stats(&self) -> Result<Snapshot> {
-        self.web
-            .get(format!("https://{}/_admin/stats", self.addr))
-            .send()
-            .await
-            .context("GET /_admin/stats")?
-            .json()
-            .await
-            .context("reading /_admin/stats")
-    }
-
-    /// POSTs a transaction Bundle; returns the HTTP status.
-    pub async fn post_bundle(&self, body: String) -> Result<u16> {
-        let r = self
-            .web
-            .post(self.fhir_url())
-            .header("content-type", "application/fhir+json")
-            .body(body)
-            .send()
-            .await
-            .context("POST /fhir")?;
-        let status = r.status().as_u16();
-        let _ = r.bytes().await;
-        Ok(status)
-    }
-
-    pub fn memory_kib(&self) -> Option<(u64, u64)> {
-        proc_memory_kib(self.pid)
-    }
-
-    pub async fn stop(mut self) -> Result<String> {
-        stop_child(
-            &mut self.child,
-            self.pid,
-            "EPJ adapter",
-            Duration::from_secs(20),
-        )
-        .await
     }
 }
