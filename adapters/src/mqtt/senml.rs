@@ -112,89 +112,119 @@ pub fn parse(payload: &[u8]) -> Result<Vec<Reading>, String> {
     if pack.is_empty() {
         return Err("the SenML pack has no records".into());
     }
-    let (mut bn, mut bt, mut bu, mut bv) = (String::new(), 0.0, None::<String>, 0.0);
+    let mut base = Base::default();
     let mut out = Vec::with_capacity(pack.len());
-    for (i, r) in pack.into_iter().enumerate() {
+    for (i, mut r) in pack.into_iter().enumerate() {
         let at = format!("record {}", i + 1);
-        if let Some(v) = r.bver
-            && v > 10
-        {
-            return Err(format!("{at}: SenML version {v} is not supported (10 is)"));
-        }
-        if let Some(x) = r.bn {
-            bn = x;
-        }
-        if let Some(x) = r.bt {
-            bt = x;
-        }
-        if let Some(x) = r.bu {
-            bu = Some(x);
-        }
-        if let Some(x) = r.bv {
-            bv = x;
-        }
-        if let Some(k) = r.extra.keys().find(|k| k.ends_with('_')) {
-            return Err(format!(
-                "{at}: field {k:?} must be understood (it ends in '_') and this gateway does not"
-            ));
-        }
-        if r.vs.is_some() || r.vb.is_some() || r.vd.is_some() || r.s.is_some() || r.bs.is_some() {
-            return Err(format!(
-                "{at}: only numeric values (\"v\") are mapped; string, boolean, data and sum values are not"
-            ));
-        }
-        let _ = r.ut;
-        let name = format!("{bn}{}", r.n.unwrap_or_default());
-        if name.is_empty() {
-            return Err(format!("{at}: has no name (\"n\" or \"bn\")"));
-        }
-        let short = name.rsplit(':').next().unwrap_or(&name);
-        let kind = NAMES
-            .iter()
-            .find(|(n, _)| *n == short)
-            .map(|(_, k)| *k)
-            .ok_or_else(|| {
-                format!(
-                    "{at}: name {short:?} is not a known measurement; use one of {}",
-                    NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                )
-            })?;
-        let Some(v) = r.v else {
-            return Err(format!("{at} ({short}): has no value (\"v\")"));
-        };
-        let value = bv + v;
-        if !value.is_finite() {
-            return Err(format!("{at} ({short}): value is not a finite number"));
-        }
-        let time = bt + r.t.unwrap_or(0.0);
-        if !(RELATIVE_LIMIT..1e11).contains(&time) {
-            return Err(format!(
-                "{at} ({short}): give the absolute time of the reading in \"t\" or \"bt\" \
-                 (seconds since 1970); relative or missing times cannot be deduplicated"
-            ));
-        }
-        let senml_unit =
-            r.u.or_else(|| bu.clone())
-                .ok_or_else(|| format!("{at} ({short}): has no unit (\"u\" or \"bu\")"))?;
-        let unit = UNITS
-            .iter()
-            .find(|(s, _)| *s == senml_unit)
-            .map(|(_, u)| u.to_string())
-            .ok_or_else(|| {
-                format!(
-                    "{at} ({short}): unit {senml_unit:?} is not mapped; use one of {}",
-                    UNITS.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
-                )
-            })?;
-        out.push(Reading {
-            name,
-            kind,
-            time,
-            value,
-            unit,
-        });
+        supported(&r, &at)?;
+        base.take_from(&mut r);
+        out.push(reading(r, &base, &at)?);
     }
     Ok(out)
+}
+
+/// The base fields in force (RFC 8428 §4.6): a record's base fields apply
+/// to it and to every record after it until another record sets them.
+#[derive(Default)]
+struct Base {
+    bn: String,
+    bt: f64,
+    bu: Option<String>,
+    bv: f64,
+}
+
+impl Base {
+    /// Takes the record's base fields, those it sets.
+    fn take_from(&mut self, r: &mut Record) {
+        if let Some(x) = r.bn.take() {
+            self.bn = x;
+        }
+        if let Some(x) = r.bt {
+            self.bt = x;
+        }
+        if let Some(x) = r.bu.take() {
+            self.bu = Some(x);
+        }
+        if let Some(x) = r.bv {
+            self.bv = x;
+        }
+    }
+}
+
+/// Refuses what this gateway does not handle: a newer SenML version,
+/// "must understand" fields, and values that are not numbers.
+fn supported(r: &Record, at: &str) -> Result<(), String> {
+    if let Some(v) = r.bver
+        && v > 10
+    {
+        return Err(format!("{at}: SenML version {v} is not supported (10 is)"));
+    }
+    if let Some(k) = r.extra.keys().find(|k| k.ends_with('_')) {
+        return Err(format!(
+            "{at}: field {k:?} must be understood (it ends in '_') and this gateway does not"
+        ));
+    }
+    if r.vs.is_some() || r.vb.is_some() || r.vd.is_some() || r.s.is_some() || r.bs.is_some() {
+        return Err(format!(
+            "{at}: only numeric values (\"v\") are mapped; string, boolean, data and sum values are not"
+        ));
+    }
+    Ok(())
+}
+
+/// Maps one record, with the base fields in force, to a reading: its
+/// measurement kind, absolute time, value and UCUM unit.
+fn reading(r: Record, base: &Base, at: &str) -> Result<Reading, String> {
+    let _ = r.ut;
+    let name = format!("{}{}", base.bn, r.n.unwrap_or_default());
+    if name.is_empty() {
+        return Err(format!("{at}: has no name (\"n\" or \"bn\")"));
+    }
+    let short = name.rsplit(':').next().unwrap_or(&name);
+    let kind = NAMES
+        .iter()
+        .find(|(n, _)| *n == short)
+        .map(|(_, k)| *k)
+        .ok_or_else(|| {
+            format!(
+                "{at}: name {short:?} is not a known measurement; use one of {}",
+                NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+    let Some(v) = r.v else {
+        return Err(format!("{at} ({short}): has no value (\"v\")"));
+    };
+    let value = base.bv + v;
+    if !value.is_finite() {
+        return Err(format!("{at} ({short}): value is not a finite number"));
+    }
+    let time = base.bt + r.t.unwrap_or(0.0);
+    if !(RELATIVE_LIMIT..1e11).contains(&time) {
+        return Err(format!(
+            "{at} ({short}): give the absolute time of the reading in \"t\" or \"bt\" \
+             (seconds since 1970); relative or missing times cannot be deduplicated"
+        ));
+    }
+    let senml_unit =
+        r.u.or_else(|| base.bu.clone())
+            .ok_or_else(|| format!("{at} ({short}): has no unit (\"u\" or \"bu\")"))?;
+    let unit = UNITS
+        .iter()
+        .find(|(s, _)| *s == senml_unit)
+        .map(|(_, u)| u.to_string())
+        .ok_or_else(|| {
+            format!(
+                "{at} ({short}): unit {senml_unit:?} is not mapped; use one of {}",
+                UNITS.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+    Ok(Reading {
+        name,
+        kind,
+        time,
+        value,
+        unit,
+    })
 }
 
 #[cfg(test)]
