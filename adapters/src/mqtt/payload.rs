@@ -12,7 +12,7 @@ use knutepunkt::domain::PersonId;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::registry::Registry;
+use super::registry::{Device, Registry};
 use super::senml::{self, Kind};
 use super::topic::{DeviceTopic, MessageKind};
 
@@ -168,6 +168,32 @@ pub fn map(
     payload: &[u8],
     registry: &Registry,
 ) -> Result<Vec<Submission>, Unmappable> {
+    let dev = registered_device(topic, registry)?;
+    let base = |event_id: String, occurred_at: f64, payload: Payload| Submission {
+        event_id,
+        municipality: topic.orgnr.clone(),
+        patient: dev.patient.clone(),
+        device_id: dev.id.clone(),
+        device_kind: dev.kind.clone(),
+        occurred_at,
+        payload,
+    };
+    match topic.kind {
+        MessageKind::Measurement => {
+            let readings = senml::parse(payload).map_err(|e| Unmappable::new("bad_payload", e))?;
+            readings_to_events(topic, readings, &base)
+        }
+        MessageKind::Alarm => alarm_to_event(topic, payload, &base),
+        MessageKind::Note => note_to_event(topic, payload, &base),
+    }
+}
+
+/// The topic's device from the registry, if it is registered for the
+/// municipality the topic names.
+fn registered_device<'r>(
+    topic: &DeviceTopic,
+    registry: &'r Registry,
+) -> Result<&'r Device, Unmappable> {
     let dev = registry.get(&topic.device).ok_or_else(|| {
         Unmappable::new(
             "unknown_device",
@@ -186,67 +212,72 @@ pub fn map(
             ),
         ));
     }
-    let base = |event_id: String, occurred_at: f64, payload: Payload| Submission {
-        event_id,
-        municipality: topic.orgnr.clone(),
-        patient: dev.patient.clone(),
-        device_id: dev.id.clone(),
-        device_kind: dev.kind.clone(),
-        occurred_at,
-        payload,
+    Ok(dev)
+}
+
+/// A JSON payload that does not fit its schema.
+fn bad(e: serde_json::Error) -> Unmappable {
+    Unmappable::new("bad_payload", e.to_string())
+}
+
+/// An alarm message → one alarm event.
+fn alarm_to_event(
+    topic: &DeviceTopic,
+    payload: &[u8],
+    base: &dyn Fn(String, f64, Payload) -> Submission,
+) -> Result<Vec<Submission>, Unmappable> {
+    let a: AlarmMsg = serde_json::from_slice(payload).map_err(bad)?;
+    let t = check_time(a.t)?;
+    let id = alarm_id(topic, a.id.as_deref(), t, &a.code);
+    Ok(vec![base(
+        id,
+        t,
+        Payload::Alarm {
+            code: a.code,
+            severity: a.severity,
+            text: a.text,
+            zone: a.zone,
+        },
+    )])
+}
+
+/// A note message → one note event, linked to the alarm it answers.
+fn note_to_event(
+    topic: &DeviceTopic,
+    payload: &[u8],
+    base: &dyn Fn(String, f64, Payload) -> Submission,
+) -> Result<Vec<Submission>, Unmappable> {
+    let n: NoteMsg = serde_json::from_slice(payload).map_err(bad)?;
+    let t = check_time(n.t)?;
+    let id = match &n.id {
+        Some(id) => event_id(&[&topic.orgnr, &topic.device, "note-id", id]),
+        None => event_id(&[&topic.orgnr, &topic.device, "note", &time_key(t)]),
     };
-    let bad = |e: serde_json::Error| Unmappable::new("bad_payload", e.to_string());
-    match topic.kind {
-        MessageKind::Measurement => {
-            let readings = senml::parse(payload).map_err(|e| Unmappable::new("bad_payload", e))?;
-            readings_to_events(topic, readings, &base)
-        }
-        MessageKind::Alarm => {
-            let a: AlarmMsg = serde_json::from_slice(payload).map_err(bad)?;
-            let t = check_time(a.t)?;
-            let id = alarm_id(topic, a.id.as_deref(), t, &a.code);
-            Ok(vec![base(
-                id,
-                t,
-                Payload::Alarm {
-                    code: a.code,
-                    severity: a.severity,
-                    text: a.text,
-                    zone: a.zone,
-                },
-            )])
-        }
-        MessageKind::Note => {
-            let n: NoteMsg = serde_json::from_slice(payload).map_err(bad)?;
-            let t = check_time(n.t)?;
-            let id = match &n.id {
-                Some(id) => event_id(&[&topic.orgnr, &topic.device, "note-id", id]),
-                None => event_id(&[&topic.orgnr, &topic.device, "note", &time_key(t)]),
-            };
-            let in_response_to = match n.answers {
-                None => String::new(),
-                Some(AlarmRef { id: Some(id), .. }) => alarm_id(topic, Some(&id), 0.0, ""),
-                Some(AlarmRef {
-                    id: None,
-                    t: Some(at),
-                    code: Some(code),
-                }) => alarm_id(topic, None, at, &code),
-                Some(_) => {
-                    return Err(Unmappable::new(
-                        "bad_payload",
-                        "\"answers\" must name the alarm by \"id\", or by \"t\" and \"code\"",
-                    ));
-                }
-            };
-            Ok(vec![base(
-                id,
-                t,
-                Payload::Note {
-                    text: n.text,
-                    in_response_to,
-                },
-            )])
-        }
+    let in_response_to = answered_alarm(topic, n.answers)?;
+    Ok(vec![base(
+        id,
+        t,
+        Payload::Note {
+            text: n.text,
+            in_response_to,
+        },
+    )])
+}
+
+/// The event id of the alarm a note answers (empty if it answers none).
+fn answered_alarm(topic: &DeviceTopic, answers: Option<AlarmRef>) -> Result<String, Unmappable> {
+    match answers {
+        None => Ok(String::new()),
+        Some(AlarmRef { id: Some(id), .. }) => Ok(alarm_id(topic, Some(&id), 0.0, "")),
+        Some(AlarmRef {
+            id: None,
+            t: Some(at),
+            code: Some(code),
+        }) => Ok(alarm_id(topic, None, at, &code)),
+        Some(_) => Err(Unmappable::new(
+            "bad_payload",
+            "\"answers\" must name the alarm by \"id\", or by \"t\" and \"code\"",
+        )),
     }
 }
 
