@@ -163,6 +163,36 @@ pub async fn bundle(
     to: &Submitter,
     max_entries: usize,
 ) -> Result<(&'static str, Vec<Outcome>), Issue> {
+    let (kind, entries) = checked_entries(b, max_entries)?;
+    let index = reference_index(entries);
+    let resolve = |r: &str| index.get(r).copied();
+    let cx = Context {
+        vendor: &to.vendor,
+        municipality: to.municipality,
+        resolve: &resolve,
+    };
+    let (mut outcomes, to_submit) = classify_entries(entries, &cx);
+    submit_in_rounds(to_submit, to, &mut outcomes).await;
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Outcome::Refused(Issue::other(
+                    500,
+                    "exception",
+                    "",
+                    "entry was not processed",
+                ))
+            })
+        })
+        .collect();
+    Ok((kind, outcomes))
+}
+
+/// Checks the Bundle's shell: that it is a Bundle, its type (→ the answer
+/// Bundle's type), and that its entries are an array of at most
+/// `max_entries`.
+fn checked_entries(b: &Value, max_entries: usize) -> Result<(&'static str, &[Value]), Issue> {
     if b.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(Issue::structure(
             "Bundle.resourceType",
@@ -186,17 +216,20 @@ pub async fn bundle(
             ),
         ));
     }
-    let index = reference_index(entries);
-    let resolve = |r: &str| index.get(r).copied();
-    let cx = Context {
-        vendor: &to.vendor,
-        municipality: to.municipality,
-        resolve: &resolve,
-    };
+    Ok((kind, entries))
+}
+
+/// Maps every entry: the outcomes known without the hub (supporting
+/// Patient/Device entries, refusals) by entry index, and the mapped
+/// Observations still to submit.
+fn classify_entries(
+    entries: &[Value],
+    cx: &Context<'_>,
+) -> (Vec<Option<Outcome>>, Vec<(usize, Mapped)>) {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; entries.len()];
     let mut to_submit: Vec<(usize, Mapped)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        match classify(i, e, &cx) {
+        match classify(i, e, cx) {
             Ok(Some(m)) => to_submit.push((i, m)),
             Ok(None) => {
                 let t = if e["resource"]["resourceType"] == "Patient" {
@@ -209,6 +242,16 @@ pub async fn bundle(
             Err(issue) => outcomes[i] = Some(Outcome::Refused(issue)),
         }
     }
+    (outcomes, to_submit)
+}
+
+/// Submits the mapped entries to the hub, `CONCURRENCY` at a time, and
+/// puts each verdict at its entry's index in `outcomes`.
+async fn submit_in_rounds(
+    to_submit: Vec<(usize, Mapped)>,
+    to: &Submitter,
+    outcomes: &mut [Option<Outcome>],
+) {
     // The same event twice in one Bundle: the first goes ahead, the repeats
     // after it, so they get the hub's answer to a repeat (duplicate or
     // conflict) rather than racing it.
@@ -232,20 +275,6 @@ pub async fn bundle(
             outcomes[i] = Some(o);
         }
     }
-    let outcomes = outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| {
-                Outcome::Refused(Issue::other(
-                    500,
-                    "exception",
-                    "",
-                    "entry was not processed",
-                ))
-            })
-        })
-        .collect();
-    Ok((kind, outcomes))
 }
 
 /// `fullUrl` and `Type/id` of every entry → its resource.
