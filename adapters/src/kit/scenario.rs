@@ -303,13 +303,41 @@ async fn expect_refused(ctx: &mut Ctx, report: &mut Report, r: Refusal) {
 }
 
 async fn rejections(ctx: &mut Ctx, report: &mut Report) {
+    for r in field_refusals(ctx) {
+        expect_refused(ctx, report, r).await;
+    }
+
+    record(
+        report,
+        "rejection.conflict",
+        "an event_id reused for other content is refused with ALREADY_EXISTS",
+        conflict(ctx),
+    )
+    .await;
+
+    for r in agreement_refusals(ctx) {
+        expect_refused(ctx, report, r).await;
+    }
+
+    record(
+        report,
+        "rejection.missing_event",
+        "a SubmitRequest without an event is refused with INVALID_ARGUMENT naming event",
+        missing_event(ctx),
+    )
+    .await;
+}
+
+/// Events with a bad field: a patient number with a broken control digit,
+/// an impossible value, an unknown alarm code.
+fn field_refusals(ctx: &Ctx) -> [Refusal; 3] {
     let mut bad_fnr = ctx.kit.heart_rate("bad-fnr", 70.0);
     if let Some(p) = bad_fnr.patient.as_mut() {
         // Break the last control digit of a synthetic number.
         let last = p.value.pop().and_then(|c| c.to_digit(10)).unwrap_or(0);
         p.value.push(char::from(b'0' + ((last + 1) % 10) as u8));
     }
-    let first = [
+    [
         Refusal {
             rule: "rejection.invalid_argument",
             title: "a bad field is refused with INVALID_ARGUMENT naming the field (patient.value)",
@@ -336,26 +364,20 @@ async fn rejections(ctx: &mut Ctx, report: &mut Report) {
             codes: &[Code::InvalidArgument],
             field: "alarm.code",
         },
-    ];
-    for r in first {
-        expect_refused(ctx, report, r).await;
-    }
+    ]
+}
 
-    record(
-        report,
-        "rejection.conflict",
-        "an event_id reused for other content is refused with ALREADY_EXISTS",
-        conflict(ctx),
-    )
-    .await;
-
+/// Events that are well formed but break the hub's state or the agreement:
+/// a note answering no stored alarm, a foreign municipality, an event over
+/// the size limit.
+fn agreement_refusals(ctx: &Ctx) -> [Refusal; 3] {
     let mut foreign = ctx.kit.heart_rate("foreign", 70.0);
     foreign.municipality = ctx.other_municipality.clone();
     let mut too_large = ctx.kit.alarm("too-large", "4.1", pb::Severity::Green);
     if let Some(pb::event::Payload::Alarm(al)) = too_large.payload.as_mut() {
         al.text = "x".repeat(ctx.max_message_bytes + 1024);
     }
-    let then = [
+    [
         Refusal {
             rule: "rejection.unknown_alarm",
             title: "a note answering an alarm the hub has not stored is refused naming in_response_to",
@@ -379,18 +401,7 @@ async fn rejections(ctx: &mut Ctx, report: &mut Report) {
             codes: &[Code::ResourceExhausted],
             field: "",
         },
-    ];
-    for r in then {
-        expect_refused(ctx, report, r).await;
-    }
-
-    record(
-        report,
-        "rejection.missing_event",
-        "a SubmitRequest without an event is refused with INVALID_ARGUMENT naming event",
-        missing_event(ctx),
-    )
-    .await;
+    ]
 }
 
 async fn conflict(ctx: &mut Ctx) -> Outcome {

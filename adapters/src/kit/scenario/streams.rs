@@ -145,14 +145,42 @@ async fn reconnect(ctx: &mut Ctx) -> Outcome {
     let events: Vec<pb::Event> = (0..8)
         .map(|i| ctx.kit.heart_rate(&format!("r-{i}"), 80.0 + f64::from(i)))
         .collect();
-    // First stream: everything sent, the stream dropped after 3 receipts.
+    let early = match break_early(ctx, &events).await {
+        Ok(e) => e,
+        Err(o) => return o,
+    };
+    ctx.reconnects.fetch_add(1, Ordering::Relaxed);
+    // Then: resume on a new connection until every event has its receipt.
+    let got = match until_done(ctx, &events).await {
+        Ok(g) => g,
+        Err(e) => return fail(e, format!("{} receipts before the break", early.len())),
+    };
+    if let Err(o) = same_after_break(&early, &got) {
+        return o;
+    }
+    if let Err(o) = stored_once(ctx, &events, &got).await {
+        return o;
+    }
+    pass(format!(
+        "{} receipts before the break, all {} stored once after resuming",
+        early.len(),
+        events.len()
+    ))
+}
+
+/// The first stream: every event sent, the stream dropped after 3 final
+/// receipts; returns those receipts by event id.
+async fn break_early(
+    ctx: &Ctx,
+    events: &[pb::Event],
+) -> Result<HashMap<String, pb::Receipt>, Outcome> {
     let mut early: HashMap<String, pb::Receipt> = HashMap::new();
     let ch = match ctx.target.connect().await {
         Ok(c) => c,
-        Err(e) => return fail(format!("{e:#}"), String::new()),
+        Err(e) => return Err(fail(format!("{e:#}"), String::new())),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(events.len());
-    for ev in &events {
+    for ev in events {
         let _ = tx.send(ev.clone()).await;
     }
     let mut first = EventClient::new(ch);
@@ -173,38 +201,51 @@ async fn reconnect(ctx: &mut Ctx) -> Outcome {
     }
     drop(tx);
     drop(first);
-    ctx.reconnects.fetch_add(1, Ordering::Relaxed);
-    // Then: resume on a new connection until every event has its receipt.
-    let got = match until_done(ctx, &events).await {
-        Ok(g) => g,
-        Err(e) => return fail(e, format!("{} receipts before the break", early.len())),
-    };
-    for (id, r0) in &early {
+    Ok(early)
+}
+
+/// Every event answered before the break has the same resource after it.
+fn same_after_break(
+    early: &HashMap<String, pb::Receipt>,
+    got: &HashMap<String, pb::Receipt>,
+) -> Result<(), Outcome> {
+    for (id, r0) in early {
         match got.get(id) {
             Some(r) if r.resource == r0.resource => {}
             other => {
-                return fail(
+                return Err(fail(
                     format!(
                         "{id} was stored as {} before the break but answered {:?} after it",
                         r0.resource,
                         other.map(|r| (status_name(r), &r.resource))
                     ),
                     String::new(),
-                );
+                ));
             }
         }
     }
-    // Nothing twice: a unary resend of each is a DUPLICATE of the same resource.
-    for ev in &events {
+    Ok(())
+}
+
+/// Nothing twice: a unary resend of each is a DUPLICATE of the same resource.
+async fn stored_once(
+    ctx: &mut Ctx,
+    events: &[pb::Event],
+    got: &HashMap<String, pb::Receipt>,
+) -> Result<(), Outcome> {
+    for ev in events {
         let Some(r) = got.get(&ev.event_id) else {
-            return fail(format!("no receipt for {}", ev.event_id), String::new());
+            return Err(fail(
+                format!("no receipt for {}", ev.event_id),
+                String::new(),
+            ));
         };
         let again = ctx.sender.send(ev.clone()).await;
         match again.receipt() {
             Some(a)
                 if a.status == pb::ReceiptStatus::Duplicate as i32 && a.resource == r.resource => {}
             _ => {
-                return fail(
+                return Err(fail(
                     format!(
                         "{} was stored as {} on the stream, but a resend answered {}",
                         ev.event_id,
@@ -212,13 +253,9 @@ async fn reconnect(ctx: &mut Ctx) -> Outcome {
                         again.describe()
                     ),
                     String::new(),
-                );
+                ));
             }
         }
     }
-    pass(format!(
-        "{} receipts before the break, all {} stored once after resuming",
-        early.len(),
-        events.len()
-    ))
+    Ok(())
 }
