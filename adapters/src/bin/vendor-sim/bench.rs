@@ -96,8 +96,8 @@ pub struct BenchArgs {
     pub phase_timeout: Duration,
     /// Skip the retention step (after the hub stopped, on its store: flush +
     /// major compaction as the yardstick, a retention pass removing the
-    /// older half of the stored events, flush + major compaction again; `du`
-    /// of the store after each).
+    /// older half of the stored events, the hub's own compaction (`knutepunkt
+    /// compact`); `du` of the store after each).
     #[arg(long)]
     pub no_retention: bool,
     /// Keep the temporary directories (hub data, hub log) for inspection

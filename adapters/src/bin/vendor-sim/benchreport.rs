@@ -284,7 +284,7 @@ impl Report<'_> {
         let [c0, c1] = r.compaction;
         let _ = writeln!(
             s,
-            "| disk given back by retention (`du` of the store, journal included) | as the hub left it; flushed + major-compacted with fjall alone before the pass ({:.1} s: the yardstick); after the pass (store closed); flushed + major-compacted after it ({:.1} s; the hub never major-compacts) | {:.0} MiB = {:.0} B per event; {:.0} MiB = {:.0} B per event; {:.0} MiB; {:.0} MiB: {:.0} B per removed event back from the yardstick ({:.0} from as left) | after ÷ yardstick: {:.2} after the pass, {:.2} compacted |",
+            "| disk given back by retention (`du` of the store, journal included) | as the hub left it; flushed + major-compacted with fjall alone before the pass ({:.1} s: the yardstick); after the pass (store closed); after the hub's own compaction (`knutepunkt compact`, {:.1} s) | {:.0} MiB = {:.0} B per event; {:.0} MiB = {:.0} B per event; {:.0} MiB; {:.0} MiB: {:.0} B per removed event back from the yardstick ({:.0} from as left) | after ÷ yardstick: {:.2} after the pass, {:.2} compacted |",
             c0.as_secs_f64(),
             c1.as_secs_f64(),
             mib(left),

@@ -16,15 +16,18 @@
 //!    the log is past retention. The store is closed, `du` taken again and
 //!    each keyspace's table bytes (what a hub has after a pass; the bench
 //!    has flushed and compacted nothing since);
-//! 4. with fjall alone again: flush + major compaction, `du` once more.
+//! 4. the hub's own compaction (`EventLog::reclaim_space`, what
+//!    `knutepunkt compact` runs: each keyspace flushed and major-compacted),
+//!    `du` once more.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use knutepunkt::store::embedded::{EmbeddedOptions, EmbeddedStore, keys, open_engine_for_baseline};
-use knutepunkt::store::{EventLog, RetentionPolicy, RetentionReport};
+use knutepunkt::store::{EventLog, ReclaimProgress, RetentionPolicy, RetentionReport, SpacePart};
 
 use crate::hubenv;
 
@@ -106,19 +109,10 @@ pub async fn run(store_dir: &Path) -> Result<RetentionBench> {
         mib(du_pass)
     );
 
-    let dir = store_dir.to_path_buf();
-    let (after_pass, after, compaction_after) = tokio::task::spawn_blocking(move || {
-        let (db, spaces) = open_all(&dir)?;
-        let after_pass = sizes(&db, &spaces)?;
-        let t = compact_all(&spaces)?;
-        let after = sizes(&db, &spaces)?;
-        Ok::<_, anyhow::Error>((after_pass, after, t))
-    })
-    .await
-    .context("retention: compaction task failed")??;
+    let (after_pass, after, compaction_after) = hub_compaction(store_dir).await?;
     let du_after = hubenv::du_bytes(store_dir);
     eprintln!(
-        "bench: retention: flush + major compaction {:.1} s; store {:.0} MiB on disk",
+        "bench: retention: the hub's compaction (`knutepunkt compact`) {:.1} s; store {:.0} MiB on disk",
         compaction_after.as_secs_f64(),
         mib(du_after)
     );
@@ -174,6 +168,41 @@ async fn retention_pass(
     store.close().await;
     let report = report.context("the retention pass failed")?;
     Ok((report, pass))
+}
+
+/// Step 4: the hub's own compaction (`EventLog::reclaim_space`, what
+/// `knutepunkt compact` runs); each part's bytes before and after it, and
+/// how long it took. The store is closed after.
+async fn hub_compaction(store_dir: &Path) -> Result<(Sizes, Sizes, Duration)> {
+    let store = EmbeddedStore::open(store_dir, EmbeddedOptions::default(), Vec::new())
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let progress: ReclaimProgress = Arc::new(|name: &str, at: usize, of: usize| {
+        eprintln!("  compaction: {name} ({at} of {of})");
+    });
+    let started = Instant::now();
+    let report = store.reclaim_space(progress).await;
+    let took = started.elapsed();
+    store.close().await;
+    let report = report.context("the hub's compaction failed")?;
+    for p in &report.parts {
+        match &p.skipped {
+            Some(why) => eprintln!("  compaction: {} skipped: {why}", p.name),
+            None => eprintln!(
+                "  compaction: {} {:.1} → {:.1} MiB",
+                p.name,
+                mib(p.before),
+                mib(p.after)
+            ),
+        }
+    }
+    let sizes = |f: fn(&SpacePart) -> u64| {
+        report
+            .parts
+            .iter()
+            .map(|p| (p.name.clone(), f(p)))
+            .collect()
+    };
+    Ok((sizes(|p| p.before), sizes(|p| p.after), took))
 }
 
 /// Each keyspace's table bytes at the four points (as left, the yardstick,
