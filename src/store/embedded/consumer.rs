@@ -26,13 +26,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::escalation::{escalate, escalation, hand_over};
-use super::keys::{self, DlqRecord, TypeEntry};
+use super::keys::{self, TypeEntry};
 use super::pending::{self, Item, Urgent, merged};
 use super::read::resource_at;
-use super::{Shared, Spaces, lock, now_micros, read};
+use super::{Shared, Spaces, lock, read};
 use crate::domain::ResourceType;
-use crate::store::{Class, ConsumerSpec, OutboxItem, Settle, SettleReport, StoreError};
+use crate::store::{Class, ConsumerSpec, OutboxItem, StoreError};
+
+mod settle;
+pub(crate) use settle::settle;
 
 /// Routine items read ahead of what a take needs.
 const WINDOW: usize = 4096;
@@ -436,162 +438,4 @@ pub(crate) fn take(
             })
         })
         .collect()
-}
-
-pub(crate) fn settle(
-    s: &Shared,
-    name: &str,
-    outcomes: Vec<(u64, Settle)>,
-) -> Result<SettleReport, StoreError> {
-    let mut c = lock(s.consumer(name)?);
-    let mut batch = s.db.batch();
-    let now = now_micros();
-    let mut report = SettleReport::default();
-    let mut handed: Vec<(String, u64, Item)> = Vec::new();
-    let mut newly_above: Vec<(u64, u8, bool)> = Vec::new();
-    c.refresh_urgent(s, name, (0, 0))?;
-    let mut seen: HashSet<u64> = HashSet::new();
-    for (seq, outcome) in outcomes {
-        if !matches!(outcome, Settle::Release) && !seen.insert(seq) {
-            continue; // named twice in one call
-        }
-        // An item the window has not reached yet (e.g. a pull consumer
-        // confirms what it found by search) is settled all the same.
-        let unscanned = if c.pending_item(seq).is_none() {
-            c.unscanned_item(s, name, seq)?
-        } else {
-            None
-        };
-        let Some(item) = c.pending_item(seq).or(unscanned) else {
-            continue; // settled before (e.g. confirmed twice)
-        };
-        let kind = match outcome {
-            Settle::Release => {
-                c.leases.remove(&seq);
-                continue;
-            }
-            Settle::Delivered => keys::SETTLED_DELIVERED,
-            Settle::DeadLetter {
-                attempts,
-                error,
-                response,
-            } => {
-                let rec = DlqRecord {
-                    class: item.class as u8,
-                    attempts,
-                    error,
-                    response,
-                    at: now,
-                    discarded: None,
-                };
-                dead_letter(s, name, seq, &rec, &mut batch)?;
-                if item.class.is_urgent()
-                    && let Some(fb) = c.spec.escalate_to.clone()
-                    && !c.escalated.contains(&seq)
-                {
-                    let queued = escalate(s, &mut batch, name, &fb, seq, item)?;
-                    c.escalated.insert(seq);
-                    report
-                        .escalated
-                        .push(escalation(s, name, &fb, seq, item, true)?);
-                    if queued {
-                        handed.push((fb, seq, item));
-                    }
-                }
-                keys::SETTLED_DEAD
-            }
-        };
-        c.leases.remove(&seq);
-        if c.explicit.remove(&seq).is_some() {
-            batch.remove(&s.ks.cons, keys::name_seq(Some(b'Q'), name, seq));
-            if !c.reads_from_log(seq) {
-                // No floor to fold into: keep the final state for `$status`
-                // (and escalation's "has had it") until retention removes
-                // the event.
-                mark_settled(s, &mut batch, name, seq, (kind, now));
-            }
-        }
-        let from_log = c.urgent.remove(seq).is_some() | c.routine.remove(&seq).is_some();
-        if unscanned.is_some() {
-            c.uncount(1);
-        }
-        if from_log || unscanned.is_some() {
-            newly_above.push((seq, kind, item.class.is_urgent()));
-        }
-        report.settled += 1;
-    }
-    fold(s, name, &mut c, &mut batch, newly_above, now)?;
-    s.commit(batch)?;
-    drop(c);
-    hand_over(s, handed);
-    Ok(report)
-}
-
-/// Writes the `S` mark of (`name`, `seq`): settled as `kind` at `at`.
-fn mark_settled(
-    s: &Shared,
-    batch: &mut fjall::OwnedWriteBatch,
-    name: &str,
-    seq: u64,
-    (kind, at): (u8, u64),
-) {
-    batch.insert(
-        &s.ks.cons,
-        keys::name_seq(Some(b'S'), name, seq),
-        keys::settled_value(kind, at),
-    );
-}
-
-/// Adds the dead letter of (`name`, `seq`) to `batch`, and says so.
-fn dead_letter(
-    s: &Shared,
-    name: &str,
-    seq: u64,
-    rec: &DlqRecord,
-    batch: &mut fjall::OwnedWriteBatch,
-) -> Result<(), StoreError> {
-    batch.insert(
-        &s.ks.dlq,
-        keys::name_seq(None, name, seq),
-        keys::encode(rec)?,
-    );
-    tracing::warn!(destination = name, seq, attempts = rec.attempts, error = %rec.error, "delivery dead-lettered");
-    metrics::counter!("knutepunkt_delivery_dead_lettered_total", "destination" => name.to_string())
-        .increment(1);
-    Ok(())
-}
-
-/// After a settle: log items (seq, kind, urgent) settled above the new ack
-/// floor get their `S` key; a floor that moved drops the `S` keys it
-/// passes and writes the new floor.
-fn fold(
-    s: &Shared,
-    name: &str,
-    c: &mut Cons,
-    batch: &mut fjall::OwnedWriteBatch,
-    newly_above: Vec<(u64, u8, bool)>,
-    now: u64,
-) -> Result<(), StoreError> {
-    let floor = c.settled_through();
-    for (seq, kind, urgent) in newly_above {
-        if seq > floor {
-            if !urgent {
-                c.above.insert(seq, (kind, now));
-            }
-            mark_settled(s, batch, name, seq, (kind, now));
-        }
-    }
-    if floor > c.floor {
-        c.above = c.above.split_off(&(floor + 1));
-        // Every `S` key the floor passes, routine and alarm: read from disk,
-        // as settled alarms are not kept in memory.
-        let lo = keys::name_seq(Some(b'S'), name, c.floor + 1);
-        let hi = keys::name_seq(Some(b'S'), name, floor);
-        for g in s.ks.cons.range(lo..=hi) {
-            batch.remove(&s.ks.cons, g.key().map_err(read)?.to_vec());
-        }
-        c.floor = floor;
-        batch.insert(&s.ks.cons, f_key(name), keys::floor_value(c.start, floor));
-    }
-    Ok(())
 }
