@@ -15,10 +15,11 @@ use deadpool_postgres::{GenericClient, Pool, Transaction};
 use tokio_postgres::types::ToSql;
 
 use super::read::{RESOURCE_COLS, resource};
-use super::{Shared, from_i64, now_micros, read_err, sql_i64, write_err};
-use crate::store::{
-    Class, ConsumerSpec, ConsumerStats, OutboxItem, ResourceRef, Settle, SettleReport, StoreError,
-};
+use super::{Shared, from_i64, read_err, sql_i64, write_err};
+use crate::store::{Class, ConsumerSpec, ConsumerStats, OutboxItem, ResourceRef, StoreError};
+
+mod settle;
+pub(crate) use settle::settle;
 
 /// Routine rows read per window.
 const CHUNK: i64 = 512;
@@ -413,143 +414,6 @@ async fn outbox(
             resource,
         })
         .collect())
-}
-
-pub(crate) async fn settle(
-    s: &Shared,
-    name: &str,
-    outcomes: Vec<(u64, Settle)>,
-) -> Result<SettleReport, StoreError> {
-    let mut client = s.client().await?;
-    let tx = client.transaction().await.map_err(write_err(s))?;
-    let c = load(s, &tx, name, true).await?;
-    let seqs: Vec<i64> = outcomes.iter().map(|(q, _)| sql_i64(*q)).collect();
-    let infos = info(s, &tx, &c, &seqs).await?;
-    let now = sql_i64(now_micros());
-    let mut done: HashSet<i64> = HashSet::new();
-    let mut report = SettleReport::default();
-    let w = write_err(s);
-    // One statement each for the releases and for the final states, not
-    // one per item (a Bundle is up to `max_batch` items).
-    let mut released: Vec<i64> = Vec::new();
-    let (mut finals, mut kinds): (Vec<i64>, Vec<i16>) = (Vec::new(), Vec::new());
-    for (seq, outcome) in outcomes {
-        let seq = sql_i64(seq);
-        let Some(i) = infos
-            .get(&seq)
-            .filter(|i| i.pending && !done.contains(&seq))
-        else {
-            continue; // settled before, or never this consumer's
-        };
-        let kind = match outcome {
-            Settle::Release => {
-                released.push(seq);
-                continue;
-            }
-            Settle::Delivered => DELIVERED,
-            Settle::DeadLetter {
-                attempts,
-                error,
-                response,
-            } => {
-                tx.execute(
-                    "INSERT INTO kp_dead_letters (consumer, seq, class, attempts, error, response, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, seq) DO UPDATE SET \
-                     class = EXCLUDED.class, attempts = EXCLUDED.attempts, error = EXCLUDED.error, \
-                     response = EXCLUDED.response, at = EXCLUDED.at, discarded_at = NULL, \
-                     discard_reason = NULL",
-                    &[&c.name, &seq, &(i.class as i16), &(attempts.min(i32::MAX as u32) as i32), &error, &response, &now],
-                )
-                .await
-                .map_err(&w)?;
-                tracing::warn!(destination = name, seq, attempts, error = %error, "delivery dead-lettered");
-                metrics::counter!("knutepunkt_delivery_dead_lettered_total", "destination" => name.to_string()).increment(1);
-                if let Some(e) = super::escalation::escalate(s, &tx, &c, seq, i, true).await? {
-                    report.escalated.push(e);
-                }
-                DEAD
-            }
-        };
-        finals.push(seq);
-        kinds.push(kind);
-        done.insert(seq);
-        report.settled += 1;
-    }
-    if !released.is_empty() {
-        tx.execute(
-            "DELETE FROM kp_leases WHERE consumer = $1 AND seq = ANY($2)",
-            &[&c.name, &released],
-        )
-        .await
-        .map_err(&w)?;
-    }
-    if !finals.is_empty() {
-        tx.execute(
-            "WITH q AS (DELETE FROM kp_queue WHERE consumer = $1 AND seq = ANY($2)), \
-             l AS (DELETE FROM kp_leases WHERE consumer = $1 AND seq = ANY($2)) \
-             INSERT INTO kp_settled (consumer, seq, kind, at) \
-             SELECT $1, x.seq, x.kind, $4 FROM unnest($2::bigint[], $3::smallint[]) AS x(seq, kind) \
-             ON CONFLICT (consumer, seq) DO UPDATE SET kind = EXCLUDED.kind, at = EXCLUDED.at",
-            &[&c.name, &finals, &kinds, &now],
-        )
-        .await
-        .map_err(&w)?;
-    }
-    if !done.is_empty() && c.reads_log() {
-        fold(s, &tx, &c).await?;
-    }
-    if !report.escalated.is_empty() {
-        tx.execute("SELECT pg_notify('kp_commit', '')", &[])
-            .await
-            .map_err(&w)?;
-    }
-    tx.commit().await.map_err(&w)?;
-    if !report.escalated.is_empty() {
-        s.wake();
-    }
-    Ok(report)
-}
-
-/// Moves the floor up to just below the first unsettled log item and drops
-/// the settled rows it now covers. Everything at or below the sequencer's
-/// last seq is committed (group transactions commit in seq order).
-async fn fold(s: &Shared, tx: &Transaction<'_>, c: &Cons<'_>) -> Result<(), StoreError> {
-    let last: i64 = tx
-        .query_one("SELECT last_seq FROM kp_sequencer WHERE id = 1", &[])
-        .await
-        .map_err(read_err(s))?
-        .get(0);
-    let first: Option<i64> = tx
-        .query_one(
-            &format!(
-                "SELECT min(e.seq) FROM kp_events e WHERE e.municipality = $2 AND e.seq > $3 \
-                 AND e.seq <= $4 AND {NOT_SETTLED}"
-            ),
-            &[&c.name, &c.org, &c.base(), &last],
-        )
-        .await
-        .map_err(read_err(s))?
-        .get(0);
-    let floor = first.map_or(last, |f| f - 1);
-    if floor <= c.floor {
-        return Ok(());
-    }
-    tx.execute(
-        "UPDATE kp_consumers SET floor_seq = $2 WHERE name = $1",
-        &[&c.name, &floor],
-    )
-    .await
-    .map_err(write_err(s))?;
-    // Rows of queue items from outside the log stay: they are the only
-    // record of how those ended.
-    tx.execute(
-        "DELETE FROM kp_settled st USING kp_events e WHERE st.consumer = $1 AND st.seq <= $2 \
-         AND st.seq > $3 AND e.seq = st.seq AND e.municipality = $4",
-        &[&c.name, &floor, &c.start, &c.org],
-    )
-    .await
-    .map_err(write_err(s))?;
-    Ok(())
 }
 
 pub(crate) async fn stats(s: &Shared, name: &str) -> Result<ConsumerStats, StoreError> {
