@@ -73,6 +73,16 @@ struct EventRow<'a> {
     answers: Option<i64>,
 }
 
+/// A group decided and ready to write: its rows, where the sequencer ends,
+/// and each request's answer (sent only after COMMIT).
+struct Staged<'a> {
+    last_seq: u64,
+    last_audit: u64,
+    events: Vec<EventRow<'a>>,
+    audits: Vec<(i64, &'a AuditRecord)>,
+    answers: Vec<Answer>,
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     max_batch: usize,
@@ -137,6 +147,31 @@ impl Writer {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEQ_LOCK])
             .await
             .map_err(fail)?;
+        let staged = self.stage_group(&tx, reqs).await.map_err(fail)?;
+        write_group(&tx, &staged).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        metrics::histogram!("knutepunkt_store_commit_seconds").record(started.elapsed());
+        metrics::histogram!("knutepunkt_store_group_size").record(reqs.len() as f64);
+        metrics::histogram!("knutepunkt_store_rows_per_transaction")
+            .record((staged.events.len() + staged.audits.len()) as f64);
+        tracing::trace!(
+            events = staged.events.len(),
+            audit = staged.audits.len(),
+            "group transaction committed"
+        );
+        if !staged.events.is_empty() {
+            s.committed.send_replace(staged.last_seq);
+        }
+        Ok(staged.answers)
+    }
+
+    /// Reads the sequencer and the group's idempotency rows, and decides
+    /// each request in order (a jti is claimed right away, in `tx`).
+    async fn stage_group<'a>(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        reqs: &'a [Req],
+    ) -> Result<Staged<'a>, tokio_postgres::Error> {
         let row = tx
             .query_one(
                 "SELECT last_seq, last_audit, \
@@ -144,11 +179,10 @@ impl Writer {
                  FROM kp_sequencer WHERE id = 1",
                 &[],
             )
-            .await
-            .map_err(fail)?;
+            .await?;
         let (mut last_seq, mut last_audit) = (from_i64(row.get(0)), from_i64(row.get(1)));
         let now = from_i64(row.get(2));
-        let mut ids = self.load_ids(&tx, reqs).await.map_err(fail)?;
+        let mut ids = self.load_ids(tx, reqs).await?;
         let mut events: Vec<EventRow> = Vec::new();
         let mut audits: Vec<(i64, &AuditRecord)> = Vec::new();
         let mut answers = Vec::with_capacity(reqs.len());
@@ -172,41 +206,16 @@ impl Writer {
                     exp,
                     now,
                     ..
-                } => Answer::Jti(Ok(claim(&tx, client, jti, *exp, *now)
-                    .await
-                    .map_err(fail)?)),
+                } => Answer::Jti(Ok(claim(tx, client, jti, *exp, *now).await?)),
             });
         }
-        insert_events(&tx, &events).await.map_err(fail)?;
-        insert_audit(&tx, &audits).await.map_err(fail)?;
-        tx.execute(
-            "UPDATE kp_sequencer SET last_seq = $1, last_audit = $2 WHERE id = 1",
-            &[&sql_i64(last_seq), &sql_i64(last_audit)],
-        )
-        .await
-        .map_err(fail)?;
-        if !events.is_empty() {
-            tx.execute(
-                "SELECT pg_notify('kp_commit', $1)",
-                &[&last_seq.to_string()],
-            )
-            .await
-            .map_err(fail)?;
-        }
-        tx.commit().await.map_err(fail)?;
-        metrics::histogram!("knutepunkt_store_commit_seconds").record(started.elapsed());
-        metrics::histogram!("knutepunkt_store_group_size").record(reqs.len() as f64);
-        metrics::histogram!("knutepunkt_store_rows_per_transaction")
-            .record((events.len() + audits.len()) as f64);
-        tracing::trace!(
-            events = events.len(),
-            audit = audits.len(),
-            "group transaction committed"
-        );
-        if !events.is_empty() {
-            s.committed.send_replace(last_seq);
-        }
-        Ok(answers)
+        Ok(Staged {
+            last_seq,
+            last_audit,
+            events,
+            audits,
+            answers,
+        })
     }
 
     /// The idempotency rows of every event in the group and of every alarm
@@ -346,6 +355,29 @@ struct EventCols {
     values: Vec<String>,
     hash: Vec<u8>,
     patient: Vec<u8>,
+}
+
+/// Writes a staged group in `tx`: its events and audit records, the
+/// sequencer, and, when it stored events, the `kp_commit` notification.
+async fn write_group(
+    tx: &deadpool_postgres::Transaction<'_>,
+    staged: &Staged<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    insert_events(tx, &staged.events).await?;
+    insert_audit(tx, &staged.audits).await?;
+    tx.execute(
+        "UPDATE kp_sequencer SET last_seq = $1, last_audit = $2 WHERE id = 1",
+        &[&sql_i64(staged.last_seq), &sql_i64(staged.last_audit)],
+    )
+    .await?;
+    if !staged.events.is_empty() {
+        tx.execute(
+            "SELECT pg_notify('kp_commit', $1)",
+            &[&staged.last_seq.to_string()],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn insert_events(
