@@ -119,66 +119,35 @@ pub async fn run(
             w.release(ahead.take()).await;
             continue;
         }
-        let now = Instant::now();
-        metrics::gauge!("knutepunkt_delivery_breaker_state", "destination" => name.clone())
-            .set(w.breaker.state(now).gauge());
-        if let Err(until) = w.breaker.allow(now) {
-            w.release(ahead.take()).await;
-            tokio::select! {
-                () = tokio::time::sleep_until(until) => {}
-                () = stop.cancelled() => break,
-            }
-            tracing::info!(destination = %name, "circuit breaker half-open: sending one probe");
-            continue;
-        }
-        let probing = w.breaker.state(now) == BreakerState::HalfOpen;
-        let max = if probing || w.isolate > 0 {
-            1
-        } else {
-            w.dest.max_batch
+        let max = match w.admit(&mut ahead, &stop).await {
+            Step::Go(max) => max,
+            Step::Again => continue,
+            Step::Stop => break,
         };
-        // Marked seen before the take looks, so a commit that lands while
-        // it looks still wakes the wait below. (Marked after an empty take,
-        // it went unseen: its events waited for the next commit, or 1 s.)
-        committed.borrow_and_update();
-        let mut batch = match w.next_batch(ahead.take(), max).await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                tokio::select! {
-                    _ = committed.changed() => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = stop.cancelled() => break,
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(destination = %name, error = %e, "cannot read the delivery queue; retrying in 1 s");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = stop.cancelled() => break,
-                }
-                continue;
-            }
+        let batch = match w
+            .take_or_wait(ahead.take(), max, &mut committed, &stop)
+            .await
+        {
+            Step::Go(batch) => batch,
+            Step::Again => continue,
+            Step::Stop => break,
         };
-        tokio::time::sleep_until(w.next_send).await;
-        // A full Bundle means a backlog: take the next one while this one
-        // is in flight.
-        let overlap = batch.items.len() == max && max > 1;
-        let (verdict, next) = w.send(&mut batch, overlap).await;
-        if w.settle_round(batch, verdict, &stop).await {
-            ahead = next;
-        } else {
-            w.release(next).await;
-        }
-        w.registry.update(&name, |s: &mut DestinationStatus| {
-            s.up = w.up;
-            s.breaker = format!("{:?}", w.breaker.state(Instant::now())).to_lowercase();
-        });
+        ahead = w.round(batch, max, &stop).await;
     }
     w.recorded().await;
     w.release(ahead).await;
     lease.release(&w.store).await;
     tracing::info!(destination = %name, "push delivery stopped");
+}
+
+/// What the worker's loop does next.
+enum Step<T> {
+    /// Go on with this.
+    Go(T),
+    /// Start the loop over.
+    Again,
+    /// `stop` was cancelled.
+    Stop,
 }
 
 impl Worker {
@@ -217,6 +186,92 @@ impl Worker {
 
     fn name(&self) -> &str {
         &self.dest.name
+    }
+
+    /// The circuit breaker's gate: how many items the next Bundle may hold,
+    /// or, while the breaker is open, a wait (the Bundle taken ahead is
+    /// released).
+    async fn admit(&mut self, ahead: &mut Option<Batch>, stop: &CancellationToken) -> Step<usize> {
+        let now = Instant::now();
+        metrics::gauge!("knutepunkt_delivery_breaker_state", "destination" => self.name().to_string())
+            .set(self.breaker.state(now).gauge());
+        if let Err(until) = self.breaker.allow(now) {
+            self.release(ahead.take()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = stop.cancelled() => return Step::Stop,
+            }
+            tracing::info!(destination = %self.name(), "circuit breaker half-open: sending one probe");
+            return Step::Again;
+        }
+        let probing = self.breaker.state(now) == BreakerState::HalfOpen;
+        Step::Go(if probing || self.isolate > 0 {
+            1
+        } else {
+            self.dest.max_batch
+        })
+    }
+
+    /// The Bundle to send next (see `next_batch`); with nothing to send, a
+    /// wait for the next commit (at most 1 s), and after a failed read, 1 s.
+    async fn take_or_wait(
+        &mut self,
+        ahead: Option<Batch>,
+        max: usize,
+        committed: &mut watch::Receiver<u64>,
+        stop: &CancellationToken,
+    ) -> Step<Batch> {
+        // Marked seen before the take looks, so a commit that lands while
+        // it looks still wakes the wait below. (Marked after an empty take,
+        // it went unseen: its events waited for the next commit, or 1 s.)
+        committed.borrow_and_update();
+        match self.next_batch(ahead, max).await {
+            Ok(Some(b)) => Step::Go(b),
+            Ok(None) => {
+                tokio::select! {
+                    _ = committed.changed() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return Step::Stop,
+                }
+                Step::Again
+            }
+            Err(e) => {
+                tracing::error!(destination = %self.name(), error = %e, "cannot read the delivery queue; retrying in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return Step::Stop,
+                }
+                Step::Again
+            }
+        }
+    }
+
+    /// One round: sends `batch` when the rate allows, settles it by the
+    /// answer, and updates the destination's status. Returns the Bundle
+    /// taken ahead meanwhile, if it may go next (else it is released).
+    async fn round(
+        &mut self,
+        mut batch: Batch,
+        max: usize,
+        stop: &CancellationToken,
+    ) -> Option<Batch> {
+        tokio::time::sleep_until(self.next_send).await;
+        // A full Bundle means a backlog: take the next one while this one
+        // is in flight.
+        let overlap = batch.items.len() == max && max > 1;
+        let (verdict, next) = self.send(&mut batch, overlap).await;
+        let ahead = if self.settle_round(batch, verdict, stop).await {
+            next
+        } else {
+            self.release(next).await;
+            None
+        };
+        self.registry
+            .update(self.name(), |s: &mut DestinationStatus| {
+                s.up = self.up;
+                s.breaker = format!("{:?}", self.breaker.state(Instant::now())).to_lowercase();
+            });
+        ahead
     }
 
     /// The Bundle to send now: the one taken ahead if it may still go
