@@ -27,7 +27,8 @@ use chrono::{Datelike, SecondsFormat};
 use knutepunkt_fhir as fhir;
 
 use crate::domain::{
-    Alarm, Event, Invalid, Measurement, Note, Orgnr, ResourceType, VendorId, resource_id,
+    Alarm, Event, Invalid, Measurement, MeasurementKind, Note, Orgnr, ResourceType, VendorId,
+    resource_id,
 };
 use codes::{Code, Limits, UnitSpec};
 
@@ -70,6 +71,15 @@ pub fn device_identifier_system(vendor: &VendorId) -> String {
 
 /// Maps one event to its FHIR resource, or says which value is impossible.
 pub fn normalize(ev: &Event) -> Result<Normalized, Invalid> {
+    check_event(ev)?;
+    let id = resource_id(&ev.vendor, &ev.event_id);
+    let texts = Texts::of(ev, id);
+    resource(&texts.common(ev), ev, id)
+}
+
+/// The checks every event passes whatever its payload: a time FHIR can
+/// hold, and a device id without control characters.
+fn check_event(ev: &Event) -> Result<(), Invalid> {
     let year = ev.occurred_at.year();
     if !(1..=9999).contains(&year) {
         return Err(Invalid::new(
@@ -82,50 +92,74 @@ pub fn normalize(ev: &Event) -> Result<Normalized, Invalid> {
     }
     no_control_chars("device.id", &ev.device.id)?;
     no_control_chars("device.kind", &ev.device.kind)?;
+    Ok(())
+}
 
-    let id = resource_id(&ev.vendor, &ev.event_id);
-    let id_str = id.to_string();
-    let event_system = event_identifier_system(&ev.vendor);
-    let device_system = device_identifier_system(&ev.vendor);
-    let orgnr = ev.municipality.to_string();
-    let time = ev.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    let common = Common {
-        id: &id_str,
-        identifier: fhir::Identifier {
-            system: &event_system,
-            value: &ev.event_id,
-        },
-        subject: fhir::Reference {
-            target_type: Some("Patient"),
-            identifier: Some(fhir::Identifier {
-                system: ev.patient.system().oid(),
-                value: ev.patient.value(),
-            }),
-            ..fhir::Reference::default()
-        },
-        device: fhir::Reference {
-            target_type: Some("Device"),
-            identifier: Some(fhir::Identifier {
-                system: &device_system,
-                value: &ev.device.id,
-            }),
-            display: Some(ev.device.kind.as_str()).filter(|k| !k.trim().is_empty()),
-            ..fhir::Reference::default()
-        },
-        municipality: fhir::Reference {
-            target_type: Some("Organization"),
-            identifier: Some(fhir::Identifier {
-                system: Orgnr::OID,
-                value: &orgnr,
-            }),
-            ..fhir::Reference::default()
-        },
-        time: &time,
-    };
+/// The strings of one event that its [`Common`] borrows.
+struct Texts {
+    id: String,
+    event_system: String,
+    device_system: String,
+    orgnr: String,
+    /// occurred_at, RFC 3339 in UTC.
+    time: String,
+}
 
+impl Texts {
+    fn of(ev: &Event, id: uuid::Uuid) -> Texts {
+        Texts {
+            id: id.to_string(),
+            event_system: event_identifier_system(&ev.vendor),
+            device_system: device_identifier_system(&ev.vendor),
+            orgnr: ev.municipality.to_string(),
+            time: ev.occurred_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        }
+    }
+
+    /// What every resource of `ev` shares: id, identifier, subject, device,
+    /// municipality and time.
+    fn common<'a>(&'a self, ev: &'a Event) -> Common<'a> {
+        Common {
+            id: &self.id,
+            identifier: fhir::Identifier {
+                system: &self.event_system,
+                value: &ev.event_id,
+            },
+            subject: fhir::Reference {
+                target_type: Some("Patient"),
+                identifier: Some(fhir::Identifier {
+                    system: ev.patient.system().oid(),
+                    value: ev.patient.value(),
+                }),
+                ..fhir::Reference::default()
+            },
+            device: fhir::Reference {
+                target_type: Some("Device"),
+                identifier: Some(fhir::Identifier {
+                    system: &self.device_system,
+                    value: &ev.device.id,
+                }),
+                display: Some(ev.device.kind.as_str()).filter(|k| !k.trim().is_empty()),
+                ..fhir::Reference::default()
+            },
+            municipality: fhir::Reference {
+                target_type: Some("Organization"),
+                identifier: Some(fhir::Identifier {
+                    system: Orgnr::OID,
+                    value: &self.orgnr,
+                }),
+                ..fhir::Reference::default()
+            },
+            time: &self.time,
+        }
+    }
+}
+
+/// The resource for the event's payload, with what the store indexes.
+fn resource(common: &Common<'_>, ev: &Event, id: uuid::Uuid) -> Result<Normalized, Invalid> {
     let (resource_type, json, codes, category, urgent) = match &ev.payload {
         crate::domain::Payload::Measurement(m) => {
-            let (json, codes) = measurement(&common, m)?;
+            let (json, codes) = measurement(common, m)?;
             (
                 ResourceType::Observation,
                 json,
@@ -135,7 +169,7 @@ pub fn normalize(ev: &Event) -> Result<Normalized, Invalid> {
             )
         }
         crate::domain::Payload::Alarm(a) => {
-            let (json, codes) = alarm(&common, a)?;
+            let (json, codes) = alarm(common, a)?;
             let urgent = a.severity.is_urgent();
             (
                 ResourceType::Communication,
@@ -146,7 +180,7 @@ pub fn normalize(ev: &Event) -> Result<Normalized, Invalid> {
             )
         }
         crate::domain::Payload::Note(n) => {
-            let json = note(&common, &ev.vendor, n)?;
+            let json = note(common, &ev.vendor, n)?;
             (
                 ResourceType::Communication,
                 json,
@@ -179,96 +213,124 @@ struct Common<'a> {
 
 type Codes = Vec<(String, String)>;
 
+/// What a measurement puts in its Observation: the codes, and a value or,
+/// for a panel, its components.
+struct ObservationValue {
+    code: &'static [Code],
+    value: Option<fhir::Quantity<'static>>,
+    component: Vec<fhir::Component<'static>>,
+}
+
 fn measurement(c: &Common<'_>, m: &Measurement) -> Result<(String, Codes), Invalid> {
-    let (code, value, component): (&[Code], _, _) = match m {
-        Measurement::Quantity { kind, value, unit } => {
-            let Some(spec) = codes::quantity_kind(*kind) else {
-                return Err(Invalid::new(
-                    "measurement.quantity",
-                    "MEASUREMENT_KIND_BLOOD_PRESSURE is sent as blood_pressure {systolic, diastolic}, not as a quantity",
-                ));
-            };
-            const FIELD: &str = "measurement.quantity.value";
-            finite(FIELD, *value)?;
-            let Some(u) = spec.unit(unit) else {
-                return Err(Invalid::new(
-                    "measurement.quantity.unit",
-                    format!(
-                        "the unit sent is not accepted for {}; accepted UCUM units (case-sensitive): {}",
-                        spec.name,
-                        spec.accepted_units()
-                    ),
-                ));
-            };
-            in_limits(
-                FIELD,
-                spec.name,
-                *value,
-                u,
-                &spec.limits,
-                spec.canonical_unit(),
-            )?;
-            (u.codes, Some(quantity(*value, u)), Vec::new())
-        }
+    let v = match m {
+        Measurement::Quantity { kind, value, unit } => quantity_value(*kind, *value, unit)?,
         Measurement::BloodPressure {
             systolic,
             diastolic,
-        } => {
-            let bp = &codes::BLOOD_PRESSURE;
-            const SYS: &str = "measurement.blood_pressure.systolic";
-            const DIA: &str = "measurement.blood_pressure.diastolic";
-            finite(SYS, *systolic)?;
-            finite(DIA, *diastolic)?;
-            let u = &bp.unit;
-            in_limits(
-                SYS,
-                "systolic blood pressure",
-                *systolic,
-                u,
-                &bp.systolic_limits,
-                u.ucum,
-            )?;
-            in_limits(
-                DIA,
-                "diastolic blood pressure",
-                *diastolic,
-                u,
-                &bp.diastolic_limits,
-                u.ucum,
-            )?;
-            if systolic <= diastolic {
-                return Err(Invalid::new(
-                    SYS,
-                    "must be higher than diastolic (were they swapped?)",
-                ));
-            }
-            let component = vec![
-                fhir::Component {
-                    code: vec![coding(&bp.systolic)],
-                    value: quantity(*systolic, u),
-                },
-                fhir::Component {
-                    code: vec![coding(&bp.diastolic)],
-                    value: quantity(*diastolic, u),
-                },
-            ];
-            (std::slice::from_ref(&bp.panel), None, component)
-        }
+        } => blood_pressure(*systolic, *diastolic)?,
     };
     let obs = fhir::ObservationInput {
         id: c.id,
         identifier: vec![c.identifier],
         status: fhir::ObservationStatus::Final,
         category: vec![coding(&codes::VITAL_SIGNS)],
-        code: code.iter().map(coding).collect(),
+        code: v.code.iter().map(coding).collect(),
         subject: c.subject,
         effective: c.time,
         device: Some(c.device),
-        value,
-        component,
+        value: v.value,
+        component: v.component,
     };
     let json = fhir::observation_json(&obs).map_err(internal)?;
-    Ok((json, pairs(code)))
+    Ok((json, pairs(v.code)))
+}
+
+/// A measurement of one quantity: a kind sent this way, a unit accepted
+/// for it, and a value within its limits.
+fn quantity_value(
+    kind: MeasurementKind,
+    value: f64,
+    unit: &str,
+) -> Result<ObservationValue, Invalid> {
+    let Some(spec) = codes::quantity_kind(kind) else {
+        return Err(Invalid::new(
+            "measurement.quantity",
+            "MEASUREMENT_KIND_BLOOD_PRESSURE is sent as blood_pressure {systolic, diastolic}, not as a quantity",
+        ));
+    };
+    const FIELD: &str = "measurement.quantity.value";
+    finite(FIELD, value)?;
+    let Some(u) = spec.unit(unit) else {
+        return Err(Invalid::new(
+            "measurement.quantity.unit",
+            format!(
+                "the unit sent is not accepted for {}; accepted UCUM units (case-sensitive): {}",
+                spec.name,
+                spec.accepted_units()
+            ),
+        ));
+    };
+    in_limits(
+        FIELD,
+        spec.name,
+        value,
+        u,
+        &spec.limits,
+        spec.canonical_unit(),
+    )?;
+    Ok(ObservationValue {
+        code: u.codes,
+        value: Some(quantity(value, u)),
+        component: Vec::new(),
+    })
+}
+
+/// A blood pressure: both values within their limits, systolic above
+/// diastolic; a panel with two components.
+fn blood_pressure(systolic: f64, diastolic: f64) -> Result<ObservationValue, Invalid> {
+    let bp = &codes::BLOOD_PRESSURE;
+    const SYS: &str = "measurement.blood_pressure.systolic";
+    const DIA: &str = "measurement.blood_pressure.diastolic";
+    finite(SYS, systolic)?;
+    finite(DIA, diastolic)?;
+    let u = &bp.unit;
+    in_limits(
+        SYS,
+        "systolic blood pressure",
+        systolic,
+        u,
+        &bp.systolic_limits,
+        u.ucum,
+    )?;
+    in_limits(
+        DIA,
+        "diastolic blood pressure",
+        diastolic,
+        u,
+        &bp.diastolic_limits,
+        u.ucum,
+    )?;
+    if systolic <= diastolic {
+        return Err(Invalid::new(
+            SYS,
+            "must be higher than diastolic (were they swapped?)",
+        ));
+    }
+    let component = vec![
+        fhir::Component {
+            code: vec![coding(&bp.systolic)],
+            value: quantity(systolic, u),
+        },
+        fhir::Component {
+            code: vec![coding(&bp.diastolic)],
+            value: quantity(diastolic, u),
+        },
+    ];
+    Ok(ObservationValue {
+        code: std::slice::from_ref(&bp.panel),
+        value: None,
+        component,
+    })
 }
 
 fn alarm(c: &Common<'_>, a: &Alarm) -> Result<(String, Codes), Invalid> {
