@@ -32,6 +32,7 @@ mod alarms;
 mod population;
 use alarms::STANDALONE_NOTES;
 pub use alarms::{ALARMS, AlarmKind, alarm_kind};
+use population::Baseline;
 pub use population::{Population, Resident};
 
 /// Oslo kommune's public organisation number.
@@ -305,81 +306,12 @@ impl Generator {
         let idx = self.pick_resident();
         let b = self.population.residents()[idx].base;
         let number = self.population.residents()[idx].number;
-        let rng = &mut self.rng;
-        // BP 25, HR 15, SpO2 20, weight 15, temperature 10, resp. rate 5, glucose 10.
-        let which = rng.weighted(&[25, 15, 20, 15, 10, 5, 10]);
-        let (kind, device_kind, prefix, reading) = match which {
-            0 => {
-                let systolic = (b.systolic + rng.noise(9.0)).clamp(90.0, 200.0).round();
-                let diastolic = (b.diastolic + rng.noise(5.0))
-                    .clamp(50.0, 115.0)
-                    .min(systolic - 20.0)
-                    .round();
-                (
-                    MeasurementKind::BloodPressure,
-                    "bp-monitor",
-                    "bpm",
-                    Reading::BloodPressure(BloodPressure {
-                        systolic,
-                        diastolic,
-                    }),
-                )
-            }
-            1 => (
-                MeasurementKind::HeartRate,
-                "pulse-oximeter",
-                "oxi",
-                quantity(
-                    (b.heart_rate + rng.noise(6.0)).clamp(40.0, 140.0).round(),
-                    "/min",
-                ),
-            ),
-            2 => (
-                MeasurementKind::OxygenSaturation,
-                "pulse-oximeter",
-                "oxi",
-                quantity((b.spo2 + rng.noise(1.2)).clamp(85.0, 100.0).round(), "%"),
-            ),
-            3 => (
-                MeasurementKind::BodyWeight,
-                "scale",
-                "scale",
-                quantity(
-                    round1((b.weight_kg + rng.noise(0.5)).clamp(35.0, 180.0)),
-                    "kg",
-                ),
-            ),
-            4 => {
-                let fever = if rng.chance(0.08) {
-                    rng.range(1.0, 2.2)
-                } else {
-                    0.0
-                };
-                let t = (36.8 + rng.noise(0.25) + fever).clamp(35.0, 40.5);
-                (
-                    MeasurementKind::BodyTemperature,
-                    "thermometer",
-                    "temp",
-                    quantity(round1(t), "Cel"),
-                )
-            }
-            5 => (
-                MeasurementKind::RespiratoryRate,
-                "pulse-oximeter",
-                "oxi",
-                quantity((16.0 + rng.noise(2.0)).clamp(8.0, 30.0).round(), "/min"),
-            ),
-            _ => {
-                let sd = if b.diabetic { 1.8 } else { 0.6 };
-                let g = (b.glucose + rng.noise(sd)).clamp(2.8, 22.0);
-                (
-                    MeasurementKind::BloodGlucose,
-                    "glucose-meter",
-                    "gluc",
-                    quantity(round1(g), "mmol/L"),
-                )
-            }
-        };
+        let Sample {
+            kind,
+            device_kind,
+            prefix,
+            reading,
+        } = sample(&mut self.rng, &b);
         let device = Device {
             id: format!("{prefix}-{number:05}"),
             kind: device_kind.to_string(),
@@ -467,6 +399,106 @@ fn note_device() -> Device {
         id: "rsp-console-01".to_string(),
         kind: "response-centre".to_string(),
     }
+}
+
+/// One simulated measurement: its kind, the device that took it (kind and
+/// id prefix), and the reading.
+struct Sample {
+    kind: MeasurementKind,
+    device_kind: &'static str,
+    prefix: &'static str,
+    reading: Reading,
+}
+
+/// A measurement of a kind drawn by weight, near the resident's baseline.
+fn sample(rng: &mut SplitMix64, b: &Baseline) -> Sample {
+    // BP 25, HR 15, SpO2 20, weight 15, temperature 10, resp. rate 5, glucose 10.
+    let which = rng.weighted(&[25, 15, 20, 15, 10, 5, 10]);
+    let (kind, device_kind, prefix, reading) = match which {
+        0 => (
+            MeasurementKind::BloodPressure,
+            "bp-monitor",
+            "bpm",
+            blood_pressure(rng, b),
+        ),
+        1 => (
+            MeasurementKind::HeartRate,
+            "pulse-oximeter",
+            "oxi",
+            quantity(
+                (b.heart_rate + rng.noise(6.0)).clamp(40.0, 140.0).round(),
+                "/min",
+            ),
+        ),
+        2 => (
+            MeasurementKind::OxygenSaturation,
+            "pulse-oximeter",
+            "oxi",
+            quantity((b.spo2 + rng.noise(1.2)).clamp(85.0, 100.0).round(), "%"),
+        ),
+        3 => (
+            MeasurementKind::BodyWeight,
+            "scale",
+            "scale",
+            quantity(
+                round1((b.weight_kg + rng.noise(0.5)).clamp(35.0, 180.0)),
+                "kg",
+            ),
+        ),
+        4 => (
+            MeasurementKind::BodyTemperature,
+            "thermometer",
+            "temp",
+            body_temperature(rng),
+        ),
+        5 => (
+            MeasurementKind::RespiratoryRate,
+            "pulse-oximeter",
+            "oxi",
+            quantity((16.0 + rng.noise(2.0)).clamp(8.0, 30.0).round(), "/min"),
+        ),
+        _ => {
+            let sd = if b.diabetic { 1.8 } else { 0.6 };
+            let g = (b.glucose + rng.noise(sd)).clamp(2.8, 22.0);
+            (
+                MeasurementKind::BloodGlucose,
+                "glucose-meter",
+                "gluc",
+                quantity(round1(g), "mmol/L"),
+            )
+        }
+    };
+    Sample {
+        kind,
+        device_kind,
+        prefix,
+        reading,
+    }
+}
+
+/// A body temperature, now and then a fever.
+fn body_temperature(rng: &mut SplitMix64) -> Reading {
+    let fever = if rng.chance(0.08) {
+        rng.range(1.0, 2.2)
+    } else {
+        0.0
+    };
+    let t = (36.8 + rng.noise(0.25) + fever).clamp(35.0, 40.5);
+    quantity(round1(t), "Cel")
+}
+
+/// A blood pressure near the baseline, the diastolic at least 20 below the
+/// systolic.
+fn blood_pressure(rng: &mut SplitMix64, b: &Baseline) -> Reading {
+    let systolic = (b.systolic + rng.noise(9.0)).clamp(90.0, 200.0).round();
+    let diastolic = (b.diastolic + rng.noise(5.0))
+        .clamp(50.0, 115.0)
+        .min(systolic - 20.0)
+        .round();
+    Reading::BloodPressure(BloodPressure {
+        systolic,
+        diastolic,
+    })
 }
 
 fn quantity(value: f64, unit: &str) -> Reading {
