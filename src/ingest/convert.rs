@@ -25,9 +25,25 @@ pub fn event(
     let event_id = check_id("event_id", ev.event_id)?;
     let municipality =
         Orgnr::parse(&ev.municipality).map_err(|e| Invalid::new("municipality", e))?;
-    let patient = ev
-        .patient
-        .ok_or_else(|| Invalid::new("patient", "is required (system and value)"))?;
+    let patient = patient(ev.patient)?;
+    let device = device(ev.device)?;
+    let occurred_at = occurred_at(ev.occurred_at, now, max_future)?;
+    let payload = payload(ev.payload)?;
+    Ok(Event {
+        vendor: vendor.clone(),
+        event_id,
+        municipality,
+        patient,
+        device,
+        occurred_at,
+        payload,
+    })
+}
+
+/// The patient: a known id system and a number valid in it.
+fn patient(patient: Option<pb::PersonId>) -> Result<PersonId, Invalid> {
+    let patient =
+        patient.ok_or_else(|| Invalid::new("patient", "is required (system and value)"))?;
     let system = match pb::IdSystem::try_from(patient.system) {
         Ok(pb::IdSystem::Fnr) => IdSystem::Fnr,
         Ok(pb::IdSystem::Dnr) => IdSystem::Dnr,
@@ -39,18 +55,27 @@ pub fn event(
             ));
         }
     };
-    let patient =
-        PersonId::parse(system, &patient.value).map_err(|e| Invalid::new("patient.value", e))?;
-    let device = ev
-        .device
-        .ok_or_else(|| Invalid::new("device", "is required (id and kind)"))?;
-    let device = Device {
+    PersonId::parse(system, &patient.value).map_err(|e| Invalid::new("patient.value", e))
+}
+
+/// The device: an id, and a kind of at most `MAX_DEVICE_KIND` characters.
+fn device(device: Option<pb::Device>) -> Result<Device, Invalid> {
+    let device = device.ok_or_else(|| Invalid::new("device", "is required (id and kind)"))?;
+    Ok(Device {
         id: check_id("device.id", device.id)?,
         kind: check_text("device.kind", device.kind, 0, MAX_DEVICE_KIND)?,
-    };
-    let ts = ev
-        .occurred_at
-        .ok_or_else(|| Invalid::new("occurred_at", "is required (the time on the device)"))?;
+    })
+}
+
+/// The time on the device: a valid Timestamp, at most `max_future` ahead of
+/// `now`.
+fn occurred_at(
+    ts: Option<prost_types::Timestamp>,
+    now: DateTime<Utc>,
+    max_future: Duration,
+) -> Result<DateTime<Utc>, Invalid> {
+    let ts =
+        ts.ok_or_else(|| Invalid::new("occurred_at", "is required (the time on the device)"))?;
     // chrono takes nanos up to 2e9 (a leap second); a protobuf Timestamp
     // does not (0..=999,999,999), so check the range here, at the input.
     let nanos = u32::try_from(ts.nanos)
@@ -74,7 +99,12 @@ pub fn event(
             ),
         ));
     }
-    let payload = match ev.payload {
+    Ok(occurred_at)
+}
+
+/// The payload: exactly one of measurement, alarm or note.
+fn payload(payload: Option<pb::event::Payload>) -> Result<Payload, Invalid> {
+    Ok(match payload {
         None => {
             return Err(Invalid::new(
                 "payload",
@@ -90,15 +120,6 @@ pub fn event(
                 s => Some(check_id("note.in_response_to", s)?),
             },
         }),
-    };
-    Ok(Event {
-        vendor: vendor.clone(),
-        event_id,
-        municipality,
-        patient,
-        device,
-        occurred_at,
-        payload,
     })
 }
 
