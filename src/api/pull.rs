@@ -32,7 +32,7 @@ use super::{ApiState, audit_record, decode_query};
 use crate::admin::rfc3339;
 use crate::auth::{Caller, Scope};
 use crate::domain::{Orgnr, ResourceType};
-use crate::store::audit::AuditAction;
+use crate::store::audit::{AuditAction, AuditRecord};
 use crate::store::{DeliveryState, ResourceRef, Settle, time_to_seq};
 
 /// A pull destination as the API needs it.
@@ -233,8 +233,32 @@ pub async fn confirm(
 ) -> Result<Response, ApiError> {
     let org = st.municipality(&orgnr)?;
     caller.authorize(org, Scope::Pending, not_served)?;
+    let asked = confirm_query(raw.as_deref())?;
+    let asked = caller.pull_consumer(asked.as_deref())?;
+    let c = consumer(&st, org, asked.as_deref())?.clone();
+    let mut rec = audit_record(&caller, org, AuditAction::Confirm);
+    rec.query = Some(format!("$confirm?consumer={}", c.name));
+    let confirmations = parse_confirm(&body)?;
+    let Matched {
+        outcomes,
+        spans,
+        unknown,
+    } = matched(&st, org, &c.name, &mut rec, confirmations).await?;
+    let confirmed = outcomes.len();
+    st.audit(rec).await?;
+    let report = super::from_store(st.store.settle(&c.name, outcomes)).await?;
+    drop(spans);
+    for e in &report.escalated {
+        crate::deliver::record_escalation(e, None);
+    }
+    let body = confirm_answer(confirmed, unknown, &c.name);
+    Ok(fhir_response(StatusCode::OK, body.to_string()))
+}
+
+/// The `$confirm` query: only `consumer` (optional).
+fn confirm_query(raw: Option<&str>) -> Result<Option<String>, ApiError> {
     let mut asked = None;
-    for (k, v) in decode_query(raw.as_deref())? {
+    for (k, v) in decode_query(raw)? {
         match k.as_str() {
             "consumer" => asked = Some(v),
             _ => {
@@ -244,13 +268,28 @@ pub async fn confirm(
             }
         }
     }
-    let asked = caller.pull_consumer(asked.as_deref())?;
-    let c = consumer(&st, org, asked.as_deref())?.clone();
-    let mut rec = audit_record(&caller, org, AuditAction::Confirm);
-    rec.query = Some(format!("$confirm?consumer={}", c.name));
-    let mut outcomes = Vec::new();
-    let mut spans = Vec::new();
-    let confirmations = parse_confirm(&body)?;
+    Ok(asked)
+}
+
+/// The confirmations of resources stored in the municipality, as settle
+/// outcomes.
+struct Matched {
+    outcomes: Vec<(u64, Settle)>,
+    /// One per outcome, in its event's trace; they end after the settle.
+    spans: Vec<tracing::Span>,
+    /// Confirmations of resources not known in the municipality.
+    unknown: usize,
+}
+
+/// Looks up the confirmed resources of municipality `org` for `consumer`
+/// and adds each one found (and its patient) to the audit record `rec`.
+async fn matched(
+    st: &ApiState,
+    org: Orgnr,
+    consumer: &str,
+    rec: &mut AuditRecord,
+    confirmations: Vec<Confirmation>,
+) -> Result<Matched, ApiError> {
     let refs = confirmations
         .iter()
         .map(|c| ResourceRef {
@@ -263,16 +302,20 @@ pub async fn confirm(
         tracing::error!(error = %e, "$confirm: store error");
         ApiError::internal()
     })?;
-    let mut unknown = 0usize;
+    let mut m = Matched {
+        outcomes: Vec::new(),
+        spans: Vec::new(),
+        unknown: 0,
+    };
     for (Confirmation { settle, .. }, found) in confirmations.into_iter().zip(found) {
         let Some(found) = found else {
-            unknown += 1;
+            m.unknown += 1;
             continue;
         };
         rec.add_resource(found.resource);
         st.audit.add_patient(&mut rec.patients, None, &found.json);
         let span =
-            crate::telemetry::item_span("deliver.confirm", &c.name, &found.resource, found.seq);
+            crate::telemetry::item_span("deliver.confirm", consumer, &found.resource, found.seq);
         span.record(
             "outcome",
             match &settle {
@@ -281,20 +324,19 @@ pub async fn confirm(
                 Settle::Release => "released",
             },
         );
-        spans.push(span);
-        outcomes.push((found.seq, settle));
+        m.spans.push(span);
+        m.outcomes.push((found.seq, settle));
     }
-    let confirmed = outcomes.len();
-    st.audit(rec).await?;
-    let report = super::from_store(st.store.settle(&c.name, outcomes)).await?;
-    drop(spans);
-    for e in &report.escalated {
-        crate::deliver::record_escalation(e, None);
-    }
+    Ok(m)
+}
+
+/// The `$confirm` answer: an OperationOutcome that counts the confirmations
+/// recorded and warns of those of unknown resources.
+fn confirm_answer(confirmed: usize, unknown: usize, consumer: &str) -> Value {
     let mut issues = vec![json!({
         "severity": "information",
         "code": "informational",
-        "diagnostics": format!("{confirmed} confirmation(s) recorded for consumer {}", c.name),
+        "diagnostics": format!("{confirmed} confirmation(s) recorded for consumer {consumer}"),
     })];
     if unknown > 0 {
         issues.push(json!({
@@ -303,8 +345,7 @@ pub async fn confirm(
             "diagnostics": format!("{unknown} resource(s) are not known in this municipality and were ignored"),
         }));
     }
-    let body = json!({ "resourceType": "OperationOutcome", "issue": issues });
-    Ok(fhir_response(StatusCode::OK, body.to_string()))
+    json!({ "resourceType": "OperationOutcome", "issue": issues })
 }
 
 pub async fn status(
