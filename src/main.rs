@@ -43,30 +43,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  knutepunkt serve --config /etc/knutepunkt/knutepunkt.toml\n  KNUTEPUNKT_DATA_DIR=/data knutepunkt serve --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:8080\n\nEvery config field can also be set as KNUTEPUNKT_<FIELD> (nested: KNUTEPUNKT_STORE__MIN_FREE_BYTES)."
     )]
-    Serve {
-        /// TOML config file (see knutepunkt.example.toml); optional.
-        #[arg(long, env = "KNUTEPUNKT_CONFIG")]
-        config: Option<PathBuf>,
-        /// Directory of the embedded store.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Address for the vendor gRPC API, e.g. 127.0.0.1:50051.
-        #[arg(long)]
-        grpc_addr: Option<SocketAddr>,
-        /// Address for FHIR REST, health and metrics, e.g. 127.0.0.1:8080.
-        #[arg(long)]
-        http_addr: Option<SocketAddr>,
-        /// Address for the admin API (dead letters, destinations); keep it on loopback.
-        #[arg(long)]
-        admin_addr: Option<SocketAddr>,
-        /// Development only: plain gRPC/HTTP, no client certificates or
-        /// tokens. Logged loudly. Never use it with real data.
-        #[arg(long)]
-        insecure_dev: bool,
-        /// Log format.
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormat>,
-    },
+    Serve(ServeArgs),
     /// A guided tour: starts the hub on a temporary store over real TLS,
     /// runs simulated vendors (alarm centre, home monitoring) sending
     /// alarms, readings and follow-up notes, and a simulated EPJ that reads
@@ -74,27 +51,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  knutepunkt demo\n  knutepunkt demo --duration 60 --rate 5\n  knutepunkt demo --vendors 1 --quiet-vendors\n  knutepunkt demo --mqtt-broker 127.0.0.1:1883   # MQTT sensors too (needs mqtt-gateway next to knutepunkt)"
     )]
-    Demo {
-        /// How long the vendors send, seconds.
-        #[arg(long, default_value_t = 15)]
-        duration: u64,
-        /// Events per second per vendor.
-        #[arg(long, default_value_t = 2.0)]
-        rate: f64,
-        /// 1: one vendor; 2: an alarm centre and a home-monitoring app.
-        #[arg(long, default_value_t = 2)]
-        vendors: u8,
-        /// Seed: the same seed tells the same story.
-        #[arg(long, default_value_t = 2024)]
-        seed: u64,
-        /// Print only what the EPJ sees, not each event sent.
-        #[arg(long)]
-        quiet_vendors: bool,
-        /// MQTT broker for simulated MQTT sensors (through mqtt-gateway, when it
-        /// is next to knutepunkt); "none" to leave them out.
-        #[arg(long, default_value = "127.0.0.1:1883", env = "KNUTEPUNKT_MQTT_BROKER")]
-        mqtt_broker: String,
-    },
+    Demo(DemoArgs),
     /// Move a data directory written by a sled-era release (before the store
     /// became a log with consumer cursors) into today's layout. Stop the hub
     /// first. The old store is kept as `<data-dir>/store.sled-old` until you
@@ -207,6 +164,72 @@ enum Command {
     },
 }
 
+/// `knutepunkt serve`'s flags: the config file, and what overrides it.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see knutepunkt.example.toml); optional.
+    #[arg(long, env = "KNUTEPUNKT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address for the vendor gRPC API, e.g. 127.0.0.1:50051.
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// Address for FHIR REST, health and metrics, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Address for the admin API (dead letters, destinations); keep it on loopback.
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// Development only: plain gRPC/HTTP, no client certificates or
+    /// tokens. Logged loudly. Never use it with real data.
+    #[arg(long)]
+    insecure_dev: bool,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The config file, and the flags as overrides of its settings.
+    fn into_parts(self) -> (Option<PathBuf>, Overrides) {
+        let flags = Overrides {
+            data_dir: self.data_dir,
+            grpc_addr: self.grpc_addr,
+            http_addr: self.http_addr,
+            admin_addr: self.admin_addr,
+            insecure_dev: self.insecure_dev.then_some(true),
+            log_format: self.log_format,
+        };
+        (self.config, flags)
+    }
+}
+
+/// `knutepunkt demo`'s flags.
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// How long the vendors send, seconds.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Events per second per vendor.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    /// 1: one vendor; 2: an alarm centre and a home-monitoring app.
+    #[arg(long, default_value_t = 2)]
+    vendors: u8,
+    /// Seed: the same seed tells the same story.
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
+    /// Print only what the EPJ sees, not each event sent.
+    #[arg(long)]
+    quiet_vendors: bool,
+    /// MQTT broker for simulated MQTT sensors (through mqtt-gateway, when it
+    /// is next to knutepunkt); "none" to leave them out.
+    #[arg(long, default_value = "127.0.0.1:1883", env = "KNUTEPUNKT_MQTT_BROKER")]
+    mqtt_broker: String,
+}
+
 /// Where a running hub's admin API is and its token (`dlq`, `backup`,
 /// `compact`).
 #[derive(clap::Args, Debug)]
@@ -281,23 +304,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            config,
-            data_dir,
-            grpc_addr,
-            http_addr,
-            admin_addr,
-            insecure_dev,
-            log_format,
-        } => {
-            let flags = Overrides {
-                data_dir,
-                grpc_addr,
-                http_addr,
-                admin_addr,
-                insecure_dev: insecure_dev.then_some(true),
-                log_format,
-            };
+        Command::Serve(args) => {
+            let (config, flags) = args.into_parts();
             serve(config.as_deref(), &flags).await?;
         }
         Command::Dlq { admin, action } => {
@@ -332,55 +340,60 @@ async fn main() -> anyhow::Result<()> {
                 hosts,
             })?;
         }
-        Command::Demo {
-            duration,
-            rate,
-            vendors,
-            seed,
-            quiet_vendors,
-            mqtt_broker,
-        } => {
-            // The demo prints its own story; keep the hub's log to warnings.
-            let filter = log_filter("warn,knutepunkt::server=error");
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
-            knutepunkt::demo::run(knutepunkt::demo::DemoOptions {
-                duration: std::time::Duration::from_secs(duration),
-                rate,
-                vendors,
-                seed,
-                show_vendor_lines: !quiet_vendors,
-                mqtt_broker: (mqtt_broker != "none").then_some(mqtt_broker),
-                ..knutepunkt::demo::DemoOptions::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
-        }
+        Command::Demo(args) => demo(args).await?,
         Command::Compact { admin } => {
             compact_cmd::compact(&admin.admin, admin.admin_token.as_deref()).await?
         }
         Command::Probe { url, ca } => {
             probe(&url, ca.as_deref()).await?;
         }
-        Command::Migrate { config, data_dir } => {
-            let overrides = Overrides {
-                data_dir,
-                ..Overrides::default()
-            };
-            let cfg = Config::load(config.as_deref(), &overrides)?;
-            // The new store must pass the hub's private-files check.
-            knutepunkt::private_files::restrict_umask();
-            migrate(&cfg)?;
-        }
-        Command::CheckConfig { config } => {
-            let cfg = Config::load(config.as_deref(), &Overrides::default())?;
-            println!("{}", pretty_json(&cfg)?);
-            if cfg.store.backend == knutepunkt::config::StoreBackend::Postgres {
-                check_postgres(&cfg).await?;
-            }
-        }
+        Command::Migrate { config, data_dir } => migrate_cmd(config.as_deref(), data_dir)?,
+        Command::CheckConfig { config } => check_config(config.as_deref()).await?,
+    }
+    Ok(())
+}
+
+/// `knutepunkt demo`: the guided tour, with the hub's log kept to warnings.
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    // The demo prints its own story; keep the hub's log to warnings.
+    let filter = log_filter("warn,knutepunkt::server=error");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    knutepunkt::demo::run(knutepunkt::demo::DemoOptions {
+        duration: std::time::Duration::from_secs(args.duration),
+        rate: args.rate,
+        vendors: args.vendors,
+        seed: args.seed,
+        show_vendor_lines: !args.quiet_vendors,
+        mqtt_broker: (args.mqtt_broker != "none").then_some(args.mqtt_broker),
+        ..knutepunkt::demo::DemoOptions::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("demo failed: {e}"))
+}
+
+/// `knutepunkt migrate`: loads the config (for the data directory and the
+/// destinations) and moves the sled-era store over.
+fn migrate_cmd(config: Option<&std::path::Path>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data_dir,
+        ..Overrides::default()
+    };
+    let cfg = Config::load(config, &overrides)?;
+    // The new store must pass the hub's private-files check.
+    knutepunkt::private_files::restrict_umask();
+    migrate(&cfg)
+}
+
+/// `knutepunkt check-config`: prints the effective configuration, and
+/// checks PostgreSQL when it is the backend.
+async fn check_config(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg = Config::load(config, &Overrides::default())?;
+    println!("{}", pretty_json(&cfg)?);
+    if cfg.store.backend == knutepunkt::config::StoreBackend::Postgres {
+        check_postgres(&cfg).await?;
     }
     Ok(())
 }
