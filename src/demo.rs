@@ -147,7 +147,17 @@ pub async fn run_with_summary(opts: DemoOptions) -> Result<DemoSummary, BoxError
     });
 
     let tour = async move {
-        let result = tour(grpc, http, &pki, duration, rate, vendors, poll, &opts).await;
+        let setup = TourSetup {
+            grpc,
+            http,
+            pki: &pki,
+            duration,
+            rate,
+            vendors,
+            poll,
+            opts: &opts,
+        };
+        let result = tour(&setup).await;
         let _ = stop_tx.send(());
         result
     };
@@ -160,23 +170,67 @@ pub async fn run_with_summary(opts: DemoOptions) -> Result<DemoSummary, BoxError
     Ok(summary)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn tour(
+/// What the tour runs with: the hub's addresses, the demo PKI, and the
+/// options as [`run_with_summary`] clamped them.
+struct TourSetup<'a> {
     grpc: std::net::SocketAddr,
     http: std::net::SocketAddr,
-    pki: &DemoPki,
+    pki: &'a DemoPki,
     duration: Duration,
     rate: f64,
     vendors: u8,
     poll: Duration,
-    opts: &DemoOptions,
-) -> Result<DemoSummary, BoxError> {
-    let web = epj_client(pki)?;
-    let base = format!("https://{http}");
+    opts: &'a DemoOptions,
+}
+
+async fn tour(t: &TourSetup<'_>) -> Result<DemoSummary, BoxError> {
+    let web = epj_client(t.pki)?;
+    let base = format!("https://{}", t.http);
     wait_ready(&web, &base).await?;
 
-    let population = Arc::new(Population::demo(opts.seed));
+    let population = Arc::new(Population::demo(t.opts.seed));
     let orgs = municipalities(&population);
+    intro(t, &base, &population, &orgs);
+    let sensors = start_sensors(t, &population).await;
+    println!();
+
+    let stats = Arc::new(Stats::default());
+    let started = Instant::now();
+    let deadline = started + t.duration;
+    let run = VendorRun {
+        endpoint: format!("https://{}", t.grpc),
+        population: &population,
+        rate: t.rate,
+        deadline,
+        stats: &stats,
+    };
+    let senders = start_vendors(&run, t.pki, t.vendors, t.opts)?;
+
+    let mut tokens = HashMap::new();
+    for org in &orgs {
+        tokens.insert(org.clone(), t.pki.token(&web, &base, org).await?);
+    }
+    let mut epj = Epj::new(web, base, orgs, population.clone(), stats.clone(), tokens);
+    // Read while the vendors send.
+    while Instant::now() < deadline {
+        tokio::time::sleep(t.poll).await;
+        if let Err(e) = epj.poll_once().await {
+            println!("{}  EPJ   poll failed: {e}", clock());
+        }
+    }
+    join_vendors(senders).await;
+    if let Some(s) = sensors {
+        s.stop().await;
+    }
+    catch_up(&mut epj, &stats, t.poll).await;
+
+    summary(&stats, started.elapsed(), &epj);
+    Ok(DemoSummary::of(&stats))
+}
+
+/// The tour's opening lines: the hub, the residents, the vendors.
+fn intro(t: &TourSetup<'_>, base: &str, population: &Population, orgs: &[String]) {
+    let (grpc, rate) = (t.grpc, t.rate);
     println!("Knutepunkt demo");
     println!("  hub: gRPC {grpc}, FHIR {base}/fhir/r4/{{orgnr}} (temporary data directory)");
     println!(
@@ -186,54 +240,31 @@ async fn tour(
             .map(|o| format!("{} ({o})", sim::municipality_name(o)))
             .collect::<Vec<_>>()
             .join(" and "),
-        vendors,
-        duration.as_secs()
+        t.vendors,
+        t.duration.as_secs()
     );
     println!("  over TLS: vendors with client certificates (mTLS), the EPJ with OAuth2 tokens");
     println!("  people are shown by pseudonym only; no national id is printed");
+}
 
-    let sensors = match &opts.mqtt_broker {
-        Some(broker) => {
-            mqtt::start(mqtt::Setup {
-                broker,
-                certs: &pki.dir,
-                work: pki.dir.parent().unwrap_or(&pki.dir),
-                grpc,
-                population: &population,
-                rate,
-                duration,
-                show_lines: opts.show_vendor_lines,
-            })
-            .await
-        }
-        None => None,
-    };
-    println!();
+/// Starts the simulated MQTT sensors when the options name a broker.
+async fn start_sensors(t: &TourSetup<'_>, population: &Population) -> Option<mqtt::Sensors> {
+    let broker = t.opts.mqtt_broker.as_ref()?;
+    mqtt::start(mqtt::Setup {
+        broker,
+        certs: &t.pki.dir,
+        work: t.pki.dir.parent().unwrap_or(&t.pki.dir),
+        grpc: t.grpc,
+        population,
+        rate: t.rate,
+        duration: t.duration,
+        show_lines: t.opts.show_vendor_lines,
+    })
+    .await
+}
 
-    let stats = Arc::new(Stats::default());
-    let started = Instant::now();
-    let deadline = started + duration;
-    let run = VendorRun {
-        endpoint: format!("https://{grpc}"),
-        population: &population,
-        rate,
-        deadline,
-        stats: &stats,
-    };
-    let senders = start_vendors(&run, pki, vendors, opts)?;
-
-    let mut tokens = HashMap::new();
-    for org in &orgs {
-        tokens.insert(org.clone(), pki.token(&web, &base, org).await?);
-    }
-    let mut epj = Epj::new(web, base, orgs, population.clone(), stats.clone(), tokens);
-    // Read while the vendors send.
-    while Instant::now() < deadline {
-        tokio::time::sleep(poll).await;
-        if let Err(e) = epj.poll_once().await {
-            println!("{}  EPJ   poll failed: {e}", clock());
-        }
-    }
+/// Waits for every vendor to stop, and says why one stopped early.
+async fn join_vendors(senders: Vec<tokio::task::JoinHandle<Result<(), BoxError>>>) {
     for s in senders {
         match s.await {
             Ok(Ok(())) => {}
@@ -241,22 +272,22 @@ async fn tour(
             Err(e) => println!("{}  vendor task failed: {e}", clock()),
         }
     }
-    if let Some(s) = sensors {
-        s.stop().await;
-    }
-    catch_up(&mut epj, &stats, poll).await;
+}
 
-    summary(&stats, started.elapsed(), &epj);
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    Ok(DemoSummary {
-        sent: get(&stats.sent),
-        accepted: get(&stats.accepted),
-        duplicate: get(&stats.duplicate),
-        rejected: get(&stats.rejected),
-        errors: get(&stats.errors),
-        seen_by_epj: get(&stats.seen_observations) + get(&stats.seen_communications),
-        loops_closed: get(&stats.loops_closed),
-    })
+impl DemoSummary {
+    /// The counts `stats` holds now.
+    fn of(stats: &Stats) -> DemoSummary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DemoSummary {
+            sent: get(&stats.sent),
+            accepted: get(&stats.accepted),
+            duplicate: get(&stats.duplicate),
+            rejected: get(&stats.rejected),
+            errors: get(&stats.errors),
+            seen_by_epj: get(&stats.seen_observations) + get(&stats.seen_communications),
+            loops_closed: get(&stats.loops_closed),
+        }
+    }
 }
 
 /// The demo EPJ's HTTP client: trusts the demo CA only.
