@@ -536,6 +536,20 @@ async fn backup_and_restore_keep_records_and_floors() {
     r.close().await;
 }
 
+/// A record of 4 KiB that LZ4 cannot shrink much (an LCG's hex, seeded).
+fn incompressible(event: &str, seed: u64) -> NewRecord {
+    let mut r = rec(event, 1, Class::Routine);
+    let mut x = seed ^ 0x2545_f491_4f6c_dd1d;
+    let pad: String = (0..256)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            format!("{x:016x}")
+        })
+        .collect();
+    r.resource.json = format!("{{\"resourceType\":\"Observation\",\"note\":\"{pad}\"}}");
+    r
+}
+
 /// A retention pass leaves the removed records' bytes on disk until a
 /// compaction reaches them; `reclaim_space` gives them back at once and
 /// keeps what was not removed.
@@ -548,26 +562,13 @@ async fn reclaim_space_gives_back_what_retention_removed() {
     };
     // No destinations: nothing holds an event back from retention.
     let s = EmbeddedStore::open(dir.path(), opts, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
-    // Records of 4 KiB that LZ4 cannot shrink much (a simple LCG's hex).
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut padded = |event: &str| {
-        let mut r = rec(event, 1, Class::Routine);
-        let pad: String = (0..256)
-            .map(|_| {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                format!("{:016x}", x)
-            })
-            .collect();
-        r.resource.json = format!("{{\"resourceType\":\"Observation\",\"note\":\"{pad}\"}}");
-        r
-    };
     for i in 0..1500 {
-        put(&s, padded(&format!("old-{i}"))).await;
+        put(&s, incompressible(&format!("old-{i}"), i)).await;
     }
     let cut = now_micros();
     let mut kept = Vec::new();
     for i in 0..500 {
-        kept.push(put(&s, padded(&format!("new-{i}"))).await);
+        kept.push(put(&s, incompressible(&format!("new-{i}"), 1500 + i)).await);
     }
     let steps = Arc::new(Mutex::new(Vec::new()));
     let seen = steps.clone();
