@@ -29,13 +29,26 @@ pub(crate) const JOURNAL: &str = "journal";
 
 /// Flushes and major-compacts every keyspace, smallest first; then reports
 /// the journal, which fjall trims once every keyspace has flushed past it.
-pub(crate) fn reclaim(s: &Shared, progress: &ReclaimProgress) -> Result<SpaceReport, StoreError> {
+/// Stops before the next keyspace once `closing()` says the store closes.
+pub(crate) fn reclaim(
+    s: &Shared,
+    progress: &ReclaimProgress,
+    closing: &dyn Fn() -> bool,
+) -> Result<SpaceReport, StoreError> {
     let mut spaces: Vec<(&str, &Keyspace)> = s.ks.named().to_vec();
     spaces.sort_by_key(|(_, ks)| ks.disk_space());
     let journal_before = journal_bytes(s)?;
     let total = spaces.len();
     let mut parts = Vec::with_capacity(total + 1);
     for (i, (name, ks)) in spaces.into_iter().enumerate() {
+        if closing() {
+            tracing::info!(
+                done = i,
+                of = total,
+                "compaction stopped: the store is closing; run it again after the start"
+            );
+            break;
+        }
         progress(name, i + 1, total);
         parts.push(compact_one(s, name, ks)?);
     }

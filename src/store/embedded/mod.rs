@@ -430,7 +430,9 @@ impl EventLog for EmbeddedStore {
     }
 
     fn reclaim_space(&self, progress: ReclaimProgress) -> StoreFuture<'_, SpaceReport> {
-        self.blocking(move |s| compact::reclaim(s, &progress))
+        // A hub that stops waits for the keyspace in hand, not for the rest.
+        let closed = self.closed.clone();
+        self.blocking(move |s| compact::reclaim(s, &progress, &|| *closed.borrow()))
     }
 }
 
