@@ -43,8 +43,9 @@ pub async fn compact(admin: &str, token: Option<&str>) -> anyhow::Result<()> {
     }
 }
 
-/// One request with the token; a JSON body, or the API's error as the error.
-async fn call(
+/// One admin API request with the token (also `knutepunkt dlq`'s): its
+/// JSON body, or the API's error message as the error.
+pub async fn call(
     req: reqwest::RequestBuilder,
     token: Option<&str>,
     base: &str,

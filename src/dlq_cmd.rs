@@ -1,7 +1,6 @@
 //! `knutepunkt dlq` (part of the binary, not the library): the admin API's
 //! client for dead letters: list, show, replay, replay-all, discard.
 
-use anyhow::Context;
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -97,27 +96,7 @@ pub async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow:
             .post(format!("{base}/admin/dlq/{destination}/{seq}/discard"))
             .json(&serde_json::json!({ "reason": reason })),
     };
-    let req = match token {
-        Some(t) => req.bearer_auth(t),
-        None => req,
-    };
-    let resp = req
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the admin API at {base}; is the hub running, and is --admin right?"
-            )
-        })?;
-    let status = resp.status();
-    let body: serde_json::Value = resp
-        .json()
-        .await
-        .context("the admin API answered something other than JSON")?;
-    if !status.is_success() {
-        anyhow::bail!("{}", body["error"].as_str().unwrap_or("request failed"));
-    }
+    let body = crate::compact_cmd::call(req, token, base).await?;
     match (&action, body.as_array()) {
         (DlqAction::List { .. }, Some(list)) => {
             println!(
