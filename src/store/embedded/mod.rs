@@ -304,7 +304,11 @@ pub(crate) fn check_layout(dir: &Path, db: &Database, ks: &Spaces) -> Result<(),
             ks.meta
                 .insert("format", [keys::LAYOUT_VERSION])
                 .map_err(engine(dir))?;
-            db.persist(fjall::PersistMode::SyncAll).map_err(engine(dir))
+            db.persist(fjall::PersistMode::SyncAll)
+                .map_err(engine(dir))?;
+            // Into a table at once: a memtable holding this one key would
+            // keep every journal file sealed after it (spaces::JOURNAL_BOUND).
+            ks.meta.rotate_memtable_and_wait().map_err(engine(dir))
         }
     }
 }

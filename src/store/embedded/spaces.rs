@@ -89,6 +89,22 @@ fn create_options(name: &str, memtable: u64) -> KeyspaceCreateOptions {
     }
 }
 
+/// How much sealed journal fjall keeps before it flushes the keyspaces that
+/// hold it back.
+///
+/// fjall seals the journal once it passes 64 MB and deletes a sealed file
+/// once every keyspace with writes in it has flushed past it. A keyspace
+/// that seldom fills its memtable (`meta` holds one key, written when the
+/// store is created; `dlq`, `jti`, `cons` and `alarms` can be as quiet)
+/// holds back every file sealed after its last flush, until the sealed
+/// files reach this bound. fjall's default bound is 512 MiB, so a hub that
+/// only takes events kept up to 600 MiB of journal, more than the tables
+/// of its first 300,000 events, and a restart replayed all of it
+/// (BENCHMARKS.md, "2026-12-08 (tenth session)"). With 128 MiB the journal
+/// stays near 200 MiB; the price is a flush of a quiet keyspace's small
+/// memtable every 128 MiB of writes.
+pub(crate) const JOURNAL_BOUND: u64 = 128 * MIB;
+
 /// Creates `dir` if needed and opens the database with every keyspace.
 pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spaces), OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
@@ -97,6 +113,7 @@ pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spa
     })?;
     let db = Database::builder(dir)
         .cache_size(cache_bytes)
+        .max_journaling_size(JOURNAL_BOUND)
         .open()
         .map_err(engine(dir))?;
     let [log, ids, idx, alarms, cons, dlq, audit, jti, meta] = KEYSPACES.map(|(name, size)| {
@@ -115,4 +132,47 @@ pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spa
         meta: meta?,
     };
     Ok((db, ks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keyspace that never fills its memtable must not hold back the
+    /// journal beyond [`JOURNAL_BOUND`]: without the bound, fjall keeps
+    /// every file sealed after that keyspace's one write, up to 512 MiB.
+    #[test]
+    fn a_quiet_keyspace_does_not_hold_back_the_journal() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let (db, ks) = open_spaces(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        ks.cons
+            .insert("quiet", [1])
+            .unwrap_or_else(|e| panic!("{e}"));
+        // 400 MiB of incompressible values (the journal compresses large
+        // entries): more than the bound and its sealed files together.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut value = vec![0u8; 64 * 1024];
+        let mut peak = 0;
+        for i in 0..6400u64 {
+            for chunk in value.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            ks.log
+                .insert(i.to_be_bytes(), &value)
+                .unwrap_or_else(|e| panic!("{e}"));
+            peak = peak.max(db.journal_disk_space().unwrap_or_else(|e| panic!("{e}")));
+        }
+        assert!(
+            peak <= 2 * JOURNAL_BOUND,
+            "the journal reached {} MiB while 400 MiB were written",
+            peak >> 20
+        );
+        assert_eq!(
+            ks.cons.get("quiet").ok().flatten().as_deref(),
+            Some(&[1u8][..])
+        );
+    }
 }
