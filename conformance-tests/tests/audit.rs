@@ -75,11 +75,31 @@ fn pseudonyms(ev: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A read of a resource that does not exist (recorded as a failure).
+const MISSING: &str = "Observation/00000000-0000-5000-8000-000000000000";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_access_leaves_one_audit_record() {
     let dir = ok(tempfile::tempdir());
     let epj = ok(EpjAdapter::start("ok").await);
     let hub = hub_with(dir.path(), &epj).await;
+    let refs = submit_four(&hub).await;
+    let (p1_obs, p1_alarm, p2_obs, bergen_obs) = (&refs[0], &refs[1], &refs[2], &refs[3]);
+    let mut want: Vec<String> = vec![p1_obs.clone(), p1_alarm.clone(), p2_obs.clone()];
+    want.sort();
+    let pushes = push_records(&hub, &epj, &want).await;
+    let n_push = pushes.len();
+    let mid = read_search_and_pull(&hub, p1_obs, p2_obs).await;
+    let all = count_records(&hub, n_push, &want).await;
+    by_patient(&hub, &all, &pushes, [p1_obs, p1_alarm, p2_obs]).await;
+    by_time_and_metrics(&hub, &mid, n_push).await;
+    let bergen_trail = bergen_sees_only_its_own(&hub, bergen_obs, n_push).await;
+    valid_fhir(all, bergen_trail);
+}
+
+/// Oslo: patient 1's reading and RED alarm, patient 2's reading (by
+/// D-number); Bergen: one reading. Their references, in that order.
+async fn submit_four(hub: &Hub) -> Vec<String> {
     let mut c = ok(hub.client().await);
     let mut dnr_event = events::heart_rate("d-1", OSLO, 0);
     dnr_event.patient = Some(pb::PersonId {
@@ -97,14 +117,16 @@ async fn every_access_leaves_one_audit_record() {
         assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
         refs.push(r.resource);
     }
-    let (p1_obs, p1_alarm, p2_obs, bergen_obs) = (&refs[0], &refs[1], &refs[2], &refs[3]);
+    refs
+}
 
-    // Push: Oslo's three resources reach the adapter; the push records
-    // name all three (in however many Bundles).
+/// Push: Oslo's three resources reach the adapter; the push records name
+/// all three (in however many Bundles).
+async fn push_records(hub: &Hub, epj: &EpjAdapter, want: &[String]) -> Vec<Value> {
     ok(epj.wait_created(3, Duration::from_secs(20)).await);
     let deadline = Instant::now() + Duration::from_secs(10);
     let pushes = loop {
-        let pushes: Vec<Value> = audit_events(&hub, OSLO, "")
+        let pushes: Vec<Value> = audit_events(hub, OSLO, "")
             .await
             .into_iter()
             .filter(|e| subtype(e) == "transaction")
@@ -117,25 +139,24 @@ async fn every_access_leaves_one_audit_record() {
     };
     let mut pushed: Vec<String> = pushes.iter().flat_map(references).collect();
     pushed.sort();
-    let mut want: Vec<String> = vec![p1_obs.clone(), p1_alarm.clone(), p2_obs.clone()];
-    want.sort();
     assert_eq!(pushed, want, "push records: {pushes:?}");
     for p in &pushes {
         assert_eq!(agent(p), "oslo-epj", "{p}");
         assert_eq!(p["action"], "E");
     }
-    let n_push = pushes.len();
-    // The audit search itself is not audited: reading it twice changes nothing.
-    assert_eq!(audit_events(&hub, OSLO, "").await.len(), n_push);
+    pushes
+}
 
+/// Three reads (one missing), two searches, `$pending` and `$confirm`;
+/// returns a time between the reads and the rest.
+async fn read_search_and_pull(hub: &Hub, p1_obs: &str, p2_obs: &str) -> String {
     // Reads: two found, one missing (recorded as a failure).
     let base = hub.fhir_base(OSLO);
     for r in [p1_obs, p2_obs] {
         let (status, _) = ok(get_json(&format!("{base}/{r}")).await);
         assert_eq!(status, 200);
     }
-    let missing = "Observation/00000000-0000-5000-8000-000000000000";
-    let (status, _) = ok(get_json(&format!("{base}/{missing}")).await);
+    let (status, _) = ok(get_json(&format!("{base}/{MISSING}")).await);
     assert_eq!(status, 404);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mid = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -167,8 +188,13 @@ async fn every_access_leaves_one_audit_record() {
     .await);
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 
-    // Count them: pushes + 3 reads + 2 searches + $pending + $confirm.
-    let all = audit_events(&hub, OSLO, "").await;
+    mid
+}
+
+/// Every Oslo record, counted by kind: pushes + 3 reads + 2 searches +
+/// `$pending` + `$confirm`.
+async fn count_records(hub: &Hub, n_push: usize, want: &[String]) -> Vec<Value> {
+    let all = audit_events(hub, OSLO, "").await;
     let count = |code: &str| all.iter().filter(|e| subtype(e) == code).count();
     assert_eq!(count("transaction"), n_push, "{all:#?}");
     assert_eq!(count("read"), 3, "{all:#?}");
@@ -179,7 +205,7 @@ async fn every_access_leaves_one_audit_record() {
     assert_eq!(reads.iter().filter(|e| e["outcome"] == "0").count(), 2);
     let failed: Vec<&&Value> = reads.iter().filter(|e| e["outcome"] == "4").collect();
     assert_eq!(failed.len(), 1);
-    assert_eq!(references(failed[0]), vec![missing.to_string()]);
+    assert_eq!(references(failed[0]), vec![MISSING.to_string()]);
     for e in &reads {
         assert_eq!(agent(e), "oslo-epj");
         assert_eq!(e["source"]["site"], OSLO);
@@ -194,16 +220,21 @@ async fn every_access_leaves_one_audit_record() {
     confirmed.sort();
     assert_eq!(confirmed, want);
 
-    // By patient identifier: patient 1 is in the read of its Observation,
-    // never in the read of patient 2's; the D-number works the same way.
+    all
+}
+
+/// By patient identifier: patient 1 is in the read of its Observation,
+/// never in the read of patient 2's; the D-number works the same way.
+async fn by_patient(hub: &Hub, all: &[Value], pushes: &[Value], refs: [&String; 3]) {
+    let [p1_obs, p1_alarm, p2_obs] = refs;
     let by_p1 = audit_events(
-        &hub,
+        hub,
         OSLO,
         &format!("&patient:identifier={FNR_OID}|{}", synthetic::fnr(1)),
     )
     .await;
     let by_p2 = audit_events(
-        &hub,
+        hub,
         OSLO,
         &format!("&patient:identifier={DNR_OID}|{}", synthetic::dnr(2)),
     )
@@ -236,9 +267,13 @@ async fn every_access_leaves_one_audit_record() {
     );
     let text = serde_json::to_string(&all).unwrap_or_default();
     assert!(!text.contains(&synthetic::fnr(1)) && !text.contains(&synthetic::dnr(2)));
+}
 
+/// By time: after `mid` only the searches, `$pending` and `$confirm`; and
+/// every record counted in /metrics.
+async fn by_time_and_metrics(hub: &Hub, mid: &str, n_push: usize) {
     // By time: after `mid` only the searches, $pending and $confirm.
-    let later = audit_events(&hub, OSLO, &format!("&date=ge{mid}")).await;
+    let later = audit_events(hub, OSLO, &format!("&date=ge{mid}")).await;
     let mut codes: Vec<&str> = later.iter().map(subtype).collect();
     codes.sort();
     assert_eq!(
@@ -246,7 +281,7 @@ async fn every_access_leaves_one_audit_record() {
         vec!["operation", "operation", "search-type", "search-type"],
         "{later:#?}"
     );
-    let earlier = audit_events(&hub, OSLO, &format!("&date=lt{mid}")).await;
+    let earlier = audit_events(hub, OSLO, &format!("&date=lt{mid}")).await;
     assert_eq!(earlier.len(), n_push + 3);
 
     // Counted in /metrics as well (Bergen has none yet).
@@ -256,13 +291,16 @@ async fn every_access_leaves_one_audit_record() {
         (n_push + 7) as f64,
         "{m}"
     );
+}
 
-    // Bergen: its own trail holds only its own accesses; Oslo's is 404.
+/// Bergen: its own trail holds only its own accesses; Oslo's is 404.
+async fn bergen_sees_only_its_own(hub: &Hub, bergen_obs: &str, n_push: usize) -> Vec<Value> {
+    let base = hub.fhir_base(OSLO);
     let (status, _) = ok(get_json(&format!("{}/{bergen_obs}", hub.fhir_base(BERGEN))).await);
     assert_eq!(status, 200);
-    let bergen_trail = audit_events(&hub, BERGEN, "").await;
+    let bergen_trail = audit_events(hub, BERGEN, "").await;
     assert_eq!(bergen_trail.len(), 1, "{bergen_trail:#?}");
-    assert_eq!(references(&bergen_trail[0]), vec![bergen_obs.clone()]);
+    assert_eq!(references(&bergen_trail[0]), vec![bergen_obs.to_string()]);
     assert_eq!(agent(&bergen_trail[0]), "bergen-epj");
     let bergen = ok(token(&format!("https://{}", hub.http), "bergen-epj").await);
     for q in [
@@ -279,9 +317,13 @@ async fn every_access_leaves_one_audit_record() {
         assert!(!body.contains("AuditEvent\""), "{body}");
     }
     // Oslo's trail still has exactly its own records.
-    assert_eq!(audit_events(&hub, OSLO, "").await.len(), n_push + 7);
+    assert_eq!(audit_events(hub, OSLO, "").await.len(), n_push + 7);
 
-    // Valid FHIR R4.
+    bergen_trail
+}
+
+/// Valid FHIR R4.
+fn valid_fhir(all: Vec<Value>, bergen_trail: Vec<Value>) {
     let mut sample = all.clone();
     sample.extend(bergen_trail);
     match fhir_validator::validate(&sample) {
