@@ -200,15 +200,53 @@ async fn rejected(hub: &Hub, endpoint: &str, reason: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_assertions_are_refused_and_counted() {
     let (_d, hub) = hub().await;
-    let certs = ok(harness::certs());
+    let foreign = foreign_certs();
+    let aud = format!("{}/oauth/token", origin(&hub));
+    let cases = bad_assertions(&hub, &aud, foreign.path());
+    for (reason, a) in &cases {
+        let before = rejected(&hub, "token", reason).await;
+        let (status, body) = ok(request_token(&origin(&hub), a).await);
+        assert_eq!(status, 400, "{reason}: {body}");
+        assert_eq!(body["error"], "invalid_client", "{reason}: {body}");
+        assert!(body.get("access_token").is_none(), "{reason}: {body}");
+        assert!(
+            !body.to_string().contains(a.as_str()),
+            "{reason}: the answer echoes the assertion"
+        );
+        let after = rejected(&hub, "token", reason).await;
+        assert_eq!(after - before, 1.0, "{reason} not counted once");
+    }
+    let good = a_replay_is_refused(&hub, &aud).await;
+    a_scope_not_granted_is_refused(&hub, &aud).await;
+    // Nothing of any assertion reached the log.
+    let logs = hub.logs();
+    for (reason, a) in &cases {
+        let sig = a.rsplit('.').next().unwrap_or_default();
+        assert!(
+            sig.len() < 8 || !logs.contains(sig),
+            "{reason}: the assertion is in the log"
+        );
+    }
+    assert!(!logs.contains(&good), "an assertion is in the log");
+}
+
+/// Another PKI with a client of the same name: its key is not the one the
+/// hub knows.
+fn foreign_certs() -> tempfile::TempDir {
     let foreign = ok(tempfile::tempdir());
     ok(harness::dev_certs(
         foreign.path(),
         &["--vendor", "x", "--epj-client", "oslo-epj"],
     ));
-    let aud = format!("{}/oauth/token", origin(&hub));
+    foreign
+}
+
+/// One client assertion per way of getting it wrong, with the
+/// `knutepunkt_auth_rejected_total` reason each must be counted under.
+fn bad_assertions(hub: &Hub, aud: &str, foreign: &std::path::Path) -> Vec<(&'static str, String)> {
+    let certs = ok(harness::certs());
     let key = ec_key(&certs.join("epj-oslo-epj.key"));
-    let other_key = ec_key(&foreign.path().join("epj-oslo-epj.key"));
+    let other_key = ec_key(&foreign.join("epj-oslo-epj.key"));
     let public = ok(std::fs::read(certs.join("epj-oslo-epj.jwk.json")));
     let t = now();
     let claims = |jti: &str, f: &dyn Fn(&mut Value)| {
@@ -249,7 +287,7 @@ async fn bad_assertions_are_refused_and_counted() {
         (
             "wrong_audience",
             es(&claims("aud", &|c| {
-                c["aud"] = json!(format!("{}/fhir/r4", origin(&hub)))
+                c["aud"] = json!(format!("{}/fhir/r4", origin(hub)))
             })),
         ),
         (
@@ -280,35 +318,30 @@ async fn bad_assertions_are_refused_and_counted() {
         ),
         ("malformed", "not.a.jwt".to_string()),
     ];
-    for (reason, a) in &cases {
-        let before = rejected(&hub, "token", reason).await;
-        let (status, body) = ok(request_token(&origin(&hub), a).await);
-        assert_eq!(status, 400, "{reason}: {body}");
-        assert_eq!(body["error"], "invalid_client", "{reason}: {body}");
-        assert!(body.get("access_token").is_none(), "{reason}: {body}");
-        assert!(
-            !body.to_string().contains(a.as_str()),
-            "{reason}: the answer echoes the assertion"
-        );
-        let after = rejected(&hub, "token", reason).await;
-        assert_eq!(after - before, 1.0, "{reason} not counted once");
-    }
-    // A fresh, valid assertion works once; its replay is refused.
-    let good = ok(assertion("oslo-epj", &aud));
-    let (status, body) = ok(request_token(&origin(&hub), &good).await);
+    cases
+}
+
+/// A fresh, valid assertion works once; its replay is refused. Returns it.
+async fn a_replay_is_refused(hub: &Hub, aud: &str) -> String {
+    let good = ok(assertion("oslo-epj", aud));
+    let (status, body) = ok(request_token(&origin(hub), &good).await);
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].is_string());
-    let (status, body) = ok(request_token(&origin(&hub), &good).await);
+    let (status, body) = ok(request_token(&origin(hub), &good).await);
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_client");
-    assert_eq!(rejected(&hub, "token", "replayed_jti").await, 1.0);
-    // A scope the client was not granted.
+    assert_eq!(rejected(hub, "token", "replayed_jti").await, 1.0);
+    good
+}
+
+/// A scope the client was not granted.
+async fn a_scope_not_granted_is_refused(hub: &Hub, aud: &str) {
     let form = format!(
         "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={}&scope=system%2FPatient.rs",
-        ok(assertion("oslo-epj", &aud))
+        ok(assertion("oslo-epj", aud))
     );
     let r = ok(ok(http_client())
-        .post(&aud)
+        .post(aud)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form)
         .send()
@@ -316,33 +349,59 @@ async fn bad_assertions_are_refused_and_counted() {
     assert_eq!(r.status().as_u16(), 400);
     let body: Value = ok(r.json().await);
     assert_eq!(body["error"], "invalid_scope", "{body}");
-    assert_eq!(rejected(&hub, "token", "invalid_scope").await, 1.0);
-    // Nothing of any assertion reached the log.
-    let logs = hub.logs();
-    for (reason, a) in &cases {
-        let sig = a.rsplit('.').next().unwrap_or_default();
-        assert!(
-            sig.len() < 8 || !logs.contains(sig),
-            "{reason}: the assertion is in the log"
-        );
-    }
-    assert!(!logs.contains(&good), "an assertion is in the log");
+    assert_eq!(rejected(hub, "token", "invalid_scope").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bearer_tokens_are_401_and_counted_and_scopes_are_403() {
     let (_d, hub) = hub().await;
-    let certs = ok(harness::certs());
-    let foreign = ok(tempfile::tempdir());
-    ok(harness::dev_certs(
-        foreign.path(),
-        &["--vendor", "x", "--epj-client", "oslo-epj"],
-    ));
+    let foreign = foreign_certs();
     let url = format!("{}/Observation", hub.fhir_base(OSLO));
+    let real = ok(token(&origin(&hub), "oslo-epj").await);
+    let cases = bad_bearer_tokens(&hub, &url, &real, foreign.path()).await;
+    for (reason, auth) in &cases {
+        let before = rejected(&hub, "fhir", reason).await;
+        let (status, www, body) = get_with(&url, auth.as_deref()).await;
+        assert_eq!(status, 401, "{reason}: {body}");
+        let www = www.unwrap_or_else(|| panic!("{reason}: no WWW-Authenticate"));
+        assert!(www.starts_with("Bearer"), "{reason}: {www}");
+        assert_eq!(body["resourceType"], "OperationOutcome", "{reason}: {body}");
+        if let Some(a) = auth {
+            let tok = a.split(' ').nth(1).unwrap_or_default();
+            assert!(
+                !body.to_string().contains(tok) && !www.contains(tok),
+                "{reason}: the answer echoes the token"
+            );
+        }
+        let after = rejected(&hub, "fhir", reason).await;
+        assert_eq!(after - before, 1.0, "{reason} not counted once");
+    }
+
+    a_narrow_scope_is_403(&hub, &url).await;
+    // No token, key or assertion reached the log.
+    let logs = hub.logs();
+    assert!(!logs.contains(&real), "an access token is in the log");
+    for (reason, auth) in &cases {
+        if let Some(sig) = auth.as_deref().and_then(|a| a.rsplit('.').next())
+            && sig.len() > 16
+        {
+            assert!(!logs.contains(sig), "{reason}: a token is in the log");
+        }
+    }
+}
+
+/// One `Authorization` header per way of getting a bearer token wrong,
+/// with its rejection reason. `real` is a token the hub issued.
+async fn bad_bearer_tokens(
+    hub: &Hub,
+    url: &str,
+    real: &str,
+    foreign: &std::path::Path,
+) -> Vec<(&'static str, Option<String>)> {
+    let certs = ok(harness::certs());
     // A real token, to learn the claims' shape; the forgeries below change
     // one claim each and are signed with the hub's (test) key.
-    let real = ok(token(&origin(&hub), "oslo-epj").await);
-    let base = claims_of(&real);
+    let base = claims_of(real);
     let hub_key = ec_key(&certs.join("epj-oslo-vakt.key"));
     let t = now();
     let forge = |f: &dyn Fn(&mut Value)| {
@@ -354,11 +413,11 @@ async fn bad_bearer_tokens_are_401_and_counted_and_scopes_are_403() {
     };
     // The control: a forgery that breaks nothing is accepted, so each case
     // below fails for its one broken rule.
-    let (status, _, body) = get_with(&url, Some(&format!("Bearer {}", forge(&|_| {})))).await;
+    let (status, _, body) = get_with(url, Some(&format!("Bearer {}", forge(&|_| {})))).await;
     assert_eq!(status, 200, "{body}");
 
     let public = ok(std::fs::read(certs.join("epj-oslo-vakt.jwk.json")));
-    let other_key = ec_key(&foreign.path().join("epj-oslo-epj.key"));
+    let other_key = ec_key(&foreign.join("epj-oslo-epj.key"));
     let cases: Vec<(&str, Option<String>)> = vec![
         ("missing_token", None),
         ("malformed", Some("Bearer not-a-token".into())),
@@ -419,7 +478,7 @@ async fn bad_bearer_tokens_are_401_and_counted_and_scopes_are_403() {
             "bad_signature",
             Some(format!(
                 "Bearer {}",
-                sign(Algorithm::ES256, &other_key, None, &claims_of(&real))
+                sign(Algorithm::ES256, &other_key, None, &claims_of(real))
             )),
         ),
         (
@@ -429,31 +488,18 @@ async fn bad_bearer_tokens_are_401_and_counted_and_scopes_are_403() {
                 "Bearer {}",
                 ok(assertion(
                     "oslo-epj",
-                    &format!("{}/oauth/token", origin(&hub))
+                    &format!("{}/oauth/token", origin(hub))
                 ))
             )),
         ),
     ];
-    for (reason, auth) in &cases {
-        let before = rejected(&hub, "fhir", reason).await;
-        let (status, www, body) = get_with(&url, auth.as_deref()).await;
-        assert_eq!(status, 401, "{reason}: {body}");
-        let www = www.unwrap_or_else(|| panic!("{reason}: no WWW-Authenticate"));
-        assert!(www.starts_with("Bearer"), "{reason}: {www}");
-        assert_eq!(body["resourceType"], "OperationOutcome", "{reason}: {body}");
-        if let Some(a) = auth {
-            let tok = a.split(' ').nth(1).unwrap_or_default();
-            assert!(
-                !body.to_string().contains(tok) && !www.contains(tok),
-                "{reason}: the answer echoes the token"
-            );
-        }
-        let after = rejected(&hub, "fhir", reason).await;
-        assert_eq!(after - before, 1.0, "{reason} not counted once");
-    }
+    cases
+}
 
-    // Scopes: a token for Observations only.
-    let aud = format!("{}/oauth/token", origin(&hub));
+/// Scopes: a token for Observations only reads Observations, and gets 403
+/// (counted) for the rest.
+async fn a_narrow_scope_is_403(hub: &Hub, url: &str) {
+    let aud = format!("{}/oauth/token", origin(hub));
     let form = format!(
         "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={}&scope=system%2FObservation.rs",
         ok(assertion("oslo-epj", &aud))
@@ -467,28 +513,18 @@ async fn bad_bearer_tokens_are_401_and_counted_and_scopes_are_403() {
     assert_eq!(r.status().as_u16(), 200);
     let narrow: Value = ok(r.json().await);
     let narrow = format!("Bearer {}", narrow["access_token"].as_str().unwrap_or(""));
-    let (status, _, body) = get_with(&url, Some(&narrow)).await;
+    let (status, _, body) = get_with(url, Some(&narrow)).await;
     assert_eq!(status, 200, "{body}");
     for path in ["Communication", "AuditEvent", "$pending"] {
-        let before = rejected(&hub, "fhir", "insufficient_scope").await;
+        let before = rejected(hub, "fhir", "insufficient_scope").await;
         let (status, _, body) =
             get_with(&format!("{}/{path}", hub.fhir_base(OSLO)), Some(&narrow)).await;
         assert_eq!(status, 403, "{path}: {body}");
         assert_eq!(
-            rejected(&hub, "fhir", "insufficient_scope").await - before,
+            rejected(hub, "fhir", "insufficient_scope").await - before,
             1.0,
             "{path}"
         );
-    }
-    // No token, key or assertion reached the log.
-    let logs = hub.logs();
-    assert!(!logs.contains(&real), "an access token is in the log");
-    for (reason, auth) in &cases {
-        if let Some(sig) = auth.as_deref().and_then(|a| a.rsplit('.').next())
-            && sig.len() > 16
-        {
-            assert!(!logs.contains(sig), "{reason}: a token is in the log");
-        }
     }
 }
 
