@@ -181,6 +181,22 @@ async fn run<B: Backend>(ops: &[Op]) -> Result<(), String> {
     result
 }
 
+/// Makes the same call on the backend and on the model and compares the
+/// two results as they are: `both!(case, "what", s => s.method(args))`.
+macro_rules! both {
+    ($case:expr, $what:expr, $s:ident => $call:expr) => {{
+        let b = {
+            let $s = $case.b();
+            $call.await
+        };
+        let m = {
+            let $s = $case.m();
+            $call.await
+        };
+        same($what, norm::result(b, |r| r), norm::result(m, |r| r))
+    }};
+}
+
 impl<B: Backend> Case<B> {
     fn b(&self) -> &dyn Store {
         match &self.backend {
@@ -199,103 +215,39 @@ impl<B: Backend> Case<B> {
     }
 
     async fn step(&mut self, op: &Op, dir: &Path) -> Result<(), String> {
+        let now = self.now;
         match op {
             Op::Put(p) => self.put(p).await,
             Op::Take {
                 consumer,
                 max,
                 lease,
-            } => {
-                let name = NAMES[*consumer];
-                let until = lease.map(|s| self.now + s * SEC);
-                let b = self.b().take(name, *max, self.now, until).await;
-                let m = self.m().take(name, *max, self.now, until).await;
-                let taken = m
-                    .as_ref()
-                    .map(|v| v.iter().map(|i| i.resource.seq).collect())
-                    .unwrap_or_default();
-                self.last_taken = Some((*consumer, taken));
-                same(
-                    "take",
-                    norm::result(b, norm::items),
-                    norm::result(m, norm::items),
-                )
-            }
+            } => self.take(*consumer, *max, *lease).await,
             Op::Settle {
                 picks,
                 stray,
                 consumer,
-            } => {
-                let (c, from) = match &self.last_taken {
-                    Some((c, seqs)) if !*stray && !seqs.is_empty() => (*c, seqs.clone()),
-                    _ => (*consumer, self.seqs.clone()),
-                };
-                if from.is_empty() {
-                    return Ok(());
-                }
-                let outcomes: Vec<(u64, Settle)> = picks
-                    .iter()
-                    .map(|(i, o)| (from[i % from.len()], settle(o)))
-                    .collect();
-                let b = self.b().settle(NAMES[c], outcomes.clone()).await;
-                let m = self.m().settle(NAMES[c], outcomes).await;
-                same("settle", norm::result(b, |r| r), norm::result(m, |r| r))
-            }
+            } => self.settle(picks, *stray, *consumer).await,
             Op::Advance { secs } => {
                 self.now += secs * SEC;
                 Ok(())
             }
-            Op::Escalate => {
-                let b = self.b().escalate_overdue(self.now).await;
-                let m = self.m().escalate_overdue(self.now).await;
-                same(
-                    "escalate_overdue",
-                    norm::result(b, |r| r),
-                    norm::result(m, |r| r),
-                )
-            }
+            Op::Escalate => both!(self, "escalate_overdue", s => s.escalate_overdue(now)),
             Op::Replay { pick } => {
                 let (c, seq) = self.pick_dead_letter(*pick).await;
-                let b = self.b().dead_letter_replay(c, seq).await;
-                let m = self.m().dead_letter_replay(c, seq).await;
-                same(
-                    &format!("replay {c} {seq}"),
-                    norm::result(b, |r| r),
-                    norm::result(m, |r| r),
-                )
+                both!(self, &format!("replay {c} {seq}"), s => s.dead_letter_replay(c, seq))
             }
             Op::Discard { pick, reason } => {
                 let (c, seq) = self.pick_dead_letter(*pick).await;
                 let why = format!("operator: reason {reason}");
-                let b = self.b().dead_letter_discard(c, seq, why.clone()).await;
-                let m = self.m().dead_letter_discard(c, seq, why).await;
-                same(
-                    &format!("discard {c} {seq}"),
-                    norm::result(b, |r| r),
-                    norm::result(m, |r| r),
-                )
+                both!(self, &format!("discard {c} {seq}"), s => s.dead_letter_discard(c, seq, why.clone()))
             }
             Op::Retention { policy } => {
                 let p = ops::policy(*policy);
-                let b = self.b().apply_retention(p.clone(), self.now).await;
-                let m = self.m().apply_retention(p, self.now).await;
-                same(
-                    "apply_retention",
-                    norm::result(b, |r| r),
-                    norm::result(m, |r| r),
-                )
+                both!(self, "apply_retention", s => s.apply_retention(p.clone(), now))
             }
             Op::Restart | Op::Join => {
-                self.joined |= matches!(op, Op::Join);
-                let specs = if self.joined {
-                    ops::consumers_after_join()
-                } else {
-                    ops::consumers()
-                };
-                if let Some(b) = self.backend.take() {
-                    self.backend = Some(b.restart(dir, specs.clone(), WINDOW_US).await);
-                }
-                self.model.restart_with(specs);
+                self.restart(dir, matches!(op, Op::Join)).await;
                 Ok(())
             }
             Op::Search(s) => self.search(s).await,
@@ -304,21 +256,7 @@ impl<B: Backend> Case<B> {
                 code,
                 range,
                 limit,
-            } => {
-                let filter = DeadLetterFilter {
-                    destination: consumer.map(|c| NAMES[c].to_string()),
-                    from: range.and_then(|(a, _)| self.seq_at(a)).map(seq_to_time),
-                    to: range.and_then(|(_, b)| self.seq_at(b)).map(seq_to_time),
-                    code: code.map(|c| code_of(c).1.to_string()),
-                };
-                let b = self.b().dead_letters(filter.clone(), *limit).await;
-                let m = self.m().dead_letters(filter.clone(), *limit).await;
-                same(
-                    &format!("dead_letters {filter:?}"),
-                    norm::result(b, norm::dead_letters),
-                    norm::result(m, norm::dead_letters),
-                )
-            }
+            } => self.dead_letters(*consumer, *code, *range, *limit).await,
             Op::AuditAppend { records } => self.audit_append(records).await,
             Op::AuditSearch {
                 org,
@@ -330,13 +268,7 @@ impl<B: Backend> Case<B> {
                     0 => 0,
                     n => self.audit_seqs[pick % n] + u64::from(pick % 2 == 0),
                 };
-                let b = self.b().audit_prune(before).await;
-                let m = self.m().audit_prune(before).await;
-                same(
-                    "audit_prune",
-                    norm::result(b, |r| r),
-                    norm::result(m, |r| r),
-                )
+                both!(self, "audit_prune", s => s.audit_prune(before))
             }
             Op::JtiClaim {
                 client,
@@ -345,16 +277,91 @@ impl<B: Backend> Case<B> {
                 now,
             } => {
                 let (c, j) = (format!("client-{client}"), format!("jti-{jti}"));
-                let b = self.b().jti_claim(&c, &j, *exp, *now).await;
-                let m = self.m().jti_claim(&c, &j, *exp, *now).await;
-                same("jti_claim", norm::result(b, |r| r), norm::result(m, |r| r))
+                both!(self, "jti_claim", s => s.jti_claim(&c, &j, *exp, *now))
             }
-            Op::JtiPrune { now } => {
-                let b = self.b().jti_prune(*now).await;
-                let m = self.m().jti_prune(*now).await;
-                same("jti_prune", norm::result(b, |r| r), norm::result(m, |r| r))
-            }
+            Op::JtiPrune { now } => both!(self, "jti_prune", s => s.jti_prune(*now)),
         }
+    }
+
+    async fn take(
+        &mut self,
+        consumer: usize,
+        max: usize,
+        lease: Option<u64>,
+    ) -> Result<(), String> {
+        let name = NAMES[consumer];
+        let until = lease.map(|s| self.now + s * SEC);
+        let b = self.b().take(name, max, self.now, until).await;
+        let m = self.m().take(name, max, self.now, until).await;
+        let taken = m
+            .as_ref()
+            .map(|v| v.iter().map(|i| i.resource.seq).collect())
+            .unwrap_or_default();
+        self.last_taken = Some((consumer, taken));
+        same(
+            "take",
+            norm::result(b, norm::items),
+            norm::result(m, norm::items),
+        )
+    }
+
+    /// Settles picks from what the last take gave (or, `stray`, from every
+    /// stored seq: items this consumer may never have taken).
+    async fn settle(
+        &mut self,
+        picks: &[(usize, ops::Outcome)],
+        stray: bool,
+        consumer: usize,
+    ) -> Result<(), String> {
+        let (c, from) = match &self.last_taken {
+            Some((c, seqs)) if !stray && !seqs.is_empty() => (*c, seqs.clone()),
+            _ => (consumer, self.seqs.clone()),
+        };
+        if from.is_empty() {
+            return Ok(());
+        }
+        let outcomes: Vec<(u64, Settle)> = picks
+            .iter()
+            .map(|(i, o)| (from[i % from.len()], settle(o)))
+            .collect();
+        both!(self, "settle", s => s.settle(NAMES[c], outcomes.clone()))
+    }
+
+    /// A restart of the backend (and the model); `join`: a destination is
+    /// added to the configuration, and stays from then on.
+    async fn restart(&mut self, dir: &Path, join: bool) {
+        self.joined |= join;
+        let specs = if self.joined {
+            ops::consumers_after_join()
+        } else {
+            ops::consumers()
+        };
+        if let Some(b) = self.backend.take() {
+            self.backend = Some(b.restart(dir, specs.clone(), WINDOW_US).await);
+        }
+        self.model.restart_with(specs);
+    }
+
+    async fn dead_letters(
+        &self,
+        consumer: Option<usize>,
+        code: Option<usize>,
+        range: Option<(usize, usize)>,
+        limit: usize,
+    ) -> Result<(), String> {
+        let filter = DeadLetterFilter {
+            destination: consumer.map(|c| NAMES[c].to_string()),
+            from: range.and_then(|(a, _)| self.seq_at(a)).map(seq_to_time),
+            to: range.and_then(|(_, b)| self.seq_at(b)).map(seq_to_time),
+            code: code.map(|c| code_of(c).1.to_string()),
+        };
+        let b = self.b().dead_letters(filter.clone(), limit).await;
+        let m = self.m().dead_letters(filter.clone(), limit).await;
+        same(
+            &format!("dead_letters {filter:?}"),
+            norm::result(b, norm::dead_letters),
+            norm::result(m, norm::dead_letters),
+        )
     }
 
     async fn put(&mut self, p: &ops::PutOp) -> Result<(), String> {
