@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, ReceiptStatus, authed, entry_refs, get_json, ok,
+    EpjAdapter, Hub, HubOptions, OsloVakt, ReceiptStatus, authed, entry_refs, fast_retry, get_json,
+    ok,
 };
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
@@ -30,60 +31,20 @@ struct Setup<'a> {
 }
 
 async fn start(dir: &std::path::Path, s: Setup<'_>) -> Hub {
-    let certs = ok(conformance_tests::harness::certs())
-        .display()
-        .to_string();
-    let escalate = if s.vakt_escalation_only {
-        "escalate_to = \"oslo-vakt\""
-    } else {
-        ""
-    };
-    let cfg = format!(
-        r#"
-[delivery]
-deadline_red_secs = {red}
-deadline_yellow_secs = 300
-
-[[municipalities]]
-orgnr = "964338531"
-name = "Bergen kommune"
-
-[[municipalities]]
-orgnr = "{OSLO}"
-name = "Oslo kommune"
-
-[[municipalities.destinations]]
-name = "oslo-epj"
-kind = "push"
-url = "{url}"
-ca_file = "{ca}"
-max_batch = {batch}
-timeout_ms = 2000
-backoff_base_ms = 50
-backoff_cap_ms = 400
-breaker_failures = 3
-breaker_open_secs = 1
-{escalate}
-
-[[municipalities.destinations]]
-name = "oslo-vakt"
-kind = "pull"
-lease_secs = 1
-escalation_only = {only}
-
-[[auth.clients]]
-id = "oslo-vakt"
-municipality = "{OSLO}"
-scopes = ["system/pending.rs"]
-jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
-consumer = "oslo-vakt"
-"#,
-        red = s.deadline_red_secs,
-        url = s.epj.fhir_url(),
-        ca = s.epj.cert.display(),
-        batch = s.max_batch,
-        only = s.vakt_escalation_only,
-    );
+    let mut push = fast_retry(s.max_batch, 2000);
+    if s.vakt_escalation_only {
+        push.push_str("\nescalate_to = \"oslo-vakt\"");
+    }
+    let cfg = ok(OsloVakt {
+        push: Some((s.epj, push)),
+        vakt_lease_secs: 1,
+        vakt_escalation_only: Some(s.vakt_escalation_only),
+        delivery: Some(format!(
+            "deadline_red_secs = {}\ndeadline_yellow_secs = 300",
+            s.deadline_red_secs
+        )),
+    }
+    .toml());
     // A fixed token signing key, so access tokens (cached by the harness)
     // stay valid across a restart.
     let key = ok(conformance_tests::harness::certs()).join("epj-oslo-vakt.key");

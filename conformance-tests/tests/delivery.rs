@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, ReceiptStatus, get_json, oslo_pulled_by_vakt,
+    EpjAdapter, Hub, HubOptions, OsloVakt, ReceiptStatus, fast_retry, get_json, oslo_pulled_by_vakt,
 };
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
@@ -18,61 +18,19 @@ use tokio_stream::StreamExt;
 /// A hub whose Oslo has one push destination (the adapter, unless `None`)
 /// escalating to a pull destination "oslo-vakt" (the response centre).
 async fn hub_with(dir: &std::path::Path, epj: Option<&EpjAdapter>, max_batch: usize) -> Hub {
-    let push = match epj {
-        Some(e) => format!(
-            r#"
-[[municipalities.destinations]]
-name = "oslo-epj"
-kind = "push"
-url = "{}"
-ca_file = "{}"
-max_batch = {max_batch}
-timeout_ms = 1000
-backoff_base_ms = 50
-backoff_cap_ms = 400
-breaker_failures = 3
-breaker_open_secs = 1
-escalate_to = "oslo-vakt"
-"#,
-            e.fhir_url(),
-            e.cert.display()
-        ),
-        None => String::new(),
-    };
     // With a push destination, the response centre only gets escalations;
     // alone, it is the municipality's pull consumer.
-    let vakt_escalation_only = epj.is_some();
-    let certs = ok(conformance_tests::harness::certs())
-        .display()
-        .to_string();
-    let cfg = format!(
-        r#"
-[delivery]
-deadline_red_secs = 1
-deadline_yellow_secs = 300
-
-[[municipalities]]
-orgnr = "964338531"
-name = "Bergen kommune"
-
-[[municipalities]]
-orgnr = "{OSLO}"
-name = "Oslo kommune"
-{push}
-[[municipalities.destinations]]
-name = "oslo-vakt"
-kind = "pull"
-lease_secs = 1
-escalation_only = {vakt_escalation_only}
-
-[[auth.clients]]
-id = "oslo-vakt"
-municipality = "{OSLO}"
-scopes = ["system/pending.rs"]
-jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
-consumer = "oslo-vakt"
-"#
-    );
+    let push = epj.map(|e| {
+        let lines = fast_retry(max_batch, 1000) + "\nescalate_to = \"oslo-vakt\"";
+        (e, lines)
+    });
+    let cfg = ok(OsloVakt {
+        vakt_escalation_only: Some(push.is_some()),
+        push,
+        vakt_lease_secs: 1,
+        delivery: Some("deadline_red_secs = 1\ndeadline_yellow_secs = 300".into()),
+    }
+    .toml());
     let opts = HubOptions {
         config_extra: cfg,
         ..HubOptions::default()

@@ -384,10 +384,48 @@ impl Drop for Hub {
 /// `push`, also pushed to `oslo-epj` at that adapter, with the extra
 /// destination lines given (e.g. `"timeout_ms = 2000"`).
 pub fn oslo_pulled_by_vakt(push: Option<(&EpjAdapter, &str)>) -> Result<String> {
-    let certs = certs()?.display().to_string();
-    let push = push.map_or(String::new(), |(epj, extra)| {
-        format!(
-            r#"
+    OsloVakt {
+        push: push.map(|(epj, extra)| (epj, extra.to_string())),
+        ..OsloVakt::default()
+    }
+    .toml()
+}
+
+/// The setup of [`oslo_pulled_by_vakt`], with the settings tests of
+/// delivery and escalation change.
+pub struct OsloVakt<'a> {
+    /// Oslo's push destination `oslo-epj` at this adapter, with extra
+    /// lines for it (see [`fast_retry`]).
+    pub push: Option<(&'a EpjAdapter, String)>,
+    /// The pull destination's lease.
+    pub vakt_lease_secs: u64,
+    /// `escalation_only` of the pull destination; `None` leaves it out.
+    pub vakt_escalation_only: Option<bool>,
+    /// The body of a `[delivery]` section, if any.
+    pub delivery: Option<String>,
+}
+
+impl Default for OsloVakt<'_> {
+    fn default() -> Self {
+        OsloVakt {
+            push: None,
+            vakt_lease_secs: 60,
+            vakt_escalation_only: None,
+            delivery: None,
+        }
+    }
+}
+
+impl OsloVakt<'_> {
+    pub fn toml(&self) -> Result<String> {
+        let certs = certs()?.display().to_string();
+        let delivery = self
+            .delivery
+            .as_ref()
+            .map_or(String::new(), |d| format!("[delivery]\n{d}\n"));
+        let push = self.push.as_ref().map_or(String::new(), |(epj, extra)| {
+            format!(
+                r#"
 [[municipalities.destinations]]
 name = "oslo-epj"
 kind = "push"
@@ -395,12 +433,16 @@ url = "{url}"
 ca_file = "{ca}"
 {extra}
 "#,
-            url = epj.fhir_url(),
-            ca = epj.cert.display()
-        )
-    });
-    Ok(format!(
-        r#"
+                url = epj.fhir_url(),
+                ca = epj.cert.display()
+            )
+        });
+        let only = self
+            .vakt_escalation_only
+            .map_or(String::new(), |o| format!("escalation_only = {o}\n"));
+        Ok(format!(
+            r#"
+{delivery}
 [[municipalities]]
 orgnr = "{bergen}"
 name = "Bergen kommune"
@@ -412,8 +454,8 @@ name = "Oslo kommune"
 [[municipalities.destinations]]
 name = "oslo-vakt"
 kind = "pull"
-lease_secs = 60
-
+lease_secs = {lease}
+{only}
 [[auth.clients]]
 id = "oslo-vakt"
 municipality = "{oslo}"
@@ -421,7 +463,18 @@ scopes = ["system/pending.rs"]
 jwk_file = "{certs}/epj-oslo-vakt.jwk.json"
 consumer = "oslo-vakt"
 "#,
-        bergen = events::BERGEN,
-        oslo = events::OSLO,
-    ))
+            bergen = events::BERGEN,
+            oslo = events::OSLO,
+            lease = self.vakt_lease_secs,
+        ))
+    }
+}
+
+/// Push destination lines for tests that make it fail: Bundles of
+/// `max_batch`, a `timeout_ms` timeout, retries after 50–400 ms, and a
+/// breaker that opens after 3 failures for 1 s.
+pub fn fast_retry(max_batch: usize, timeout_ms: u64) -> String {
+    format!(
+        "max_batch = {max_batch}\ntimeout_ms = {timeout_ms}\nbackoff_base_ms = 50\nbackoff_cap_ms = 400\nbreaker_failures = 3\nbreaker_open_secs = 1"
+    )
 }
