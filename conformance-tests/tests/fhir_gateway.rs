@@ -177,6 +177,26 @@ async fn a_single_observation_is_stored_and_a_repeat_is_the_same_resource() {
 #[tokio::test]
 async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_right() {
     let (_d, hub, gw) = setup().await;
+    let b = mixed_transaction();
+    let (status, _, resp) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
+    assert_eq!(status, 200, "{resp}\n{}", gw.log());
+    let entries = verdict_per_entry(&resp);
+    answers_are_valid_fhir(&resp, &entries);
+    let (bp_loc, pulse_loc) = bp_and_pulse_map_right(&hub, &entries).await;
+    // Only the two good Observations are in the hub.
+    let all = ok(search_all(&format!("{}/Observation?_count=50", hub.fhir_base(OSLO))).await);
+    assert_eq!(all.len(), 2, "{all:?}");
+
+    // The same Bundle again: every good entry is now 200 with the same location.
+    let (_, _, again) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
+    assert_eq!(again["entry"][2]["response"]["status"], "200 OK", "{again}");
+    assert_eq!(again["entry"][2]["response"]["location"], bp_loc);
+    assert_eq!(again["entry"][3]["response"]["location"], pulse_loc);
+}
+
+/// A device, a patient, two good Observations (MDC blood pressure, an
+/// oximeter's pulse) and four entries the gateway must refuse.
+fn mixed_transaction() -> Value {
     let device = json!({
         "resourceType": "Device",
         "identifier": [{ "system": "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680", "value": "00-09-1F-FF-FE-80-00-2A" }],
@@ -213,7 +233,7 @@ async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_r
     let unknown_code = quantity_obs(&[coding(MDC, "188740")], json!(172), "cm", 7, "scale-1");
     let too_high = spo2(7, 101.0);
     let communication = json!({ "resourceType": "Communication", "status": "completed" });
-    let b = json!({
+    json!({
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
@@ -226,9 +246,12 @@ async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_r
             entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000007", too_high),
             entry("urn:uuid:0c7a2a53-0000-4000-8000-000000000008", communication),
         ],
-    });
-    let (status, _, resp) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
-    assert_eq!(status, 200, "{resp}\n{}", gw.log());
+    })
+}
+
+/// 200 for the device and patient, 201 for the two good Observations, 422
+/// naming the field for the rest. The response's entries.
+fn verdict_per_entry(resp: &Value) -> Vec<Value> {
     assert_eq!(resp["resourceType"], "Bundle");
     assert_eq!(resp["type"], "transaction-response");
     let entries = resp["entry"].as_array().cloned().unwrap_or_default();
@@ -269,7 +292,11 @@ async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_r
         "{resp}"
     );
 
-    // The answers are FHIR R4 by an independent implementation too.
+    entries
+}
+
+/// The answers are FHIR R4 by an independent implementation too.
+fn answers_are_valid_fhir(resp: &Value, entries: &[Value]) {
     let mut answers = vec![resp.clone()];
     answers.extend(
         entries
@@ -283,13 +310,16 @@ async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_r
         }
         Err(e) => panic!("{e}"),
     }
+}
 
-    // Blood pressure: MDC components → the hub's LOINC panel, values kept,
-    // device and patient taken from the referenced entries.
+/// Blood pressure: MDC components → the hub's LOINC panel, values kept,
+/// device and patient taken from the referenced entries; the pulse in
+/// UCUM. Their locations.
+async fn bp_and_pulse_map_right(hub: &Hub, entries: &[Value]) -> (String, String) {
     let bp_loc = entries[2]["response"]["location"]
         .as_str()
         .unwrap_or_default();
-    let stored_bp = stored(&hub, bp_loc).await;
+    let stored_bp = stored(hub, bp_loc).await;
     assert!(has_code(&stored_bp, "85354-9"), "{stored_bp}");
     let comp = |loinc: &str| {
         stored_bp["component"]
@@ -313,19 +343,11 @@ async fn a_transaction_bundle_gets_a_verdict_per_entry_and_mdc_bp_and_spo2_map_r
     let pulse_loc = entries[3]["response"]["location"]
         .as_str()
         .unwrap_or_default();
-    let stored_pulse = stored(&hub, pulse_loc).await;
+    let stored_pulse = stored(hub, pulse_loc).await;
     assert!(has_code(&stored_pulse, "8867-4"), "{stored_pulse}");
     assert_eq!(stored_pulse["valueQuantity"]["code"], "/min");
 
-    // Only the two good Observations are in the hub.
-    let all = ok(search_all(&format!("{}/Observation?_count=50", hub.fhir_base(OSLO))).await);
-    assert_eq!(all.len(), 2, "{all:?}");
-
-    // The same Bundle again: every good entry is now 200 with the same location.
-    let (_, _, again) = ok(post(&gw.url(&format!("/fhir/r4/{OSLO}")), &b).await);
-    assert_eq!(again["entry"][2]["response"]["status"], "200 OK", "{again}");
-    assert_eq!(again["entry"][2]["response"]["location"], bp_loc);
-    assert_eq!(again["entry"][3]["response"]["location"], pulse_loc);
+    (bp_loc.to_string(), pulse_loc.to_string())
 }
 
 #[tokio::test]

@@ -458,8 +458,7 @@ pub trait EventLog: Send + Sync {
     /// does not do that on its own. Long work (minutes on a big store);
     /// reads and writes go on meanwhile. The default does nothing and says
     /// so in [`SpaceReport::note`].
-    fn reclaim_space(&self, progress: ReclaimProgress) -> StoreFuture<'_, SpaceReport> {
-        let _ = progress;
+    fn reclaim_space(&self, _progress: ReclaimProgress) -> StoreFuture<'_, SpaceReport> {
         Box::pin(async {
             Ok(SpaceReport {
                 parts: Vec::new(),
