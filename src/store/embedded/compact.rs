@@ -35,6 +35,7 @@ pub(crate) fn reclaim(
     progress: &ReclaimProgress,
     closing: &dyn Fn() -> bool,
 ) -> Result<SpaceReport, StoreError> {
+    mark_compaction(s)?;
     let mut spaces: Vec<(&str, &Keyspace)> = s.ks.named().to_vec();
     spaces.sort_by_key(|(_, ks)| ks.disk_space());
     let journal_before = journal_bytes(s)?;
@@ -104,6 +105,23 @@ fn compact_one(s: &Shared, name: &str, ks: &Keyspace) -> Result<SpacePart, Store
         skipped: None,
     })
 }
+
+/// Writes when the store was last compacted into `meta`.
+///
+/// The write matters more than the key: fjall seals the active journal file
+/// only when a flush finds its write position past 64 MB, and a journal
+/// file opened again at start-up (for appending) reports position 0 until
+/// something is written to it. Without a write first, a hub compacted
+/// before its first event after a start kept its whole journal (BENCHMARKS.md,
+/// "2026-12-08 (tenth session)").
+fn mark_compaction(s: &Shared) -> Result<(), StoreError> {
+    s.ks.meta
+        .insert(COMPACTED_AT, super::now_micros().to_be_bytes())
+        .map_err(|e| StoreError::Write(format!("cannot note the compaction in the store: {e}")))
+}
+
+/// The `meta` key of [`mark_compaction`].
+pub(crate) const COMPACTED_AT: &str = "compacted_at";
 
 fn journal_bytes(s: &Shared) -> Result<u64, StoreError> {
     s.db.journal_disk_space()

@@ -20,6 +20,7 @@
 //! | `audit` | `A` seq / `B` org seq / `b` org patient seq | record / – | audit trail |
 //! | `jti` | client-len client jti | exp | used assertion ids |
 //! | `meta` | `format` | version | the layout version of this directory |
+//! | `meta` | `compacted_at` | µs (u64) | when `knutepunkt compact` last started |
 //!
 //! Why the resource id doubles as the idempotency key: it is UUID v5 of
 //! (vendor, event_id), so one lookup answers both "read by id" and "seen

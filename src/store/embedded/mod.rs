@@ -548,4 +548,6 @@ impl ReplayGuard for EmbeddedStore {
 }
 
 #[cfg(test)]
+mod compact_tests;
+#[cfg(test)]
 mod tests;

@@ -9,13 +9,13 @@ use crate::domain::{VendorId, synthetic};
 use crate::normalize::Normalized;
 use crate::store::{Class, patient_key};
 
-const OSLO: &str = "958935420";
+pub(super) const OSLO: &str = "958935420";
 
-fn org(s: &str) -> Orgnr {
+pub(super) fn org(s: &str) -> Orgnr {
     Orgnr::parse(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn rec(event: &str, patient: u32, class: Class) -> NewRecord {
+pub(super) fn rec(event: &str, patient: u32, class: Class) -> NewRecord {
     let v = VendorId("v1".into());
     let id = crate::domain::resource_id(&v, event);
     let alarm = class != Class::Routine;
@@ -66,7 +66,7 @@ fn open(dir: &Path) -> EmbeddedStore {
     EmbeddedStore::open(dir, opts, specs).unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn put(s: &EmbeddedStore, r: NewRecord) -> u64 {
+pub(super) async fn put(s: &EmbeddedStore, r: NewRecord) -> u64 {
     let (o, rt, id) = (r.municipality, r.resource.resource_type, r.resource.id);
     let out = s.put(r).await;
     assert!(matches!(out, Ok(PutOutcome::Accepted(_))), "{out:?}");
@@ -87,7 +87,7 @@ async fn take(s: &EmbeddedStore, c: &str, max: usize) -> Vec<u64> {
         .collect()
 }
 
-fn tmp() -> tempfile::TempDir {
+pub(super) fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -534,96 +534,4 @@ async fn backup_and_restore_keep_records_and_floors() {
     }
     assert_eq!(take(&r, "epj", 100).await, seqs[10..]);
     r.close().await;
-}
-
-/// A record of 4 KiB that LZ4 cannot shrink much (an LCG's hex, seeded).
-fn incompressible(event: &str, seed: u64) -> NewRecord {
-    let mut r = rec(event, 1, Class::Routine);
-    let mut x = seed ^ 0x2545_f491_4f6c_dd1d;
-    let pad: String = (0..256)
-        .map(|_| {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            format!("{x:016x}")
-        })
-        .collect();
-    r.resource.json = format!("{{\"resourceType\":\"Observation\",\"note\":\"{pad}\"}}");
-    r
-}
-
-/// A retention pass leaves the removed records' bytes on disk until a
-/// compaction reaches them; `reclaim_space` gives them back at once and
-/// keeps what was not removed.
-#[tokio::test]
-async fn reclaim_space_gives_back_what_retention_removed() {
-    let dir = tmp();
-    let opts = EmbeddedOptions {
-        min_free_bytes: 0,
-        ..EmbeddedOptions::default()
-    };
-    // No destinations: nothing holds an event back from retention.
-    let s = EmbeddedStore::open(dir.path(), opts, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
-    for i in 0..1500 {
-        put(&s, incompressible(&format!("old-{i}"), i)).await;
-    }
-    let cut = now_micros();
-    let mut kept = Vec::new();
-    for i in 0..500 {
-        kept.push(put(&s, incompressible(&format!("new-{i}"), 1500 + i)).await);
-    }
-    let steps = Arc::new(Mutex::new(Vec::new()));
-    let seen = steps.clone();
-    let progress: ReclaimProgress = Arc::new(move |name: &str, i: usize, n: usize| {
-        lock(&seen).push((name.to_string(), i, n));
-    });
-    // First everything into tables, so the pass below is measured alone.
-    let first = s.reclaim_space(progress.clone()).await;
-    let first = first.unwrap_or_else(|e| panic!("{e}"));
-    let policy = RetentionPolicy {
-        default: [Some(0); 3],
-        ..RetentionPolicy::default()
-    };
-    let r = s.apply_retention(policy, cut).await;
-    assert_eq!(r.ok().map(|r| (r.removed, r.held)), Some((1500, 0)));
-    let report = s.reclaim_space(progress).await;
-    let report = report.unwrap_or_else(|e| panic!("{e}"));
-
-    let log = |r: &SpaceReport| {
-        r.parts
-            .iter()
-            .find(|p| p.name == "log")
-            .map(|p| (p.before, p.after, p.skipped.clone()))
-    };
-    let (Some((_, full, None)), Some((before, after, None))) = (log(&first), log(&report)) else {
-        panic!("no compacted log in {first:?} / {report:?}");
-    };
-    assert!(full > 1500 * 4096, "4 KiB records in {full} bytes?");
-    assert!(
-        before >= full,
-        "the pass alone gave back {before} of {full} bytes"
-    );
-    assert!(
-        after * 3 < full,
-        "a quarter kept, but {after} of {full} bytes left"
-    );
-    assert_eq!(report.parts.len(), 10, "{report:?}");
-    assert_eq!(
-        report.parts.last().map(|p| p.name.as_str()),
-        Some(compact::JOURNAL)
-    );
-    assert!(report.note.is_none());
-    let steps = lock(&steps).clone();
-    assert_eq!(steps.len(), 18, "{steps:?}");
-    assert!(
-        steps[..9]
-            .iter()
-            .enumerate()
-            .all(|(i, (_, at, n))| *at == i + 1 && *n == 9)
-    );
-    // What retention kept is still there, in order.
-    let o = org(OSLO);
-    for (i, seq) in kept.iter().enumerate().step_by(97) {
-        let id = crate::domain::resource_id(&VendorId("v1".into()), &format!("new-{i}"));
-        let got = s.get(o, ResourceType::Observation, id).await.ok().flatten();
-        assert_eq!(got.map(|r| r.seq), Some(*seq));
-    }
 }
