@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use conformance_tests::fhir_validator;
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, ReceiptStatus, authed, get_json, metric, search_all, token,
+    EpjAdapter, Hub, HubOptions, authed, get_json, metric, search_all, submit_all, token,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -100,24 +100,18 @@ async fn every_access_leaves_one_audit_record() {
 /// Oslo: patient 1's reading and RED alarm, patient 2's reading (by
 /// D-number); Bergen: one reading. Their references, in that order.
 async fn submit_four(hub: &Hub) -> Vec<String> {
-    let mut c = ok(hub.client().await);
     let mut dnr_event = events::heart_rate("d-1", OSLO, 0);
     dnr_event.patient = Some(pb::PersonId {
         system: pb::IdSystem::Dnr as i32,
         value: synthetic::dnr(2),
     });
-    let mut refs = Vec::new();
-    for ev in [
+    let evs = vec![
         events::heart_rate("h-1", OSLO, 1),
         events::alarm("a-1", OSLO, 1, "4.1", pb::Severity::Red),
         dnr_event,
         events::heart_rate("b-1", BERGEN, 3),
-    ] {
-        let r = ok(c.submit(ev).await).into_inner();
-        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
-        refs.push(r.resource);
-    }
-    refs
+    ];
+    submit_all(hub, evs).await
 }
 
 /// Push: Oslo's three resources reach the adapter; the push records name

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
     EpjAdapter, Hub, HubOptions, OsloVakt, ReceiptStatus, authed, entry_refs, fast_retry, get_json,
-    ok,
+    ok, submit_all,
 };
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
@@ -57,18 +57,6 @@ async fn start(dir: &std::path::Path, s: Setup<'_>) -> Hub {
         ..HubOptions::default()
     };
     ok(Hub::start(&dir.join("data"), opts).await)
-}
-
-/// Submits one by one; every event must be accepted. Returns `Type/id`s.
-async fn submit_all(hub: &Hub, evs: Vec<pb::Event>) -> Vec<String> {
-    let mut c = ok(hub.client().await);
-    let mut refs = Vec::new();
-    for ev in evs {
-        let r = ok(c.submit(ev).await).into_inner();
-        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
-        refs.push(r.resource);
-    }
-    refs
 }
 
 /// `Type/id` of every resource the EPJ created, in arrival order.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, OsloVakt, ReceiptStatus, fast_retry, get_json, oslo_pulled_by_vakt,
+    EpjAdapter, Hub, HubOptions, OsloVakt, fast_retry, get_json, oslo_pulled_by_vakt, submit_all,
 };
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
@@ -36,17 +36,6 @@ async fn hub_with(dir: &std::path::Path, epj: Option<&EpjAdapter>, max_batch: us
         ..HubOptions::default()
     };
     ok(Hub::start(&dir.join("data"), opts).await)
-}
-
-async fn submit_all(hub: &Hub, evs: Vec<pb::Event>) -> Vec<String> {
-    let mut c = ok(hub.client().await);
-    let mut refs = Vec::new();
-    for ev in evs {
-        let r = ok(c.submit(ev).await).into_inner();
-        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
-        refs.push(r.resource);
-    }
-    refs
 }
 
 fn ids(received: &[Value]) -> Vec<String> {

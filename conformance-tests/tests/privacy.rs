@@ -10,7 +10,7 @@ use std::time::Duration;
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
 use conformance_tests::harness::{
     ADMIN_TOKEN, EpjAdapter, Hub, HubOptions, ReceiptStatus, assertion, authed, get_json,
-    http_client, request_token, token,
+    http_client, request_token, submit_all, token,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -110,7 +110,6 @@ impl Scenario {
     /// Every payload kind, for fnr and dnr patients; their references.
     async fn submit_every_payload_kind(&self) -> Vec<String> {
         use pb::MeasurementKind as K;
-        let mut c = ok(self.hub.client().await);
         let good = vec![
             events::heart_rate("p-hr", OSLO, 900),
             events::blood_pressure("p-bp", OSLO, 901, 150.0, 95.0),
@@ -139,13 +138,7 @@ impl Scenario {
                 &self.dnrs[2],
             ),
         ];
-        let mut refs = Vec::new();
-        for ev in good {
-            let r = ok(c.submit(ev).await).into_inner();
-            assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
-            refs.push(r.resource);
-        }
-        refs
+        submit_all(&self.hub, good).await
     }
 
     /// Bad events, unary and on a stream, and vendors without an agreement:

@@ -478,3 +478,20 @@ pub fn fast_retry(max_batch: usize, timeout_ms: u64) -> String {
         "max_batch = {max_batch}\ntimeout_ms = {timeout_ms}\nbackoff_base_ms = 50\nbackoff_cap_ms = 400\nbreaker_failures = 3\nbreaker_open_secs = 1"
     )
 }
+
+/// Submits `evs` one by one on one connection and panics unless each is
+/// accepted (a test's setup, not what it checks). Returns their `Type/id`s.
+pub async fn submit_all(hub: &Hub, evs: Vec<knutepunkt::proto::v1::Event>) -> Vec<String> {
+    let mut c = super::ok(hub.client().await);
+    let mut refs = Vec::new();
+    for ev in evs {
+        let r = super::ok(c.submit(ev).await).into_inner();
+        assert_eq!(
+            r.status,
+            knutepunkt::proto::v1::ReceiptStatus::Accepted as i32,
+            "{r:?}"
+        );
+        refs.push(r.resource);
+    }
+    refs
+}
