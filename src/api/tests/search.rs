@@ -3,147 +3,224 @@
 
 use super::*;
 
-#[tokio::test]
-async fn search_by_every_parameter() {
-    let h = hub();
-    let s = &h.store;
-    let (o1, q1) = put(s, obs(OSLO, "o1", 1, "8867-4")).await;
-    let (o2, q2) = put(s, obs(OSLO, "o2", 2, "59408-5")).await;
-    let (o3, q3) = put(s, obs(OSLO, "o3", 1, "29463-7")).await;
-    let (_b1, _) = put(s, obs(BERGEN, "b1", 1, "8867-4")).await;
-    let (c1, _) = put(s, alarm(OSLO, "c1", 1, "4.1")).await;
-    let (c2, _) = put(
-        s,
-        Ev {
+/// Oslo: three Observations (patients 1, 2, 1; three codes), an alarm
+/// (patient 1) and a notification (patient 2); Bergen: one Observation.
+/// The ids and seqs of Oslo's, and the hub.
+struct Stored {
+    h: Hub,
+    o1: uuid::Uuid,
+    o2: uuid::Uuid,
+    o3: uuid::Uuid,
+    c1: uuid::Uuid,
+    c2: uuid::Uuid,
+    q1: u64,
+    q2: u64,
+    q3: u64,
+}
+
+impl Stored {
+    async fn new() -> Stored {
+        let h = hub();
+        let s = &h.store;
+        let (o1, q1) = put(s, obs(OSLO, "o1", 1, "8867-4")).await;
+        let (o2, q2) = put(s, obs(OSLO, "o2", 2, "59408-5")).await;
+        let (o3, q3) = put(s, obs(OSLO, "o3", 1, "29463-7")).await;
+        put(s, obs(BERGEN, "b1", 1, "8867-4")).await;
+        let (c1, _) = put(s, alarm(OSLO, "c1", 1, "4.1")).await;
+        let notification = Ev {
             category: "notification",
             ..alarm(OSLO, "c2", 2, "4.13")
-        },
-    )
-    .await;
-    let search = |q: String| {
-        let app = h.app.clone();
-        async move {
-            get(&app, &format!("{}/Observation?{q}", base(OSLO)))
-                .await
-                .ids()
+        };
+        let (c2, _) = put(s, notification).await;
+        Stored {
+            h,
+            o1,
+            o2,
+            o3,
+            c1,
+            c2,
+            q1,
+            q2,
+            q3,
         }
-    };
-    let comm = |q: String| {
-        let app = h.app.clone();
-        async move {
-            get(&app, &format!("{}/Communication?{q}", base(OSLO)))
-                .await
-                .ids()
-        }
-    };
+    }
 
-    // No filter: this municipality only, oldest first.
-    assert_eq!(search(String::new()).await, vec![o1, o2, o3]);
+    /// Oslo's Observations matching `q`, in the order answered.
+    async fn search(&self, q: String) -> Vec<uuid::Uuid> {
+        get(&self.h.app, &format!("{}/Observation?{q}", base(OSLO)))
+            .await
+            .ids()
+    }
+
+    /// Oslo's Communications matching `q`, in the order answered.
+    async fn comm(&self, q: String) -> Vec<uuid::Uuid> {
+        get(&self.h.app, &format!("{}/Communication?{q}", base(OSLO)))
+            .await
+            .ids()
+    }
+}
+
+#[tokio::test]
+async fn search_without_a_filter_is_this_municipality_oldest_first() {
+    let f = Stored::new().await;
+    assert_eq!(f.search(String::new()).await, vec![f.o1, f.o2, f.o3]);
+}
+
+#[tokio::test]
+async fn search_by_patient() {
+    let f = Stored::new().await;
     // Patient, by either name.
-    assert_eq!(search(subject(1)).await, vec![o1, o3]);
+    assert_eq!(f.search(subject(1)).await, vec![f.o1, f.o3]);
     assert_eq!(
-        search(format!(
+        f.search(format!(
             "patient:identifier={FNR_OID}%7C{}",
             synthetic::fnr(2)
         ))
         .await,
-        vec![o2]
+        vec![f.o2]
     );
-    assert_eq!(search(subject(99)).await, NONE);
-    assert_eq!(search(format!("{}&{}", subject(1), subject(2))).await, NONE);
-    // Codes, with and without system, ORed by comma.
-    assert_eq!(search("code=8867-4".into()).await, vec![o1]);
-    assert_eq!(search(format!("code={LOINC}%7C59408-5")).await, vec![o2]);
+    assert_eq!(f.search(subject(99)).await, NONE);
     assert_eq!(
-        search("code=http://snomed.info/sct%7C59408-5".into()).await,
+        f.search(format!("{}&{}", subject(1), subject(2))).await,
         NONE
     );
-    assert_eq!(search("code=%7C59408-5".into()).await, NONE);
+}
+
+#[tokio::test]
+async fn search_by_code() {
+    let f = Stored::new().await;
+    // Codes, with and without system, ORed by comma.
+    assert_eq!(f.search("code=8867-4".into()).await, vec![f.o1]);
     assert_eq!(
-        search(format!("code=8867-4,{LOINC}%7C29463-7")).await,
-        vec![o1, o3]
+        f.search(format!("code={LOINC}%7C59408-5")).await,
+        vec![f.o2]
     );
     assert_eq!(
-        search(format!("code=29463-7&{}", subject(1))).await,
-        vec![o3]
+        f.search("code=http://snomed.info/sct%7C59408-5".into())
+            .await,
+        NONE
     );
+    assert_eq!(f.search("code=%7C59408-5".into()).await, NONE);
+    assert_eq!(
+        f.search(format!("code=8867-4,{LOINC}%7C29463-7")).await,
+        vec![f.o1, f.o3]
+    );
+    assert_eq!(
+        f.search(format!("code=29463-7&{}", subject(1))).await,
+        vec![f.o3]
+    );
+}
+
+#[tokio::test]
+async fn search_by_category() {
+    let f = Stored::new().await;
     // Category.
     assert_eq!(
-        search("category=vital-signs".into()).await,
-        vec![o1, o2, o3]
+        f.search("category=vital-signs".into()).await,
+        vec![f.o1, f.o2, f.o3]
     );
     assert_eq!(
-        search(
+        f.search(
             "category=http://terminology.hl7.org/CodeSystem/observation-category%7Cvital-signs"
                 .into()
         )
         .await,
-        vec![o1, o2, o3]
+        vec![f.o1, f.o2, f.o3]
     );
     assert_eq!(
-        search("category=http://example.org%7Cvital-signs".into()).await,
+        f.search("category=http://example.org%7Cvital-signs".into())
+            .await,
         NONE
     );
-    assert_eq!(search("category=alert".into()).await, NONE);
-    assert_eq!(comm("category=alert".into()).await, vec![c1]);
-    assert_eq!(comm("category=notification".into()).await, vec![c2]);
-    assert_eq!(comm(format!("code={VKP}%7C4.13")).await, vec![c2]);
-    assert_eq!(comm(subject(1)).await, vec![c1]);
+    assert_eq!(f.search("category=alert".into()).await, NONE);
+    assert_eq!(f.comm("category=alert".into()).await, vec![f.c1]);
+    assert_eq!(f.comm("category=notification".into()).await, vec![f.c2]);
+    assert_eq!(f.comm(format!("code={VKP}%7C4.13")).await, vec![f.c2]);
+    assert_eq!(f.comm(subject(1)).await, vec![f.c1]);
+}
+
+#[tokio::test]
+async fn search_by_last_updated() {
+    let f = Stored::new().await;
     // _lastUpdated, every prefix, on exact instants.
-    let t2 = stamp(q2);
-    assert_eq!(search(format!("_lastUpdated={t2}")).await, vec![o2]);
-    assert_eq!(search(format!("_lastUpdated=eq{t2}")).await, vec![o2]);
-    assert_eq!(search(format!("_lastUpdated=ge{t2}")).await, vec![o2, o3]);
-    assert_eq!(search(format!("_lastUpdated=gt{t2}")).await, vec![o3]);
-    assert_eq!(search(format!("_lastUpdated=le{t2}")).await, vec![o1, o2]);
-    assert_eq!(search(format!("_lastUpdated=lt{t2}")).await, vec![o1]);
+    let t2 = stamp(f.q2);
+    assert_eq!(f.search(format!("_lastUpdated={t2}")).await, vec![f.o2]);
+    assert_eq!(f.search(format!("_lastUpdated=eq{t2}")).await, vec![f.o2]);
     assert_eq!(
-        search(format!(
+        f.search(format!("_lastUpdated=ge{t2}")).await,
+        vec![f.o2, f.o3]
+    );
+    assert_eq!(f.search(format!("_lastUpdated=gt{t2}")).await, vec![f.o3]);
+    assert_eq!(
+        f.search(format!("_lastUpdated=le{t2}")).await,
+        vec![f.o1, f.o2]
+    );
+    assert_eq!(f.search(format!("_lastUpdated=lt{t2}")).await, vec![f.o1]);
+    assert_eq!(
+        f.search(format!(
             "_lastUpdated=ge{}&_lastUpdated=le{}",
-            stamp(q1),
-            stamp(q3)
+            stamp(f.q1),
+            stamp(f.q3)
         ))
         .await,
-        vec![o1, o2, o3]
+        vec![f.o1, f.o2, f.o3]
     );
     assert_eq!(
-        search(format!(
+        f.search(format!(
             "_lastUpdated=gt{}&_lastUpdated=lt{}",
-            stamp(q1),
-            stamp(q3)
+            stamp(f.q1),
+            stamp(f.q3)
         ))
         .await,
-        vec![o2]
+        vec![f.o2]
     );
     // Coarser precisions: the whole year before is all earlier.
-    let last_year = seq_to_time(q1)
+    let last_year = seq_to_time(f.q1)
         .format("%Y")
         .to_string()
         .parse::<i32>()
         .unwrap_or(2025)
         - 1;
     assert_eq!(
-        search(format!("_lastUpdated=gt{last_year}")).await,
-        vec![o1, o2, o3]
+        f.search(format!("_lastUpdated=gt{last_year}")).await,
+        vec![f.o1, f.o2, f.o3]
     );
     assert_eq!(
-        search(format!("_lastUpdated=le{last_year}-12-31")).await,
+        f.search(format!("_lastUpdated=le{last_year}-12-31")).await,
         NONE
     );
-    assert_eq!(search(format!("_lastUpdated=lt{last_year}-12")).await, NONE);
     assert_eq!(
-        search(format!("_lastUpdated=ge{last_year}-12-31T23:59:59%2B14:00")).await,
-        vec![o1, o2, o3]
+        f.search(format!("_lastUpdated=lt{last_year}-12")).await,
+        NONE
     );
+    assert_eq!(
+        f.search(format!("_lastUpdated=ge{last_year}-12-31T23:59:59%2B14:00"))
+            .await,
+        vec![f.o1, f.o2, f.o3]
+    );
+}
+
+#[tokio::test]
+async fn search_sorted_and_counted() {
+    let f = Stored::new().await;
     // _sort and _count.
-    assert_eq!(search("_sort=-_lastUpdated".into()).await, vec![o3, o2, o1]);
-    assert_eq!(search("_sort=_lastUpdated".into()).await, vec![o1, o2, o3]);
-    assert_eq!(search("_count=2".into()).await, vec![o1, o2]);
     assert_eq!(
-        search("_count=2&_sort=-_lastUpdated".into()).await,
-        vec![o3, o2]
+        f.search("_sort=-_lastUpdated".into()).await,
+        vec![f.o3, f.o2, f.o1]
     );
-    assert_eq!(search("_count=100000".into()).await, vec![o1, o2, o3]);
+    assert_eq!(
+        f.search("_sort=_lastUpdated".into()).await,
+        vec![f.o1, f.o2, f.o3]
+    );
+    assert_eq!(f.search("_count=2".into()).await, vec![f.o1, f.o2]);
+    assert_eq!(
+        f.search("_count=2&_sort=-_lastUpdated".into()).await,
+        vec![f.o3, f.o2]
+    );
+    assert_eq!(
+        f.search("_count=100000".into()).await,
+        vec![f.o1, f.o2, f.o3]
+    );
 }
 
 #[tokio::test]
