@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::routing::post;
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, ReceiptStatus, authed, entry_refs, get_json, ok, token,
+    EpjAdapter, Hub, HubOptions, authed, entry_refs, get_json, ok, submit_all, token,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -108,18 +108,50 @@ async fn each_event_is_one_trace_without_national_ids_or_tokens() {
     )
     .await);
 
-    let mut c = ok(hub.client().await);
-    let mut refs = Vec::new();
-    for ev in [
+    let evs = vec![
         events::heart_rate("t-hr", OSLO, 3),
         events::alarm("t-al", OSLO, 3, "4.1", pb::Severity::Red),
-    ] {
-        let r = ok(c.submit(ev).await).into_inner();
-        assert_eq!(r.status, ReceiptStatus::Accepted as i32, "{r:?}");
-        refs.push(r.resource);
-    }
+    ];
+    let refs = submit_all(&hub, evs).await;
     // Delivered by push, and by pull: $pending, then $confirm of both.
     ok(epj.wait_created(2, Duration::from_secs(20)).await);
+    pull_and_confirm(&hub).await;
+    let origin = hub.url("");
+    let tokens = [
+        ok(token(&origin, "oslo-vakt").await),
+        ok(token(&origin, "oslo-epj").await),
+    ];
+
+    // A graceful stop sends what the exporter still buffers.
+    ok(hub.stop().await);
+    let bodies = exported(&got).await;
+    assert!(
+        !bodies.is_empty(),
+        "no OTLP request arrived; log:\n{}",
+        hub.logs()
+    );
+    let all = spans(&bodies);
+    for r in &refs {
+        one_trace_per_event(&all, r);
+    }
+    // Nothing that identifies a person or grants access, in any byte sent.
+    let secrets = [synthetic::fnr(3)]
+        .into_iter()
+        .chain(tokens.iter().cloned())
+        .collect::<Vec<_>>();
+    for b in &bodies {
+        for s in &secrets {
+            let found = b.windows(s.len()).any(|w| w == s.as_bytes());
+            assert!(
+                !found,
+                "an exported trace payload contains a national id or a token"
+            );
+        }
+    }
+}
+
+/// `oslo-vakt` takes both events with `$pending` and confirms them.
+async fn pull_and_confirm(hub: &Hub) {
     let base = hub.fhir_base(OSLO);
     let (status, b) = ok(get_json(&format!("{base}/$pending?consumer=oslo-vakt&_count=10")).await);
     assert_eq!(status, 200, "{b}");
@@ -135,79 +167,57 @@ async fn each_event_is_one_trace_without_national_ids_or_tokens() {
     .send()
     .await);
     assert_eq!(r.status(), 200);
-    let origin = hub.url("");
-    let tokens = [
-        ok(token(&origin, "oslo-vakt").await),
-        ok(token(&origin, "oslo-epj").await),
-    ];
+}
 
-    // A graceful stop sends what the exporter still buffers.
-    ok(hub.stop().await);
+/// The OTLP requests that arrived, once both confirm spans are among them
+/// (or after 10 s).
+async fn exported(got: &Received) -> Vec<Bytes> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let bodies = loop {
+    loop {
         let bodies = got.lock().map(|g| g.clone()).unwrap_or_default();
         let names: Vec<String> = spans(&bodies).into_iter().map(|s| s.name).collect();
         if names.iter().filter(|n| *n == "deliver.confirm").count() >= 2
             || Instant::now() > deadline
         {
-            break bodies;
+            return bodies;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        !bodies.is_empty(),
-        "no OTLP request arrived; log:\n{}",
-        hub.logs()
+    }
+}
+
+/// The event behind `r` is one trace: its id, with ingest, store, push and
+/// confirm spans carrying what an operator needs.
+fn one_trace_per_event(all: &[Span], r: &str) {
+    let id = r.split('/').nth(1).unwrap_or_default();
+    let trace_id = id.replace('-', "");
+    let mine: Vec<&Span> = all.iter().filter(|s| s.trace == trace_id).collect();
+    let names: Vec<&str> = mine.iter().map(|s| s.name.as_str()).collect();
+    for want in ["ingest", "store.put", "deliver.push", "deliver.confirm"] {
+        assert!(names.contains(&want), "{r}: no {want} span in {names:?}");
+    }
+    let ingest = mine.iter().find(|s| s.name == "ingest").map(|s| &s.attrs);
+    let ingest = ingest.unwrap_or_else(|| panic!("no ingest span"));
+    assert_eq!(ingest.get("resource_id").map(String::as_str), Some(id));
+    assert_eq!(
+        ingest.get("vendor").map(String::as_str),
+        Some("demo-vendor")
     );
-    let all = spans(&bodies);
-
-    for r in &refs {
-        let id = r.split('/').nth(1).unwrap_or_default();
-        let trace_id = id.replace('-', "");
-        let mine: Vec<&Span> = all.iter().filter(|s| s.trace == trace_id).collect();
-        let names: Vec<&str> = mine.iter().map(|s| s.name.as_str()).collect();
-        for want in ["ingest", "store.put", "deliver.push", "deliver.confirm"] {
-            assert!(names.contains(&want), "{r}: no {want} span in {names:?}");
-        }
-        let ingest = mine.iter().find(|s| s.name == "ingest").map(|s| &s.attrs);
-        let ingest = ingest.unwrap_or_else(|| panic!("no ingest span"));
-        assert_eq!(ingest.get("resource_id").map(String::as_str), Some(id));
-        assert_eq!(
-            ingest.get("vendor").map(String::as_str),
-            Some("demo-vendor")
-        );
-        assert_eq!(ingest.get("municipality").map(String::as_str), Some(OSLO));
-        let confirm = mine.iter().find(|s| s.name == "deliver.confirm");
-        let confirm = confirm
-            .map(|s| &s.attrs)
-            .unwrap_or_else(|| panic!("no confirm"));
-        assert_eq!(
-            confirm.get("destination").map(String::as_str),
-            Some("oslo-vakt")
-        );
-        assert_eq!(
-            confirm.get("outcome").map(String::as_str),
-            Some("delivered")
-        );
-        let pushed = mine
-            .iter()
-            .filter(|s| s.name == "deliver.push")
-            .any(|s| s.attrs.get("outcome").map(String::as_str) == Some("delivered"));
-        assert!(pushed, "{r}: no delivered push span");
-    }
-
-    // Nothing that identifies a person or grants access, in any byte sent.
-    let secrets = [synthetic::fnr(3)]
-        .into_iter()
-        .chain(tokens.iter().cloned())
-        .collect::<Vec<_>>();
-    for b in &bodies {
-        for s in &secrets {
-            let found = b.windows(s.len()).any(|w| w == s.as_bytes());
-            assert!(
-                !found,
-                "an exported trace payload contains a national id or a token"
-            );
-        }
-    }
+    assert_eq!(ingest.get("municipality").map(String::as_str), Some(OSLO));
+    let confirm = mine.iter().find(|s| s.name == "deliver.confirm");
+    let confirm = confirm
+        .map(|s| &s.attrs)
+        .unwrap_or_else(|| panic!("no confirm"));
+    assert_eq!(
+        confirm.get("destination").map(String::as_str),
+        Some("oslo-vakt")
+    );
+    assert_eq!(
+        confirm.get("outcome").map(String::as_str),
+        Some("delivered")
+    );
+    let pushed = mine
+        .iter()
+        .filter(|s| s.name == "deliver.push")
+        .any(|s| s.attrs.get("outcome").map(String::as_str) == Some("delivered"));
+    assert!(pushed, "{r}: no delivered push span");
 }
