@@ -81,6 +81,16 @@ async fn stored_for(hub: &Hub, org: &str, resident: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vendor_by_municipality_matrix() {
     let (_d, hub) = hub_with("").await;
+    unary_by_agreement(&hub).await;
+    a_stream_rejects_per_event(&hub).await;
+    a_strangers_stream_is_refused(&hub).await;
+    denials_are_logged_without_the_patient(&hub);
+    denials_are_counted(&hub).await;
+}
+
+/// Each vendor × municipality pair, unary: stored where the vendor has an
+/// agreement, PERMISSION_DENIED (without the patient) elsewhere.
+async fn unary_by_agreement(hub: &Hub) {
     // (vendor, municipality, resident, expected) with None = allowed.
     let matrix: [(&str, &str, u32, Option<Code>); 6] = [
         ("demo-vendor", OSLO, 101, None),
@@ -103,7 +113,7 @@ async fn vendor_by_municipality_matrix() {
                     ReceiptStatus::Accepted as i32,
                     "{vendor} → {org}: {r:?}"
                 );
-                assert_eq!(stored_for(&hub, org, resident).await, 1, "{vendor} → {org}");
+                assert_eq!(stored_for(hub, org, resident).await, 1, "{vendor} → {org}");
             }
             (Some(code), Err(s)) => {
                 assert_eq!(s.code(), code, "{vendor} → {org}: {s:?}");
@@ -111,14 +121,16 @@ async fn vendor_by_municipality_matrix() {
                     !s.message().contains(&synthetic::fnr(resident)),
                     "the error names the patient: {s:?}"
                 );
-                assert_eq!(stored_for(&hub, org, resident).await, 0, "{vendor} → {org}");
+                assert_eq!(stored_for(hub, org, resident).await, 0, "{vendor} → {org}");
             }
             (want, got) => panic!("{vendor} → {org}: wanted {want:?}, got {got:?}"),
         }
     }
+}
 
-    // On a stream, the same denial is a REJECTED receipt with a stable code;
-    // the stream goes on and the allowed event after it is stored.
+/// On a stream, the same denial is a REJECTED receipt with a stable code;
+/// the stream goes on and the allowed event after it is stored.
+async fn a_stream_rejects_per_event(hub: &Hub) {
     let mut c = ok(hub.client_as(Some("other-vendor")).await);
     let evs = vec![
         events::heart_rate("s-oslo", OSLO, 107),
@@ -136,10 +148,12 @@ async fn vendor_by_municipality_matrix() {
     assert_eq!(receipts[1].status, ReceiptStatus::Rejected as i32);
     assert_eq!(receipts[1].error_code, "not_permitted", "{:?}", receipts[1]);
     assert!(!receipts[1].error.contains(&synthetic::fnr(107)));
-    assert_eq!(stored_for(&hub, OSLO, 107).await, 0);
-    assert_eq!(stored_for(&hub, BERGEN, 108).await, 1);
+    assert_eq!(stored_for(hub, OSLO, 107).await, 0);
+    assert_eq!(stored_for(hub, BERGEN, 108).await, 1);
+}
 
-    // A stranger's stream is refused before any event is read.
+/// A stranger's stream is refused before any event is read.
+async fn a_strangers_stream_is_refused(hub: &Hub) {
     let mut c = ok(hub.client_as(Some("stranger")).await);
     let res = c
         .submit_stream(tokio_stream::iter(vec![events::heart_rate(
@@ -156,9 +170,11 @@ async fn vendor_by_municipality_matrix() {
             }
         }
     }
-    assert_eq!(stored_for(&hub, OSLO, 109).await, 0);
+    assert_eq!(stored_for(hub, OSLO, 109).await, 0);
+}
 
-    // Logged with vendor and orgnr, never with the patient.
+/// Logged with vendor and orgnr, never with the patient.
+fn denials_are_logged_without_the_patient(hub: &Hub) {
     let logs = hub.logs();
     let denials: Vec<&str> = logs
         .lines()
@@ -178,8 +194,10 @@ async fn vendor_by_municipality_matrix() {
             "patient {r}'s fnr is in the log"
         );
     }
+}
 
-    // Counted.
+/// Counted by reason.
+async fn denials_are_counted(hub: &Hub) {
     let m = ok(hub.metrics().await);
     assert_eq!(
         metric(
