@@ -44,7 +44,7 @@ use conformance_tests::harness::{
     EpjAdapter, Hub, HubOptions, ReceiptStatus, dev_certs, get_json, ok, search_all,
 };
 use knutepunkt::proto::v1 as pb;
-use powercut_fs::{Options, PowercutFs};
+use powercut_fs::{Options, PowercutFs, Stats};
 use tokio::sync::Mutex;
 use tokio_stream::StreamExt;
 
@@ -217,90 +217,15 @@ async fn power_cuts_lose_no_acknowledged_event_and_delivery_resumes() {
     let mut hub = ok(Hub::start(&mnt.path().join("data"), opts).await);
     let mut acked: BTreeSet<String> = BTreeSet::new();
     for cycle in 0..cycles {
+        let at = Cycle { cycle, seed };
         let started = Instant::now();
-        // Load, and cut at a random moment: after a random number of acks
-        // and a random extra delay, so the cut lands anywhere in a group.
-        let target = rng.usize(20..600);
-        let (this, count, tasks) = load(&hub, cycle, 2).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while count.load(Ordering::Relaxed) < target {
-            assert!(
-                Instant::now() < deadline,
-                "cycle {cycle}: only {} acks in 60 s\n{}",
-                count.load(Ordering::Relaxed),
-                hub.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        tokio::time::sleep(Duration::from_micros(rng.u64(0..20_000))).await;
-        ok(hub.kill9());
-        for t in tasks {
-            let _ = t.await;
-        }
-        let stats = fs
-            .cut()
-            .unwrap_or_else(|e| panic!("cycle {cycle}: power cut failed: {e}"));
-        acked.extend(this.lock().await.iter().cloned());
-
+        let stats = cut_under_load(&mut hub, &mut fs, &mut rng, &at, &mut acked).await;
         hub.restart().await.unwrap_or_else(|e| {
             panic!("cycle {cycle}: the hub does not start after a power cut: {e}")
         });
-        let stored = stored(&hub).await;
-        let lost: Vec<_> = sample(acked.iter().filter(|r| !stored.contains(*r)));
-        assert!(
-            lost.is_empty(),
-            "cycle {cycle} (POWERCUT_SEED={seed}): {} acknowledged events lost after power cut, e.g. {lost:?}; {stats:?}",
-            acked.iter().filter(|r| !stored.contains(*r)).count()
-        );
-        for _ in 0..10 {
-            let pick = rng.usize(..acked.len());
-            if let Some(r) = acked.iter().nth(pick) {
-                let (status, body) = ok(get_json(&format!("{}/{r}", hub.fhir_base(OSLO))).await);
-                assert_eq!(status, 200, "cycle {cycle}: GET {r}: {body}");
-            }
-        }
-        // Whatever reached the EPJ must still be in the hub.
-        let got = received(&epj);
-        let vanished: Vec<_> = sample(got.iter().filter(|r| !stored.contains(*r)));
-        assert!(
-            vanished.is_empty(),
-            "cycle {cycle}: the EPJ holds resources the hub lost in the power cut: {vanished:?}"
-        );
-
-        // Delivery resumes: the EPJ gets every acknowledged event.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got = received(&epj);
-            let missing = acked.iter().filter(|r| !got.contains(*r)).count();
-            if missing == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cycle {cycle}: delivery did not resume, {missing} acknowledged events never reached the EPJ, e.g. {:?}\n{}",
-                sample(acked.iter().filter(|r| !got.contains(*r))),
-                hub.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Every event pushed and settled has a push audit record. A push's
-        // record is written without a sync of its own, but ahead of the
-        // settle: a cut that loses the record loses the settle too, and the
-        // Bundle is sent and recorded again.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let recorded = push_recorded(&hub).await;
-            let unrecorded = acked.iter().filter(|r| !recorded.contains(*r)).count();
-            if unrecorded == 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cycle {cycle} (POWERCUT_SEED={seed}): {unrecorded} delivered events have no push audit record, e.g. {:?}",
-                sample(acked.iter().filter(|r| !recorded.contains(*r)))
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        nothing_acknowledged_is_lost(&hub, &epj, &acked, &mut rng, &at, &stats).await;
+        delivery_resumes(&hub, &epj, &acked, &at).await;
+        every_push_is_recorded(&hub, &acked, &at).await;
         eprintln!(
             "cycle {cycle} ({:.1} s): {} acked in total, cuts dropped {} writes ({} bytes) so far",
             started.elapsed().as_secs_f64(),
@@ -317,4 +242,122 @@ async fn power_cuts_lose_no_acknowledged_event_and_delivery_resumes() {
         "no cut ever dropped an unsynced write: {stats:?}"
     );
     assert!(stats.barriers > 0, "{stats:?}");
+}
+
+/// Which cycle of which run, for the messages (`POWERCUT_SEED` repeats it).
+struct Cycle {
+    cycle: usize,
+    seed: u64,
+}
+
+/// Load, and cut at a random moment: after a random number of acks and a
+/// random extra delay, so the cut lands anywhere in a group. The hub is
+/// killed first; what it acknowledged joins `acked`.
+async fn cut_under_load(
+    hub: &mut Hub,
+    fs: &mut PowercutFs,
+    rng: &mut fastrand::Rng,
+    at: &Cycle,
+    acked: &mut BTreeSet<String>,
+) -> Stats {
+    let cycle = at.cycle;
+    let target = rng.usize(20..600);
+    let (this, count, tasks) = load(hub, cycle, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::Relaxed) < target {
+        assert!(
+            Instant::now() < deadline,
+            "cycle {cycle}: only {} acks in 60 s\n{}",
+            count.load(Ordering::Relaxed),
+            hub.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_micros(rng.u64(0..20_000))).await;
+    ok(hub.kill9());
+    for t in tasks {
+        let _ = t.await;
+    }
+    let stats = fs
+        .cut()
+        .unwrap_or_else(|e| panic!("cycle {cycle}: power cut failed: {e}"));
+    acked.extend(this.lock().await.iter().cloned());
+
+    stats
+}
+
+/// Every acknowledged event is stored and readable after the cut, and
+/// whatever reached the EPJ is still in the hub.
+async fn nothing_acknowledged_is_lost(
+    hub: &Hub,
+    epj: &EpjAdapter,
+    acked: &BTreeSet<String>,
+    rng: &mut fastrand::Rng,
+    at: &Cycle,
+    stats: &Stats,
+) {
+    let (cycle, seed) = (at.cycle, at.seed);
+    let stored = stored(hub).await;
+    let lost: Vec<_> = sample(acked.iter().filter(|r| !stored.contains(*r)));
+    assert!(
+        lost.is_empty(),
+        "cycle {cycle} (POWERCUT_SEED={seed}): {} acknowledged events lost after power cut, e.g. {lost:?}; {stats:?}",
+        acked.iter().filter(|r| !stored.contains(*r)).count()
+    );
+    for _ in 0..10 {
+        let pick = rng.usize(..acked.len());
+        if let Some(r) = acked.iter().nth(pick) {
+            let (status, body) = ok(get_json(&format!("{}/{r}", hub.fhir_base(OSLO))).await);
+            assert_eq!(status, 200, "cycle {cycle}: GET {r}: {body}");
+        }
+    }
+    // Whatever reached the EPJ must still be in the hub.
+    let got = received(epj);
+    let vanished: Vec<_> = sample(got.iter().filter(|r| !stored.contains(*r)));
+    assert!(
+        vanished.is_empty(),
+        "cycle {cycle}: the EPJ holds resources the hub lost in the power cut: {vanished:?}"
+    );
+}
+
+/// Delivery resumes: the EPJ gets every acknowledged event.
+async fn delivery_resumes(hub: &Hub, epj: &EpjAdapter, acked: &BTreeSet<String>, at: &Cycle) {
+    let cycle = at.cycle;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = received(epj);
+        let missing = acked.iter().filter(|r| !got.contains(*r)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cycle {cycle}: delivery did not resume, {missing} acknowledged events never reached the EPJ, e.g. {:?}\n{}",
+            sample(acked.iter().filter(|r| !got.contains(*r))),
+            hub.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event pushed and settled has a push audit record. A push's record
+/// is written without a sync of its own, but ahead of the settle: a cut
+/// that loses the record loses the settle too, and the Bundle is sent and
+/// recorded again.
+async fn every_push_is_recorded(hub: &Hub, acked: &BTreeSet<String>, at: &Cycle) {
+    let (cycle, seed) = (at.cycle, at.seed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded = push_recorded(hub).await;
+        let unrecorded = acked.iter().filter(|r| !recorded.contains(*r)).count();
+        if unrecorded == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cycle {cycle} (POWERCUT_SEED={seed}): {unrecorded} delivered events have no push audit record, e.g. {:?}",
+            sample(acked.iter().filter(|r| !recorded.contains(*r)))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
