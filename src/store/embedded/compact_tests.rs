@@ -113,14 +113,7 @@ async fn reclaim_space_trims_the_journal_of_a_store_just_opened() {
         let mut put_raw = |space: &fjall::Keyspace, mib: u64| {
             for _ in 0..mib * 16 {
                 n += 1;
-                let mut v = vec![0u8; 64 * 1024];
-                let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-                for chunk in v.chunks_exact_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    chunk.copy_from_slice(&x.to_le_bytes());
-                }
+                let v = noise(n, 64 * 1024);
                 space
                     .insert(n.to_be_bytes(), v)
                     .unwrap_or_else(|e| panic!("{e}"));
@@ -165,4 +158,18 @@ async fn reclaim_space_trims_the_journal_of_a_store_just_opened() {
             .is_some(),
         "the compaction is not noted in meta"
     );
+}
+
+/// `len` bytes that neither LZ4 nor the journal's compression can shrink
+/// (xorshift64 from `seed`): a value whose size on disk is its length.
+pub(super) fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = vec![0u8; len];
+    for chunk in v.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    v
 }

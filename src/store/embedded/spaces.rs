@@ -136,6 +136,7 @@ pub(crate) fn open_spaces(dir: &Path, cache_bytes: u64) -> Result<(Database, Spa
 
 #[cfg(test)]
 mod tests {
+    use super::super::compact_tests::noise;
     use super::*;
 
     /// A keyspace that never fills its memtable must not hold back the
@@ -150,18 +151,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         // 400 MiB of incompressible values (the journal compresses large
         // entries): more than the bound and its sealed files together.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut value = vec![0u8; 64 * 1024];
         let mut peak = 0;
         for i in 0..6400u64 {
-            for chunk in value.chunks_exact_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes());
-            }
             ks.log
-                .insert(i.to_be_bytes(), &value)
+                .insert(i.to_be_bytes(), noise(i, 64 * 1024))
                 .unwrap_or_else(|e| panic!("{e}"));
             peak = peak.max(db.journal_disk_space().unwrap_or_else(|e| panic!("{e}")));
         }
