@@ -167,6 +167,7 @@ impl EmbeddedStore {
                 path: dir.to_path_buf(),
             });
         }
+        let opening = std::time::Instant::now();
         let (db, ks) = open_spaces(dir, opts.cache_bytes)?;
         check_layout(dir, &db, &ks)?;
         let corrupt = |msg: String| OpenError::Corrupt {
@@ -216,7 +217,16 @@ impl EmbeddedStore {
                 let _ = closed_tx.send(true);
             })
             .map_err(OpenError::Thread)?;
-        tracing::info!(dir = %dir.display(), last_seq, "store opened");
+        // How long the start took, and how much journal it replayed: a slow
+        // start after a crash is the journal (spaces::JOURNAL_BOUND).
+        let journal_mib = shared.db.journal_disk_space().unwrap_or(0) >> 20;
+        tracing::info!(
+            dir = %dir.display(),
+            last_seq,
+            open_ms = opening.elapsed().as_millis() as u64,
+            journal_mib,
+            "store opened"
+        );
         Ok(EmbeddedStore { shared, tx, closed })
     }
 
