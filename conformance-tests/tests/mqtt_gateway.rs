@@ -78,12 +78,26 @@ async fn measurement_alarm_and_note_become_fhir_and_a_redelivery_is_duplicate() 
         + &device("bed-1", "bed-sensor", OSLO, &bed_fnr);
     let mut gw = ok(Gateway::start("e2e", &hub, &registry).await);
     let mut dev = ok(Client::connect(&unique("e2e-dev"), true).await);
-
     let t = now();
+    let bp_obs = blood_pressure_and_pulse(&hub, &gw, &mut dev, t, &bp_fnr).await;
+    alarm_and_the_note_that_answers_it(&hub, &gw, &mut dev, t, &bed_fnr).await;
+    a_redelivery_is_duplicate(&hub, &mut gw, &mut dev, t, &bp_fnr, &bp_obs).await;
+    dev.disconnect().await;
+}
+
+/// A SenML blood pressure with pulse from `bp-1`: the hub's LOINC panel
+/// and a heart rate, in UCUM, naming the device. The panel.
+async fn blood_pressure_and_pulse(
+    hub: &Hub,
+    gw: &Gateway,
+    dev: &mut Client,
+    t: f64,
+    bp_fnr: &str,
+) -> Value {
     let bp = senml_bp(t, 142.0, 88.0);
     let bp_topic = gw.topic(OSLO, "bp-1", "measurement");
     ok(dev.publish(&bp_topic, bp.clone()).await);
-    let obs = gw.ok(wait_resources(&search(&hub, "Observation", &bp_fnr), 2, WAIT).await);
+    let obs = gw.ok(wait_resources(&search(hub, "Observation", bp_fnr), 2, WAIT).await);
     let bp_obs = obs
         .iter()
         .find(|o| codes(o).contains(&"85354-9".to_string()))
@@ -102,7 +116,17 @@ async fn measurement_alarm_and_note_become_fhir_and_a_redelivery_is_duplicate() 
     assert_eq!(pulse["valueQuantity"]["code"], "/min");
     assert_eq!(pulse["device"]["identifier"]["value"], "bp-1", "{pulse}");
 
-    // Alarm, then a note that answers it by the alarm's device id.
+    bp_obs.clone()
+}
+
+/// Alarm, then a note that answers it by the alarm's device id.
+async fn alarm_and_the_note_that_answers_it(
+    hub: &Hub,
+    gw: &Gateway,
+    dev: &mut Client,
+    t: f64,
+    bed_fnr: &str,
+) {
     let bed_alarm = gw.topic(OSLO, "bed-1", "alarm");
     let bed_note = gw.topic(OSLO, "bed-1", "note");
     ok(dev
@@ -119,7 +143,7 @@ async fn measurement_alarm_and_note_become_fhir_and_a_redelivery_is_duplicate() 
             json!({"t": t + 60.0, "text": "Tilsyn utført", "answers": {"id": "a-77"}}).to_string(),
         )
         .await);
-    let comms = gw.ok(wait_resources(&search(&hub, "Communication", &bed_fnr), 2, WAIT).await);
+    let comms = gw.ok(wait_resources(&search(hub, "Communication", bed_fnr), 2, WAIT).await);
     let alert = comms
         .iter()
         .find(|c| c["category"][0]["coding"][0]["code"] == "alert")
@@ -138,15 +162,27 @@ async fn measurement_alarm_and_note_become_fhir_and_a_redelivery_is_duplicate() 
         Some(format!("Communication/{}", alert["id"].as_str().unwrap_or("")).as_str()),
         "the note must answer the alarm: {note}"
     );
+}
 
-    // What a broker redelivery is to the hub: the same message again. Then
-    // a new reading on the same topic, which the gateway handles after it.
+/// What a broker redelivery is to the hub: the same message again
+/// (DUPLICATE, no new resource). Then a new reading on the same topic,
+/// which the gateway handles after it.
+async fn a_redelivery_is_duplicate(
+    hub: &Hub,
+    gw: &mut Gateway,
+    dev: &mut Client,
+    t: f64,
+    bp_fnr: &str,
+    bp_obs: &Value,
+) {
+    let bp_topic = gw.topic(OSLO, "bp-1", "measurement");
+    let bp = senml_bp(t, 142.0, 88.0);
     ok(dev.publish(&bp_topic, bp).await);
     ok(dev.publish(&bp_topic, senml_bp(t + 1.0, 120.0, 80.0)).await);
-    let obs2 = gw.ok(wait_resources(&search(&hub, "Observation", &bp_fnr), 4, WAIT).await);
+    let obs2 = gw.ok(wait_resources(&search(hub, "Observation", bp_fnr), 4, WAIT).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let obs2_again =
-        ok(conformance_tests::harness::search_all(&search(&hub, "Observation", &bp_fnr)).await);
+        ok(conformance_tests::harness::search_all(&search(hub, "Observation", bp_fnr)).await);
     assert_eq!(obs2.len(), 4, "the redelivery made no new resource");
     assert_eq!(obs2_again.len(), 4);
     assert!(
@@ -162,10 +198,9 @@ async fn measurement_alarm_and_note_become_fhir_and_a_redelivery_is_duplicate() 
     assert_eq!(dups, 2.0, "blood pressure and pulse answered DUPLICATE");
     ok(gw.wait_log("connected to the MQTT broker", 1, WAIT).await);
     assert!(
-        !gw.logs().contains(&bp_fnr),
+        !gw.logs().contains(bp_fnr),
         "no national id in the gateway log"
     );
-    dev.disconnect().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,27 +47,40 @@ async fn certificate_reload_on_change_and_sighup_keeps_connections() {
     let r = ok(old.submit(events::heart_rate("before", OSLO, 701)).await).into_inner();
     assert_eq!(r.status, ReceiptStatus::Accepted as i32);
 
-    // 1. A new server certificate from another CA, noticed by the watcher.
+    a_changed_certificate_is_served(&hub, mine.path(), &old_ca, &vendor, &mut old).await;
+    sighup_reloads_an_unchanged_looking_certificate(&hub, mine.path(), &vendor, &mut old).await;
+}
+
+/// Copies another dev PKI's server key and certificate over the hub's
+/// (`keep_mtime`: with the old files' modification times, so only a SIGHUP
+/// can tell).
+fn install_server_cert(from: &Path, mine: &Path, keep_mtime: bool) {
+    for f in ["server.key", "server.pem"] {
+        replace(&from.join(f), &mine.join(f), keep_mtime);
+    }
+}
+
+/// Step 1: a new server certificate from another CA, noticed by the
+/// watcher. New connections (gRPC and HTTPS) get it; the one made before
+/// still serves.
+async fn a_changed_certificate_is_served(
+    hub: &Hub,
+    mine: &Path,
+    old_ca: &Path,
+    vendor: &Option<(PathBuf, PathBuf)>,
+    old: &mut EventClient,
+) {
     let second = ok(tempfile::tempdir());
     ok(harness::dev_certs(second.path(), &["--vendor", "x"]));
-    replace(
-        &second.path().join("server.key"),
-        &mine.path().join("server.key"),
-        false,
-    );
-    replace(
-        &second.path().join("server.pem"),
-        &mine.path().join("server.pem"),
-        false,
-    );
+    install_server_cert(second.path(), mine, false);
     assert!(
-        wait_trusted(&hub, &second.path().join("ca.pem"), vendor.clone(), 10).await,
+        wait_trusted(hub, &second.path().join("ca.pem"), vendor.clone(), 10).await,
         "new connections do not get the new certificate; log:\n{}",
         hub.logs()
     );
     assert!(
-        channel(&hub, &old_ca, vendor.clone()).await.is_err()
-            || EventClient::new(ok(channel(&hub, &old_ca, vendor.clone()).await))
+        channel(hub, old_ca, vendor.clone()).await.is_err()
+            || EventClient::new(ok(channel(hub, old_ca, vendor.clone()).await))
                 .submit(events::heart_rate("stale", OSLO, 702))
                 .await
                 .is_err(),
@@ -84,25 +97,23 @@ async fn certificate_reload_on_change_and_sighup_keeps_connections() {
         .build());
     let st = ok(https.get(hub.url("/readyz")).send().await).status();
     assert!(st.is_success(), "{st}");
+}
 
-    // 2. A third certificate with unchanged modification times: only the
-    //    SIGHUP can make the hub load it.
+/// Step 2: a third certificate with unchanged modification times. Only
+/// the SIGHUP can make the hub load it, in the same process.
+async fn sighup_reloads_an_unchanged_looking_certificate(
+    hub: &Hub,
+    mine: &Path,
+    vendor: &Option<(PathBuf, PathBuf)>,
+    old: &mut EventClient,
+) {
     let third = ok(tempfile::tempdir());
     ok(harness::dev_certs(third.path(), &["--vendor", "x"]));
-    replace(
-        &third.path().join("server.key"),
-        &mine.path().join("server.key"),
-        true,
-    );
-    replace(
-        &third.path().join("server.pem"),
-        &mine.path().join("server.pem"),
-        true,
-    );
+    install_server_cert(third.path(), mine, true);
     let third_ca = third.path().join("ca.pem");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
-        !wait_trusted(&hub, &third_ca, vendor.clone(), 0).await,
+        !wait_trusted(hub, &third_ca, vendor.clone(), 0).await,
         "reloaded without a change or a signal"
     );
     let pid = hub.pid().unwrap_or_else(|| panic!("hub not running"));
@@ -111,7 +122,7 @@ async fn certificate_reload_on_change_and_sighup_keeps_connections() {
         .status());
     assert!(st.success());
     assert!(
-        wait_trusted(&hub, &third_ca, vendor.clone(), 10).await,
+        wait_trusted(hub, &third_ca, vendor.clone(), 10).await,
         "SIGHUP did not reload; log:\n{}",
         hub.logs()
     );
