@@ -385,20 +385,7 @@ async fn a_restart_after_kill9_rebuilds_every_consumer_from_its_floor() {
     };
     let mut hub = start(dir.path(), setup).await;
     let n = 300usize;
-    let mut evs: Vec<pb::Event> = (0..n - 2)
-        .map(|i| events::heart_rate(&format!("rs-{i}"), OSLO, i as u32 % 7))
-        .collect();
-    evs.insert(
-        100,
-        events::alarm("rs-red", OSLO, 3, "4.1", pb::Severity::Red),
-    );
-    evs.push(events::alarm(
-        "rs-yellow",
-        OSLO,
-        4,
-        "4.2",
-        pb::Severity::Yellow,
-    ));
+    let evs = restart_mix(n);
     let refs = submit_all(&hub, evs).await;
     let all: HashSet<String> = refs.iter().cloned().collect();
 
@@ -425,14 +412,44 @@ async fn a_restart_after_kill9_rebuilds_every_consumer_from_its_floor() {
     assert_eq!(unique, all, "push: lost or unknown items");
     assert_eq!(pushed.len(), n, "push: the EPJ created duplicates");
 
-    // Pull after the restart: leases are forgotten, confirmations are not.
+    let after = pull_after_the_restart(&hub, n, &all, confirmed).await;
+    a_settled_and_an_unknown_confirmation(&hub, &after).await;
+}
+
+/// `n` readings with a RED alarm at 100 and a YELLOW one last.
+fn restart_mix(n: usize) -> Vec<pb::Event> {
+    let mut evs: Vec<pb::Event> = (0..n - 2)
+        .map(|i| events::heart_rate(&format!("rs-{i}"), OSLO, i as u32 % 7))
+        .collect();
+    evs.insert(
+        100,
+        events::alarm("rs-red", OSLO, 3, "4.1", pb::Severity::Red),
+    );
+    evs.push(events::alarm(
+        "rs-yellow",
+        OSLO,
+        4,
+        "4.2",
+        pb::Severity::Yellow,
+    ));
+    evs
+}
+
+/// Pull after the restart: leases are forgotten, confirmations are not.
+/// Everything not `confirmed` before is offered once; what was offered.
+async fn pull_after_the_restart(
+    hub: &Hub,
+    n: usize,
+    all: &HashSet<String>,
+    confirmed: Vec<String>,
+) -> Vec<String> {
     let mut after: Vec<String> = Vec::new();
     loop {
-        let p = pull(&hub, 500).await;
+        let p = pull(hub, 500).await;
         if p.is_empty() {
             break;
         }
-        confirm(&hub, &p).await;
+        confirm(hub, &p).await;
         after.extend(p);
         assert!(after.len() <= 2 * n, "pull never ends");
     }
@@ -444,18 +461,25 @@ async fn a_restart_after_kill9_rebuilds_every_consumer_from_its_floor() {
         "pull: confirmed items came back after the restart"
     );
     let union: HashSet<String> = after_set.union(&confirmed_set).cloned().collect();
-    assert_eq!(union, all, "pull: items lost or skipped across the restart");
+    assert_eq!(
+        &union, all,
+        "pull: items lost or skipped across the restart"
+    );
 
-    // One body with a settled item and an unknown one: the settled one is
-    // found (and skipped by the store), the unknown one is reported.
+    after
+}
+
+/// One body with a settled item and an unknown one: the settled one is
+/// found (and skipped by the store), the unknown one is reported.
+async fn a_settled_and_an_unknown_confirmation(hub: &Hub, after: &[String]) {
     let settled = after.first().cloned().unwrap_or_default();
     let unknown = "Observation/00000000-0000-4000-8000-00000000beef".to_string();
-    let outcome = confirm(&hub, &[settled, unknown]).await;
+    let outcome = confirm(hub, &[settled, unknown]).await;
     let said = outcome.to_string();
     assert!(said.contains("1 confirmation(s) recorded"), "{said}");
     assert!(said.contains("1 resource(s) are not known"), "{said}");
     assert!(
-        pull(&hub, 500).await.is_empty(),
+        pull(hub, 500).await.is_empty(),
         "a confirmation re-offered an item"
     );
 }

@@ -191,15 +191,7 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     .await;
     ok(epj.wait_created(2, Duration::from_secs(20)).await);
     let admin = format!("http://{}", hub.admin);
-    let mut dlq = Value::Null;
-    for _ in 0..100 {
-        let (_, v) = ok(get_json(&format!("{admin}/admin/dlq")).await);
-        if v.as_array().is_some_and(|a| !a.is_empty()) {
-            dlq = v;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let dlq = first_dead_letters(&admin).await;
     let dead = &dlq[0];
     assert_eq!(dead["resource"].as_str(), Some(refs[1].as_str()), "{dlq}");
     assert!(
@@ -218,26 +210,51 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
         "no log line for the dead letter"
     );
 
-    // The operator sees it with the CLI, fixes the EPJ, and replays.
+    replay_with_the_cli(&hub, &epj, &admin, dead, &refs[1]).await;
+}
+
+/// The admin API's dead letters, once there are any (at most 10 s).
+async fn first_dead_letters(admin: &str) -> Value {
+    let mut dlq = Value::Null;
+    for _ in 0..100 {
+        let (_, v) = ok(get_json(&format!("{admin}/admin/dlq")).await);
+        if v.as_array().is_some_and(|a| !a.is_empty()) {
+            dlq = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dlq
+}
+
+/// The operator sees the dead letter with the CLI, fixes the EPJ, and
+/// replays it: delivered once, and a second replay finds nothing.
+async fn replay_with_the_cli(
+    hub: &Hub,
+    epj: &EpjAdapter,
+    admin: &str,
+    dead: &Value,
+    refused: &str,
+) {
     let dlq_cli = |args: &[&str]| {
         let bin = ok(conformance_tests::harness::binary("knutepunkt"));
         let token = conformance_tests::harness::ADMIN_TOKEN;
         ok(std::process::Command::new(&bin)
-            .args(["dlq", "--admin-token", token, "--admin", &admin])
+            .args(["dlq", "--admin-token", token, "--admin", admin])
             .args(args)
             .output())
     };
     let out = dlq_cli(&["list"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && listing.contains(&refs[1]),
+        out.status.success() && listing.contains(refused),
         "{listing}"
     );
     let seq = dead["seq"].to_string();
     let out = dlq_cli(&["show", "oslo-epj", &seq]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && shown.contains(&refs[1]) && shown.contains("422"),
+        out.status.success() && shown.contains(refused) && shown.contains("422"),
         "{shown}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -258,7 +275,7 @@ async fn final_rejection_goes_to_dead_letters_and_replay_delivers_once() {
     let (_, st) = ok(get_json(&format!(
         "{}/$status?resource={}&consumer=oslo-epj",
         hub.fhir_base(OSLO),
-        refs[1]
+        refused
     ))
     .await);
     assert_eq!(
