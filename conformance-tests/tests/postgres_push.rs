@@ -179,29 +179,7 @@ async fn kill_9_of_the_pushing_hub_under_load_resumes_within_10_s_without_double
         .wait_created(3 * MAX_BATCH as usize, Duration::from_secs(30))
         .await);
     let holder = holder(&hubs, Duration::from_secs(5)).await;
-    // Kill it while a Bundle is in flight: just after the EPJ took a request.
-    let before = counter(&ok(epj.stats().await), "requests_total");
-    while counter(&ok(epj.stats().await), "requests_total") == before {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    ok(hubs[holder].kill9());
-    let killed = Instant::now();
-    // The Bundle in flight may still be counted: let the EPJ finish it.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let at_kill = ok(epj.stats().await);
-    // Delivery resumes on another hub within 10 s.
-    loop {
-        let now = ok(epj.stats().await);
-        if counter(&now, "bundles_total") > counter(&at_kill, "bundles_total") {
-            break;
-        }
-        assert!(
-            killed.elapsed() <= Duration::from_secs(10),
-            "no delivery within 10 s of the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let resumed = killed.elapsed();
+    let resumed = kill_in_flight_and_wait_for_resume(&mut hubs[holder], &epj).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let mut accepted: HashSet<String> = HashSet::new();
@@ -210,24 +188,7 @@ async fn kill_9_of_the_pushing_hub_under_load_resumes_within_10_s_without_double
     }
     holder_after(&hubs, holder);
     // Every acknowledged event reaches the EPJ, created exactly once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let created: Vec<String> = loop {
-        let created: Vec<String> = epj
-            .received()
-            .iter()
-            .map(|r| format!("Observation/{}", r["id"].as_str().unwrap_or_default()))
-            .collect();
-        let have: HashSet<&String> = created.iter().collect();
-        if accepted.iter().all(|a| have.contains(a)) {
-            break created;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged events never reached the EPJ",
-            accepted.iter().filter(|a| !have.contains(a)).count()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let created = all_created(&epj, &accepted).await;
     let distinct: HashSet<&String> = created.iter().collect();
     assert_eq!(
         distinct.len(),
@@ -250,6 +211,57 @@ async fn kill_9_of_the_pushing_hub_under_load_resumes_within_10_s_without_double
         resent <= 2 * MAX_BATCH,
         "{resent} items sent twice: more than the Bundle in flight at the kill and the one before it"
     );
+}
+
+/// Kills `hub` while a Bundle is in flight (just after the EPJ took a
+/// request), and waits until another hub delivers: at most 10 s. How long
+/// that took.
+async fn kill_in_flight_and_wait_for_resume(hub: &mut Hub, epj: &EpjAdapter) -> Duration {
+    let before = counter(&ok(epj.stats().await), "requests_total");
+    while counter(&ok(epj.stats().await), "requests_total") == before {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ok(hub.kill9());
+    let killed = Instant::now();
+    // The Bundle in flight may still be counted: let the EPJ finish it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let at_kill = ok(epj.stats().await);
+    // Delivery resumes on another hub within 10 s.
+    loop {
+        let now = ok(epj.stats().await);
+        if counter(&now, "bundles_total") > counter(&at_kill, "bundles_total") {
+            break;
+        }
+        assert!(
+            killed.elapsed() <= Duration::from_secs(10),
+            "no delivery within 10 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    killed.elapsed()
+}
+
+/// What the EPJ created, once every `accepted` event is among it (at most
+/// 60 s).
+async fn all_created(epj: &EpjAdapter, accepted: &HashSet<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let created: Vec<String> = epj
+            .received()
+            .iter()
+            .map(|r| format!("Observation/{}", r["id"].as_str().unwrap_or_default()))
+            .collect();
+        let have: HashSet<&String> = created.iter().collect();
+        if accepted.iter().all(|a| have.contains(a)) {
+            return created;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged events never reached the EPJ",
+            accepted.iter().filter(|a| !have.contains(a)).count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Exactly one survivor took the lease after `killed` was killed.
