@@ -153,36 +153,7 @@ async fn kill_9_of_one_hub_under_load_loses_no_acknowledged_event() {
     }
     let on_victim = {
         let (victim, stop) = (victim.clone(), stop.clone());
-        tokio::spawn(async move {
-            let guard = victim.lock().await;
-            let Some(hub) = guard.as_ref() else {
-                return Vec::new();
-            };
-            let mut c = ok(hub.client().await);
-            drop(guard);
-            let mut accepted = Vec::new();
-            for i in 0..100_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match c
-                    .submit(events::heart_rate(&format!("v-{i}"), OSLO, 2))
-                    .await
-                {
-                    Ok(r) if r.get_ref().status == ReceiptStatus::Accepted as i32 => {
-                        accepted.push(
-                            r.into_inner()
-                                .resource
-                                .trim_start_matches("Observation/")
-                                .to_string(),
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(_) => break, // the hub is gone
-                }
-            }
-            accepted
-        })
+        tokio::spawn(submit_until_killed(victim, stop))
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
     if let Some(hub) = victim.lock().await.as_mut() {
@@ -212,4 +183,40 @@ async fn kill_9_of_one_hub_under_load_loses_no_acknowledged_event() {
         "acknowledged but lost: {lost:?} (of {})",
         accepted.len()
     );
+}
+
+/// Submits to the hub in `victim` until it is gone (or `stop`): the ids it
+/// acknowledged.
+async fn submit_until_killed(
+    victim: Arc<tokio::sync::Mutex<Option<Hub>>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<String> {
+    let guard = victim.lock().await;
+    let Some(hub) = guard.as_ref() else {
+        return Vec::new();
+    };
+    let mut c = ok(hub.client().await);
+    drop(guard);
+    let mut accepted = Vec::new();
+    for i in 0..100_000 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match c
+            .submit(events::heart_rate(&format!("v-{i}"), OSLO, 2))
+            .await
+        {
+            Ok(r) if r.get_ref().status == ReceiptStatus::Accepted as i32 => {
+                accepted.push(
+                    r.into_inner()
+                        .resource
+                        .trim_start_matches("Observation/")
+                        .to_string(),
+                );
+            }
+            Ok(_) => {}
+            Err(_) => break, // the hub is gone
+        }
+    }
+    accepted
 }
