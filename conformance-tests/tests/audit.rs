@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use conformance_tests::fhir_validator;
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, authed, get_json, metric, search_all, submit_all, token,
+    EpjAdapter, Hub, HubOptions, get_json, metric, search_all, submit_all, token, vakt_confirm,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -172,15 +172,8 @@ async fn read_search_and_pull(hub: &Hub, p1_obs: &str, p2_obs: &str) -> String {
     let offered: Vec<String> = conformance_tests::harness::entry_refs(&b);
     assert_eq!(offered.len(), 3, "{b}");
     let body = conformance_tests::harness::journaled(&offered);
-    let r = ok(ok(authed(
-        reqwest::Method::POST,
-        &format!("{base}/$confirm?consumer=oslo-vakt"),
-    )
-    .await)
-    .json(&body)
-    .send()
-    .await);
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let (status, text) = ok(vakt_confirm(&base, &body).await);
+    assert_eq!(status, 200, "{text}");
 
     mid
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
-    ADMIN_TOKEN, Hub, HubOptions, ReceiptStatus, authed, binary, entry_refs, get_json, ok,
-    search_all,
+    ADMIN_TOKEN, Hub, HubOptions, ReceiptStatus, binary, entry_refs, get_json, ok, search_all,
+    vakt_confirm,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -68,12 +68,8 @@ async fn pending(hub: &Hub, count: usize) -> Vec<String> {
 
 async fn confirm(hub: &Hub, refs: &[String]) {
     let body = conformance_tests::harness::journaled(refs);
-    let url = format!("{}/$confirm?consumer=oslo-vakt", hub.fhir_base(OSLO));
-    let r = ok(ok(authed(reqwest::Method::POST, &url).await)
-        .json(&body)
-        .send()
-        .await);
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let (status, text) = ok(vakt_confirm(&hub.fhir_base(OSLO), &body).await);
+    assert_eq!(status, 200, "{text}");
 }
 
 async fn submit(c: &mut knutepunkt::proto::client::EventClient, ev: pb::Event) -> String {

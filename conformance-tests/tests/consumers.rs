@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, OsloVakt, ReceiptStatus, authed, entry_refs, fast_retry, get_json,
-    ok, submit_all,
+    EpjAdapter, Hub, HubOptions, OsloVakt, ReceiptStatus, entry_refs, fast_retry, get_json, ok,
+    submit_all, vakt_confirm,
 };
 use knutepunkt::proto::v1 as pb;
 use serde_json::{Value, json};
@@ -98,16 +98,7 @@ async fn pull(hub: &Hub, count: usize) -> Vec<String> {
 /// `$confirm` of oslo-vakt: every reference journaled. The OperationOutcome.
 async fn confirm(hub: &Hub, refs: &[String]) -> Value {
     let body = conformance_tests::harness::journaled(refs);
-    let r = ok(ok(authed(
-        reqwest::Method::POST,
-        &format!("{}/$confirm?consumer=oslo-vakt", hub.fhir_base(OSLO)),
-    )
-    .await)
-    .json(&body)
-    .send()
-    .await);
-    let status = r.status();
-    let text = r.text().await.unwrap_or_default();
+    let (status, text) = ok(vakt_confirm(&hub.fhir_base(OSLO), &body).await);
     assert_eq!(status, 200, "{text}");
     ok(serde_json::from_str(&text))
 }

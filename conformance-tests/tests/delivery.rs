@@ -468,15 +468,8 @@ async fn pull_leases_expire_and_confirmations_settle() {
         json!({"name": "confirmation", "part": parts})
     };
     let body = json!({"resourceType": "Parameters", "parameter": [conf(&refs[0], "journaled"), conf(&refs[2], "journaled"), conf(&refs[1], "failed")]});
-    let r = ok(ok(conformance_tests::harness::authed(
-        reqwest::Method::POST,
-        &format!("{base}/$confirm?consumer=oslo-vakt"),
-    )
-    .await)
-    .json(&body)
-    .send()
-    .await);
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let (status, text) = ok(conformance_tests::harness::vakt_confirm(&base, &body).await);
+    assert_eq!(status, 200, "{text}");
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let (_, b) = ok(get_json(&format!("{base}/$pending?_count=10&consumer=oslo-vakt")).await);
     assert!(

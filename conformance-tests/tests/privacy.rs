@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use conformance_tests::harness::events::{self, BERGEN, OSLO};
 use conformance_tests::harness::{
-    ADMIN_TOKEN, EpjAdapter, Hub, HubOptions, ReceiptStatus, assertion, authed, get_json,
-    http_client, request_token, submit_all, token,
+    ADMIN_TOKEN, EpjAdapter, Hub, HubOptions, ReceiptStatus, assertion, get_json, http_client,
+    request_token, submit_all, token, vakt_confirm,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -287,15 +287,9 @@ impl Scenario {
             })
             .collect();
         assert_eq!(parts.len(), 9);
-        let r = ok(ok(authed(
-            reqwest::Method::POST,
-            &format!("{base}/$confirm?consumer=oslo-vakt"),
-        )
-        .await)
-        .json(&json!({"resourceType": "Parameters", "parameter": parts}))
-        .send()
-        .await);
-        assert_eq!(r.status(), 200);
+        let body = json!({"resourceType": "Parameters", "parameter": parts});
+        let (status, text) = ok(vakt_confirm(base, &body).await);
+        assert_eq!(status, 200, "{text}");
         let (status, _) = ok(get_json(&format!(
             "http://{}/admin/dlq?destination=oslo-vakt",
             self.hub.admin

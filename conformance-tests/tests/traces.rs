@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::routing::post;
 use conformance_tests::harness::events::{self, OSLO};
 use conformance_tests::harness::{
-    EpjAdapter, Hub, HubOptions, authed, entry_refs, get_json, ok, submit_all, token,
+    EpjAdapter, Hub, HubOptions, entry_refs, get_json, ok, submit_all, token, vakt_confirm,
 };
 use knutepunkt::domain::synthetic;
 use knutepunkt::proto::v1 as pb;
@@ -158,15 +158,8 @@ async fn pull_and_confirm(hub: &Hub) {
     let offered = entry_refs(&b);
     assert_eq!(offered.len(), 2, "{b}");
     let body = conformance_tests::harness::journaled(&offered);
-    let r = ok(ok(authed(
-        reqwest::Method::POST,
-        &format!("{base}/$confirm?consumer=oslo-vakt"),
-    )
-    .await)
-    .json(&body)
-    .send()
-    .await);
-    assert_eq!(r.status(), 200);
+    let (status, text) = ok(vakt_confirm(&base, &body).await);
+    assert_eq!(status, 200, "{text}");
 }
 
 /// The OTLP requests that arrived, once both confirm spans are among them

@@ -159,6 +159,20 @@ pub async fn get_json(url: &str) -> Result<(u16, serde_json::Value)> {
     Ok((status, body))
 }
 
+/// `$confirm` as the pull client `oslo-vakt` at `base` (a municipality's
+/// FHIR base) with a Parameters `body`: (status, answer as text).
+pub async fn vakt_confirm(base: &str, body: &serde_json::Value) -> Result<(u16, String)> {
+    let url = format!("{base}/$confirm?consumer=oslo-vakt");
+    let r = authed(reqwest::Method::POST, &url)
+        .await?
+        .timeout(Duration::from_secs(10))
+        .json(body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await.unwrap_or_default()))
+}
+
 /// Follows a search's `next` links and returns every resource, in order.
 pub async fn search_all(first_url: &str) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
