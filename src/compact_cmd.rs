@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::Value;
+
+use crate::admin_call::call;
 
 /// How often the command asks how far the compaction is.
 const POLL: Duration = Duration::from_millis(500);
@@ -41,37 +43,6 @@ pub async fn compact(admin: &str, token: Option<&str>) -> anyhow::Result<()> {
             _ => bail!("the admin API answered an unknown state: {st}"),
         }
     }
-}
-
-/// One admin API request with the token (also `knutepunkt dlq`'s): its
-/// JSON body, or the API's error message as the error.
-pub async fn call(
-    req: reqwest::RequestBuilder,
-    token: Option<&str>,
-    base: &str,
-) -> anyhow::Result<Value> {
-    let req = match token {
-        Some(t) => req.bearer_auth(t),
-        None => req,
-    };
-    let resp = req
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the admin API at {base}; is the hub running, and is --admin right?"
-            )
-        })?;
-    let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .context("the admin API answered something other than JSON")?;
-    if !status.is_success() {
-        bail!("{}", body["error"].as_str().unwrap_or("request failed"));
-    }
-    Ok(body)
 }
 
 fn mib(v: &Value) -> f64 {

@@ -96,7 +96,7 @@ pub async fn dlq(admin: &str, token: Option<&str>, action: DlqAction) -> anyhow:
             .post(format!("{base}/admin/dlq/{destination}/{seq}/discard"))
             .json(&serde_json::json!({ "reason": reason })),
     };
-    let body = crate::compact_cmd::call(req, token, base).await?;
+    let body = crate::admin_call::call(req, token, base).await?;
     match (&action, body.as_array()) {
         (DlqAction::List { .. }, Some(list)) => {
             println!(

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use knutepunkt::config::{Config, LogFormat, Overrides};
 use knutepunkt::server::Hub;
 
+mod admin_call;
 mod backup_cmd;
 mod compact_cmd;
 mod dlq_cmd;

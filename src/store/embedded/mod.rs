@@ -217,14 +217,12 @@ impl EmbeddedStore {
                 let _ = closed_tx.send(true);
             })
             .map_err(OpenError::Thread)?;
-        // How long the start took, and how much journal it replayed: a slow
-        // start after a crash is the journal (spaces::JOURNAL_BOUND).
-        let journal_mib = shared.db.journal_disk_space().unwrap_or(0) >> 20;
+        // How long the start took: after a crash, mostly the journal's
+        // replay (bounded by spaces::JOURNAL_BOUND).
         tracing::info!(
             dir = %dir.display(),
             last_seq,
             open_ms = opening.elapsed().as_millis() as u64,
-            journal_mib,
             "store opened"
         );
         Ok(EmbeddedStore { shared, tx, closed })
